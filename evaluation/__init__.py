@@ -1,0 +1,1 @@
+"""Metrics, plots and residual overlays in the CT's own geometry."""

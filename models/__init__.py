@@ -1,0 +1,7 @@
+"""Generative anomaly detectors built from MONAI blocks, their registry, training and scores.
+
+Importing the package registers the built-in models in :data:`models.registry.MODELS`.
+"""
+
+from models import registry  # noqa: F401
+from models import vae  # noqa: F401  (registers vae2d, vae3d)

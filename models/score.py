@@ -1,0 +1,81 @@
+"""Score stage: every sample's centre patch → ``scores.csv`` and ``residuals.npz``.
+
+``scores.csv``: sample_id, patient_id, series_uid, kind, label, split, then one column per score
+component of the model (higher = more anomalous). ``residuals.npz``: ``residual`` (N, C, P, P, P)
+float16 maps |x − reconstruction| of the centre patch, ``sample_id`` and ``offset``, the index of
+the patch's first voxel inside its cube (so the map can be placed back on the CT grid).
+
+Scoring runs under ``torch.inference_mode`` in batches; Monte-Carlo noise comes from a generator
+seeded with the run seed, and is shared across a batch, so scores are reproducible and do not
+depend on the batch size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from models.checkpoint import MODEL_DIR, MODEL_FILE, device_for, load_checkpoint
+from models.registry import Detector
+from pipeline import io
+from pipeline.config import Config
+from pipeline.results import StageResult
+from preprocessing.augment import centre_offset
+from preprocessing.extract import load_cubes, load_samples
+from preprocessing.splits import load_splits
+
+SCORES_CSV = "scores.csv"
+RESIDUALS_NPZ = "residuals.npz"
+
+
+def centre_patch(x: np.ndarray, patch: int) -> np.ndarray:
+    """Centre ``patch``-sized crop of (N, C, *spatial) arrays (same rule as MONAI's centre crop)."""
+    dims = x.ndim - 2
+    o = [centre_offset(n, patch) for n in x.shape[2:]]
+    return x[(slice(None), slice(None), *[slice(a, a + patch) for a in o[:dims]])]
+
+
+@torch.inference_mode()
+def score_array(model: Detector, x: np.ndarray, mc_samples: int, batch_size: int, seed: int, device: torch.device) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Score already-normalised patches (N, C, *spatial); returns ``(scores, residual maps)``."""
+    scores: dict[str, list[np.ndarray]] = {}
+    residuals = []
+    for i in tqdm(range(0, len(x), batch_size), desc="score", unit="batch", leave=False, disable=None):
+        gen = torch.Generator().manual_seed(seed)
+        out = model.score(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(device), mc_samples, gen)
+        for k, v in out.scores.items():
+            scores.setdefault(k, []).append(v.float().cpu().numpy())
+        residuals.append(out.residual.cpu().numpy().astype(np.float16))
+    return {k: np.concatenate(v) for k, v in scores.items()}, np.concatenate(residuals)
+
+
+def run(cfg: Config, run_dir: Path) -> StageResult:
+    torch.set_num_threads(cfg.run.threads)
+    device = device_for(cfg.run.device)
+    model, payload = load_checkpoint(run_dir / MODEL_DIR / MODEL_FILE, device)
+    norm = payload["normalisation"]
+    ids, cubes = load_cubes(run_dir, tuple(norm["hu_window"]), norm["mode"])
+    patch = payload["patch_size"]
+    scores, residual = score_array(model, centre_patch(cubes, patch), cfg.score.mc_samples, cfg.score.batch_size, cfg.run.seed, device)
+    samples = load_samples(run_dir).set_index("sample_id").loc[ids]
+    splits = load_splits(run_dir).set_index("sample_id").loc[ids]
+    table = pd.DataFrame({
+        "sample_id": ids,
+        "patient_id": samples["patient_id"].to_numpy(),
+        "series_uid": samples["series_uid"].to_numpy(),
+        "kind": samples["kind"].to_numpy(),
+        "label": samples["label"].to_numpy(),
+        "split": splits["split"].to_numpy(),
+        **scores,
+    })
+    io.write_csv(run_dir / SCORES_CSV, table)
+    io.write_npz(run_dir / RESIDUALS_NPZ, residual=residual, sample_id=ids, offset=np.array(centre_offset(cubes.shape[2], patch)))
+    return StageResult(counts={"scored": len(table), "mc_samples": cfg.score.mc_samples}, outputs=[run_dir / SCORES_CSV, run_dir / RESIDUALS_NPZ])
+
+
+def load_scores(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / SCORES_CSV, dtype={"sample_id": str, "patient_id": str, "series_uid": str})

@@ -1,0 +1,159 @@
+"""Train stage: fit the configured detector on normal training cubes → ``model/``.
+
+- Data: the ``train`` split (normals, plus any contamination) as random sub-patches with flips
+  (MONAI transforms); the normal ``val`` split as centre patches for early stopping and model
+  selection. Test data are never touched here.
+- Determinism: every epoch re-seeds torch and the MONAI transforms from (seed, epoch), so a run
+  that is killed and resumed from ``train_state.pt`` continues exactly as an uninterrupted one.
+- Outputs: ``model/model.pt`` (best validation loss), ``model/curves.csv``, ``model/curves.png``.
+- A non-finite loss stops training with a clear message and keeps the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.data import DataLoader, Dataset
+
+from models.checkpoint import MODEL_DIR, MODEL_FILE, device_for, save_checkpoint
+from models.registry import Detector, build
+from pipeline import io
+from pipeline.config import Config
+from pipeline.errors import StageError
+from pipeline.results import StageResult
+from preprocessing.augment import KEY, centre_transforms, train_transforms
+from preprocessing.extract import load_cubes
+from preprocessing.splits import load_splits
+
+STATE_FILE = "train_state.pt"
+
+
+def _loader(x: np.ndarray, transform, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    data = [{KEY: c} for c in x]
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(Dataset(data, transform), batch_size=batch_size, shuffle=shuffle, num_workers=0, generator=g)
+
+
+def _seed_epoch(transform, seed: int, epoch: int) -> None:
+    s = (seed * 100_003 + epoch) % (2**31)
+    torch.manual_seed(s)
+    np.random.seed(s)
+    transform.set_random_state(seed=s)
+
+
+@torch.no_grad()
+def _validate(model: Detector, loader: DataLoader, device: torch.device, seed: int) -> float:
+    model.eval()
+    torch.manual_seed(seed)  # the single-sample loss is stochastic; fix its noise for comparability
+    losses = [model.validation_loss(b[KEY].to(device)).cpu() for b in loader]
+    model.train()
+    return float(torch.cat(losses).mean()) if losses else float("nan")
+
+
+def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, out_dir: Path, normalisation: dict, data_key: str = "") -> dict:
+    """Train ``model`` and write the best checkpoint and curves into ``out_dir``; returns a summary.
+
+    ``data_key`` identifies the training data; a saved ``train_state.pt`` is resumed only when
+    it matches together with the train/model config.
+    """
+    fingerprint = io.sha256_json([cfg.section("train"), cfg.section("model"), cfg.run.seed, data_key])
+    tc, seed = cfg.train, cfg.run.seed
+    device = device_for(cfg.run.device)
+    model.to(device).train()
+    optimizers = model.configure_optimizers(tc.lr)
+    dims = model.spatial_dims
+    t_train = train_transforms(tc.patch_size, dims, tc.flips)
+    val_loader = _loader(val_x, centre_transforms(tc.patch_size, dims), tc.batch_size, False, seed)
+    state_path, ckpt_path = out_dir / STATE_FILE, out_dir / MODEL_FILE
+    history, best, best_epoch, start, bad_epochs, stop_reason = [], math.inf, -1, 0, 0, "max epochs"
+    if state_path.exists():  # resume a killed run
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        if st.get("fingerprint") == fingerprint:
+            model.load_state_dict(st["model"])
+            for opt, s in zip(optimizers, st["optimizers"]):
+                opt.load_state_dict(s)
+            history, best, best_epoch, start, bad_epochs = st["history"], st["best"], st["best_epoch"], st["epoch"] + 1, st["bad_epochs"]
+    t0 = time.perf_counter()
+    epoch = start - 1
+    for epoch in range(start, tc.epochs):
+        _seed_epoch(t_train, seed, epoch)
+        loader = _loader(train_x, t_train, tc.batch_size, True, seed * 1000 + epoch)
+        terms: dict[str, list[float]] = {}
+        te = time.perf_counter()
+        for batch in loader:
+            step = model.training_step(batch[KEY].to(device), optimizers, tc.max_grad_norm)
+            for k, v in step.items():
+                terms.setdefault(k, []).append(v)
+        row = {"epoch": epoch, **{f"train_{k}": float(np.mean(v)) for k, v in terms.items()}}
+        if not all(math.isfinite(v) for v in row.values()):
+            stop_reason = f"non-finite training loss at epoch {epoch} ({row}); kept the checkpoint of epoch {best_epoch}"
+            break
+        val = _validate(model, val_loader, device, seed) if len(val_x) else float("nan")
+        row.update(val_loss=val, seconds=time.perf_counter() - te)
+        history.append(row)
+        improved = (math.isfinite(val) and val < best) or (not len(val_x))
+        if improved:
+            best, best_epoch, bad_epochs = (val if len(val_x) else row["train_loss"]), epoch, 0
+            save_checkpoint(ckpt_path, model, normalisation, {"epoch": epoch, "val_loss": val, "seed": seed})
+        else:
+            bad_epochs += 1
+        _write_curves(out_dir, history)
+        io.write_with(state_path, lambda tmp: torch.save({
+            "fingerprint": fingerprint, "model": model.state_dict(),
+            "optimizers": [o.state_dict() for o in optimizers], "history": history, "best": best,
+            "best_epoch": best_epoch, "epoch": epoch, "bad_epochs": bad_epochs}, tmp))
+        if len(val_x) and bad_epochs >= tc.patience:
+            stop_reason = f"early stop: validation loss did not improve for {tc.patience} epochs"
+            break
+    if not ckpt_path.exists():
+        raise StageError(f"train: no usable checkpoint ({stop_reason})")
+    state_path.unlink(missing_ok=True)
+    return {"best_epoch": best_epoch, "best_val_loss": best, "epochs_run": epoch + 1, "stop_reason": stop_reason,
+            "train_seconds": time.perf_counter() - t0, "diverged": stop_reason.startswith("non-finite")}
+
+
+def _write_curves(out_dir: Path, history: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = pd.DataFrame(history)
+    io.write_csv(out_dir / "curves.csv", df)
+    cols = [c for c in df.columns if c.startswith("train_") or c == "val_loss"]
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 2.8), squeeze=False)
+    for ax, c in zip(axes[0], cols):
+        ax.plot(df["epoch"], df[c], marker=".")
+        ax.set_title(c)
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    io.write_with(out_dir / "curves.png", lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+
+
+def run(cfg: Config, run_dir: Path) -> StageResult:
+    torch.set_num_threads(cfg.run.threads)
+    splits = load_splits(run_dir)
+    ids, cubes = load_cubes(run_dir, cfg.extract.hu_window, cfg.extract.normalise)
+    pos = {s: i for i, s in enumerate(ids)}
+    train_idx = [pos[s] for s in splits.loc[splits["split"] == "train", "sample_id"]]
+    val_idx = [pos[s] for s in splits.loc[(splits["split"] == "val") & (splits["label"] == 0), "sample_id"]]
+    if not train_idx:
+        raise StageError("train: the training split is empty")
+    torch.manual_seed(cfg.run.seed)
+    model = build(cfg.model.name, cfg.model, cubes.shape[1], cfg.train.patch_size)
+    out_dir = run_dir / MODEL_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    normalisation = {"hu_window": list(cfg.extract.hu_window), "mode": cfg.extract.normalise, "cube_size": cfg.extract.cube_size}
+    data_key = io.sha256_json([io.sha256_file(run_dir / "cubes.npz"), train_idx, val_idx])
+    summary = fit(model, cubes[train_idx], cubes[val_idx], cfg, out_dir, normalisation, data_key)
+    result = StageResult(counts={"train_samples": len(train_idx), "val_samples": len(val_idx), "parameters": sum(p.numel() for p in model.parameters())}, extra=summary)
+    if summary["diverged"]:
+        result.fail("training", summary["stop_reason"])
+    result.outputs = [out_dir / MODEL_FILE, out_dir / "curves.csv", out_dir / "curves.png"]
+    return result

@@ -1,0 +1,174 @@
+"""VAE detector (seeds 000, 001, 004) on MONAI's ``VarAutoEncoder``, in 2D and 3D.
+
+Likelihood terms are in nats per sample and include the normalising constants, so ELBO and IWAE
+are real bounds on log p(x) and can be compared:
+
+- Gaussian decoder: ``−log p(x|z) = ‖x − μ_θ(z)‖² / (2σ²) + (N/2)·log(2πσ²)``; seeds 000/001 use
+  σ = 1/√2, which makes the first term the plain squared error.
+- Bernoulli decoder: ``−log p(x|z) = BCE(logits_θ(z), x)`` summed over voxels (x in [0, 1]).
+
+Scores (higher = more anomalous), with K samples z_k ~ q(z|x):
+``recon`` = mean_k −log p(x|z_k); ``kl`` = KL(q‖p) (analytic); ``elbo`` = recon + kl (= −ELBO);
+``iwae`` = −log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x).
+
+MONAI pitfall: in eval mode ``VarAutoEncoder.forward`` uses z = μ + σ (MONAI #8413); we call
+``encode_forward``/``decode_forward`` and sample ourselves. The encoder runs once per sample
+and the decoder over a K×B batch (in chunks, to bound memory).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import VarAutoEncoder
+
+from models.registry import Detector, ScoreOutput, register
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class VAEParams:
+    """VAE hyper-parameters (config section ``model``)."""
+
+    name: str = "vae3d"
+    latent_dim: int = 64
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    strides: list[int] = field(default_factory=lambda: [2, 2, 1])  # product must divide the patch size
+    num_res_units: int = 1
+    decoder: Literal["gaussian", "bernoulli"] = "gaussian"
+    sigma: float = 0.7071067811865476  # Gaussian decoder σ (seeds: 1/√2)
+    beta: float = 1.0  # KL weight in the training loss (seed 004: 0.01); scores always use β = 1
+    decode_chunk: int = 256  # decoder batch size when scoring K×B samples
+
+    def check(self, cfg) -> list[str]:
+        errs = []
+        if len(self.channels) != len(self.strides):
+            errs.append(f"model.strides: {len(self.strides)} values but model.channels has {len(self.channels)}")
+        p = cfg.train.patch_size
+        size = p
+        for s in self.strides:
+            if size % s:
+                errs.append(f"model.strides: {list(self.strides)} do not divide train.patch_size {p} (MONAI would silently decode to a different size)")
+                break
+            size //= s
+        if self.sigma <= 0:
+            errs.append("model.sigma: must be > 0")
+        return errs
+
+
+def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, sigma: float) -> torch.Tensor:
+    """−log N(x; mean, σ²I) summed over all but the batch axis (nats)."""
+    n = x[0].numel()
+    sq = (x - mean).pow(2).flatten(1).sum(1)
+    return sq / (2 * sigma**2) + 0.5 * n * (LOG_2PI + 2 * math.log(sigma))
+
+
+def bernoulli_nll(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """−log Bernoulli(x; sigmoid(logits)) summed over all but the batch axis (x may be soft)."""
+    return F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").flatten(1).sum(1)
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, diag e^logvar) ‖ N(0, I)) per sample."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+
+
+def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; μ, diag e^logvar), summed over the last axis."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
+
+
+def mc_scores(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, nll: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+              k: int, generator: torch.Generator, chunk: int = 256) -> dict[str, torch.Tensor]:
+    """ELBO, IWAE, reconstruction and KL scores from K posterior samples.
+
+    ``nll(x_rep, z)`` returns −log p(x|z) for a flat batch of latent codes. The noise ε (K, L)
+    is shared by every sample of the batch (common random numbers), so a sample's score does not
+    depend on which batch it is scored in.
+    """
+    b, latent = mu.shape
+    eps = torch.randn(k, latent, generator=generator, device="cpu").to(mu.device, mu.dtype)
+    std = (0.5 * logvar).exp()
+    z = mu[None] + std[None] * eps[:, None, :]  # (K, B, L)
+    zf = z.reshape(k * b, latent)
+    xf = x[None].expand(k, *x.shape).reshape(k * b, *x.shape[1:])
+    rec = torch.cat([nll(xf[i : i + chunk], zf[i : i + chunk]) for i in range(0, k * b, chunk)]).view(k, b)
+    kl = kl_standard_normal(mu, logvar)
+    log_w = -rec + log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - log_normal(z, mu[None], logvar[None])
+    iwae = -(torch.logsumexp(log_w, 0) - math.log(k))
+    recon = rec.mean(0)
+    return {"elbo": recon + kl, "iwae": iwae, "recon": recon, "kl": kl}
+
+
+class _VAE(Detector):
+    Params = VAEParams
+    spatial_dims = 3
+    score_names = ("elbo", "iwae", "recon", "kl")
+
+    def __init__(self, params: VAEParams, in_channels: int, patch_size: int) -> None:
+        super().__init__(params, in_channels, patch_size)
+        self.net = VarAutoEncoder(
+            spatial_dims=self.spatial_dims,
+            in_shape=(in_channels, *([patch_size] * self.spatial_dims)),
+            out_channels=in_channels,
+            latent_size=params.latent_dim,
+            channels=tuple(params.channels),
+            strides=tuple(params.strides),
+            num_res_units=params.num_res_units,
+            use_sigmoid=False,
+        )
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder mean in data range (sigmoid of the network output)."""
+        return torch.sigmoid(self.net.decode_forward(z, use_sigmoid=False))
+
+    def nll(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        out = self.net.decode_forward(z, use_sigmoid=False)
+        if self.params.decoder == "bernoulli":
+            return bernoulli_nll(x, out)
+        return gaussian_nll(x, torch.sigmoid(out), self.params.sigma)
+
+    def loss_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Single-sample reconstruction NLL and analytic KL per sample (training objective)."""
+        mu, logvar = self.net.encode_forward(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        return self.nll(x, z), kl_standard_normal(mu, logvar)
+
+    def training_step(self, x, optimizers, max_grad_norm):
+        (opt,) = optimizers
+        rec, kl = self.loss_terms(x)
+        loss = (rec + self.params.beta * kl).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters(), max_grad_norm)
+        opt.step()
+        return {"loss": loss.item(), "recon": rec.mean().item(), "kl": kl.mean().item()}
+
+    def validation_loss(self, x):
+        rec, kl = self.loss_terms(x)
+        return rec + self.params.beta * kl
+
+    def score(self, x, mc_samples, generator):
+        mu, logvar = self.net.encode_forward(x)
+        scores = mc_scores(x, mu, logvar, self.nll, mc_samples, generator, self.params.decode_chunk)
+        residual = (x - self.decode_mean(mu)).abs()
+        return ScoreOutput(scores=scores, residual=residual)
+
+
+@register("vae3d")
+class VAE3D(_VAE):
+    """3D VAE for 28³ cubes."""
+
+    spatial_dims = 3
+
+
+@register("vae2d")
+class VAE2D(_VAE):
+    """2D VAE for 28² images (1 or 3 channels)."""
+
+    spatial_dims = 2

@@ -1,0 +1,100 @@
+"""Command line: ``pipeline run|validate|ingest|extract|split|train|score|evaluate CONFIG``.
+
+Errors are printed as one line each (``error: ...``) with a non-zero exit code; ``--debug``
+shows the traceback instead. Per-item errors (a bad series, a nodule outside its volume) do not
+stop the run; they are listed in ``errors.csv`` and make the exit code 1 once all stages ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.errors import MedAnomalyError
+
+EXIT_ITEM_ERRORS = 1
+EXIT_FAILED = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    from pipeline.runner import STAGE_NAMES
+
+    p = argparse.ArgumentParser(prog="pipeline", description="medanomaly: generative anomaly detection on medical images (MONAI).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("config", help="YAML config; a bare name (ct_nodules.yaml) falls back to the bundled configs/")
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+        sp.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    sp = sub.add_parser("validate", help="check a config without running anything")
+    common(sp)
+    sp = sub.add_parser("run", help="run every stage (finished, unchanged stages are skipped)")
+    common(sp)
+    sp.add_argument("--out", type=Path, help="run directory (default: run.out, else ./runs/<config name>)")
+    sp.add_argument("--force", action="store_true", help="re-run stages even when up to date")
+    sp.add_argument("--from", dest="start", choices=STAGE_NAMES, help="first stage to run")
+    for name in STAGE_NAMES:
+        sp = sub.add_parser(name, help=f"run only the {name} stage")
+        common(sp)
+        sp.add_argument("--out", type=Path, help="run directory")
+        sp.add_argument("--force", action="store_true")
+    return p
+
+
+def _run_dir(cfg, args) -> Path:
+    if getattr(args, "out", None):
+        return args.out.resolve()
+    if cfg.run.out:
+        return cfg.run.out
+    return (Path.cwd() / "runs" / Path(cfg.source).stem).resolve()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except MedAnomalyError as exc:
+        if args.debug:
+            raise
+        for line in str(exc).splitlines():
+            print(f"error: {line}" if not line.startswith("  ") else line, file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted; finished stages are kept, re-run to resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    from pipeline.config import load_config, resolve_config_path
+
+    path, bundled = resolve_config_path(args.config)
+    if bundled:
+        print(f"using bundled config {path}", file=sys.stderr)
+    cfg = load_config(path, args.overrides)
+    if args.command == "validate":
+        print(f"{path}: valid (model {cfg.model.name}, input {cfg.ingest.input})")
+        return 0
+    import models  # noqa: F401 - registers the built-in models
+    from pipeline.runner import STAGE_NAMES, run_stages
+
+    if args.command == "run":
+        names = list(STAGE_NAMES[STAGE_NAMES.index(args.start):] if args.start else STAGE_NAMES)
+    else:
+        names = [args.command]
+    run_dir = _run_dir(cfg, args)
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    manifest = run_stages(cfg, run_dir, names, force=args.force, log=lambda m: print(m, file=sys.stderr))
+    n_err = sum(len(manifest.stages.get(n, {}).get("errors", [])) for n in names)
+    summary = manifest.stages.get("evaluate", {}).get("details", {})
+    if summary.get("auroc") is not None and "evaluate" in names:
+        print(f"AUROC ({cfg.evaluate.score}, {cfg.evaluate.split} split): {summary['auroc']:.3f}; see {run_dir / 'metrics.json'}")
+    if n_err:
+        print(f"{n_err} item error(s); see {run_dir / 'errors.csv'}", file=sys.stderr)
+        return EXIT_ITEM_ERRORS
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

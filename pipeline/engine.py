@@ -1,0 +1,49 @@
+"""Map a function over independent items (series, nodule groups) with per-item error capture.
+
+The default engine runs items in the current process (``workers: 1``) or in a local process pool.
+An item that raises never stops the others: its exception becomes an ``(item, message)`` error.
+:class:`~pipeline.errors.ItemError` messages are shown as they are; an unexpected exception is
+reported with its type so a bug is still visible without a traceback.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Callable, Iterable, Iterator
+
+from tqdm import tqdm
+
+from pipeline.errors import MedAnomalyError
+
+
+def _call(fn: Callable, item: Any) -> tuple[bool, Any]:
+    try:
+        return True, fn(item)
+    except MedAnomalyError as exc:
+        return False, str(exc)
+    except Exception as exc:  # noqa: BLE001 - one bad item must not stop the batch
+        return False, f"unexpected {type(exc).__name__}: {exc}"
+
+
+def map_items(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 1, desc: str = "", key: Callable[[Any], str] = str) -> Iterator[tuple[str, bool, Any]]:
+    """Yield ``(item key, ok, result-or-message)`` for every item, in input order for workers=1.
+
+    ``fn`` must be a picklable top-level function when ``workers > 1``.
+    """
+    items = list(items)
+    bar = tqdm(total=len(items), desc=desc, unit="item", leave=False, disable=None)
+    try:
+        if workers <= 1 or len(items) <= 1:
+            for item in items:
+                ok, res = _call(fn, item)
+                bar.update()
+                yield key(item), ok, res
+            return
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_call, fn, item): item for item in items}
+            for fut in as_completed(futures):
+                ok, res = fut.result()
+                bar.update()
+                yield key(futures[fut]), ok, res
+    finally:
+        bar.close()

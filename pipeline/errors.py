@@ -1,0 +1,35 @@
+"""Exception families. Each message names the input and, where there is one, the remedy.
+
+The CLI prints ``str(error)`` as one line (no traceback unless ``--debug``); stages catch
+:class:`ItemError` per item, record it in ``errors.csv`` and go on with the other items.
+"""
+
+from __future__ import annotations
+
+
+class MedAnomalyError(Exception):
+    """Base class: an expected failure with a message meant for the user."""
+
+
+class ConfigError(MedAnomalyError):
+    """The config file is missing, malformed, or fails schema validation."""
+
+
+class StageError(MedAnomalyError):
+    """A whole stage cannot run (e.g. a required upstream output is missing)."""
+
+
+class ItemError(MedAnomalyError):
+    """One item (a series, a nodule, a sample) failed; the others go on."""
+
+
+class InvalidSeriesError(ItemError):
+    """A DICOM series fails validation (orientation, spacing, missing slices, ...)."""
+
+
+class DicomReadError(ItemError):
+    """A file could not be read as DICOM."""
+
+
+class ExtractionError(ItemError):
+    """A nodule cube cannot be cut (unknown series, centre outside the volume, ...)."""

@@ -1,0 +1,60 @@
+"""``manifest.json``: what each stage did, with what, and how long it took.
+
+The manifest records the resolved config, library versions, and for each stage: status,
+fingerprint (config sections + input digests), output hashes, counts, per-item status, errors,
+wall time and peak memory. It is rewritten atomically after every stage. ``errors.csv`` is
+regenerated from it, so it always lists the errors of the latest run of every stage.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import io
+
+MANIFEST = "manifest.json"
+ERRORS_CSV = "errors.csv"
+LIBRARIES = ("torch", "monai", "numpy", "SimpleITK", "pydicom", "nibabel", "scikit-learn", "scikit-image", "pandas", "scipy", "PyYAML", "matplotlib")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for lib in ("medanomaly",) + LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = "not installed"
+    return versions
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Manifest:
+    """In-memory manifest bound to a run directory; :meth:`save` writes it atomically."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / MANIFEST
+        self.run_dir = run_dir
+        self.data: dict = json.loads(self.path.read_text()) if self.path.exists() else {"created": now(), "stages": {}}
+
+    @property
+    def stages(self) -> dict:
+        return self.data.setdefault("stages", {})
+
+    def save(self) -> None:
+        self.data["updated"] = now()
+        io.write_json(self.path, self.data)
+        self.write_errors()
+
+    def write_errors(self) -> None:
+        rows = [{"stage": name, "item": item, "error": msg} for name, st in self.stages.items() for item, msg in st.get("errors", [])]
+        io.write_csv(self.run_dir / ERRORS_CSV, pd.DataFrame(rows, columns=["stage", "item", "error"]))

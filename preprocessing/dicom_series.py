@@ -1,0 +1,204 @@
+"""DICOM discovery, series grouping, validation and reading (pydicom headers, SimpleITK pixels).
+
+Headers are read with ``stop_before_pixels`` so scanning a large archive stays cheap in memory;
+pixels are read only for series that pass validation, by SimpleITK (GDCM), which also applies
+Rescale Slope/Intercept, giving Hounsfield units for CT.
+
+Slices are ordered by their position along the slice normal (row × column direction cosines),
+never by InstanceNumber, which scanners do not always assign in spatial order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
+
+from pipeline.errors import DicomReadError, InvalidSeriesError
+
+# Transfer syntaxes whose pixel data are stored uncompressed (size is predictable).
+_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """The header fields of one slice needed to group, order and validate a series."""
+
+    path: Path
+    series_uid: str
+    study_uid: str
+    patient_id: str
+    modality: str
+    position: tuple[float, float, float]  # ImagePositionPatient, LPS mm
+    orientation: tuple[float, ...]  # ImageOrientationPatient (row cosines, column cosines)
+    pixel_spacing: tuple[float, float]  # (row spacing, column spacing) mm
+    rows: int
+    columns: int
+    instance_number: int | None
+
+
+@dataclass
+class SeriesInfo:
+    """A validated series: its slices in spatial order plus summary geometry."""
+
+    series_uid: str
+    study_uid: str
+    patient_id: str
+    modality: str
+    slices: list[SliceHeader]
+    slice_spacing_mm: float
+    pixel_spacing_mm: tuple[float, float]
+    rows: int
+    columns: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def files(self) -> list[str]:
+        return [str(s.path) for s in self.slices]
+
+
+def read_header(path: Path) -> SliceHeader:
+    """Read one file's header (no pixels). Raises :class:`DicomReadError` with the reason."""
+    size = path.stat().st_size
+    if size == 0:
+        raise DicomReadError(f"{path}: empty file (0 bytes)")
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        raise DicomReadError(f"{path}: not a DICOM file (no DICM preamble)") from None
+    except Exception as exc:  # pydicom raises many types on damaged headers
+        raise DicomReadError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns") if k not in ds]
+    if missing:
+        raise DicomReadError(f"{path}: not a cross-sectional image slice (missing {', '.join(missing)})")
+    tsyntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2"))
+    if tsyntax in _UNCOMPRESSED:
+        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("BitsAllocated", 16)) // 8 * int(ds.get("SamplesPerPixel", 1))
+        if size < expected:
+            raise DicomReadError(f"{path}: truncated file ({size} bytes, smaller than its {expected}-byte pixel data)")
+    try:
+        return SliceHeader(
+            path=path,
+            series_uid=str(ds.SeriesInstanceUID),
+            study_uid=str(ds.get("StudyInstanceUID", "")),
+            patient_id=str(ds.get("PatientID", "")) or "unknown",
+            modality=str(ds.get("Modality", "")),
+            position=tuple(float(v) for v in ds.ImagePositionPatient),
+            orientation=tuple(float(v) for v in ds.ImageOrientationPatient),
+            pixel_spacing=tuple(float(v) for v in ds.PixelSpacing),
+            rows=int(ds.Rows),
+            columns=int(ds.Columns),
+            instance_number=int(ds.InstanceNumber) if ds.get("InstanceNumber") not in (None, "") else None,
+        )
+    except (ValueError, TypeError) as exc:
+        raise DicomReadError(f"{path}: malformed geometry tags ({exc})") from None
+
+
+def discover(root: Path) -> tuple[dict[str, list[SliceHeader]], list[tuple[str, str]]]:
+    """Walk ``root`` recursively and group readable slices by SeriesInstanceUID.
+
+    Returns ``(series, errors)`` where errors are ``(file, message)`` for unreadable files.
+    """
+    series: dict[str, list[SliceHeader]] = {}
+    errors: list[tuple[str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.startswith(".") or name.upper() == "DICOMDIR":
+                continue
+            path = Path(dirpath) / name
+            try:
+                hdr = read_header(path)
+            except DicomReadError as exc:
+                errors.append((str(path), str(exc)))
+                continue
+            series.setdefault(hdr.series_uid, []).append(hdr)
+    return series, errors
+
+
+def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
+    """Unit normal of the slice plane (row cosines × column cosines), LPS."""
+    row, col = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    n = np.cross(row, col)
+    return n / np.linalg.norm(n)
+
+
+def validate_series(slices: list[SliceHeader], min_slices: int = 8, spacing_tolerance: float = 0.1) -> SeriesInfo:
+    """Order slices along the normal and check that they form one regular volume.
+
+    Checks: a single orientation and in-plane geometry; at least ``min_slices`` slices; no
+    duplicate positions; positions along the normal (no gantry tilt); uniform gaps within
+    ``spacing_tolerance`` (relative), with a gap of ~k·spacing reported as k−1 missing slices.
+    """
+    uid = slices[0].series_uid
+    tag = f"series {uid}"
+    if len(slices) < min_slices:
+        raise InvalidSeriesError(f"{tag}: only {len(slices)} slice(s), need at least {min_slices} (ingest.min_slices)")
+    o0 = np.asarray(slices[0].orientation)
+    if any(not np.allclose(s.orientation, o0, atol=1e-4) for s in slices):
+        n = len({tuple(np.round(s.orientation, 4)) for s in slices})
+        raise InvalidSeriesError(f"{tag}: {n} different slice orientations in one series; expected one")
+    shapes = {(s.rows, s.columns) for s in slices}
+    if len(shapes) > 1:
+        raise InvalidSeriesError(f"{tag}: slices have different sizes {sorted(shapes)}")
+    spacings = {tuple(np.round(s.pixel_spacing, 5)) for s in slices}
+    if len(spacings) > 1:
+        raise InvalidSeriesError(f"{tag}: slices have different PixelSpacing {sorted(spacings)}")
+    normal = slice_normal(slices[0].orientation)
+    pos = np.array([s.position for s in slices])
+    along = pos @ normal
+    order = np.argsort(along, kind="stable")
+    slices = [slices[i] for i in order]
+    pos, along = pos[order], along[order]
+    gaps = np.diff(along)
+    if np.any(gaps < 1e-3):
+        i = int(np.argmax(gaps < 1e-3))
+        raise InvalidSeriesError(f"{tag}: duplicate slice position {along[i]:.2f} mm along the normal ({slices[i].path.name}, {slices[i + 1].path.name})")
+    disp = pos[-1] - pos[0]
+    lateral = np.linalg.norm(disp - (disp @ normal) * normal)
+    if lateral > 1e-3 * max(np.linalg.norm(disp), 1.0) + 0.01:
+        angle = np.degrees(np.arctan2(lateral, abs(disp @ normal)))
+        raise InvalidSeriesError(f"{tag}: slice positions are sheared {angle:.1f}° from the slice normal (gantry tilt); not supported, reconstruct without tilt")
+    spacing = float(np.median(gaps))
+    bad = np.abs(gaps - spacing) > spacing_tolerance * spacing
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        ratio = gaps[i] / spacing
+        if round(ratio) >= 2 and abs(ratio - round(ratio)) < spacing_tolerance:
+            n_missing = int(round(ratio)) - 1
+            raise InvalidSeriesError(f"{tag}: {n_missing} missing slice(s) between {along[i]:.2f} and {along[i + 1]:.2f} mm (gap {gaps[i]:.2f} mm, spacing {spacing:.2f} mm)")
+        raise InvalidSeriesError(f"{tag}: non-uniform slice spacing: gap {gaps[i]:.2f} mm at {along[i]:.2f} mm vs median {spacing:.2f} mm")
+    first = slices[0]
+    return SeriesInfo(
+        series_uid=uid,
+        study_uid=first.study_uid,
+        patient_id=first.patient_id,
+        modality=first.modality,
+        slices=slices,
+        slice_spacing_mm=spacing,
+        pixel_spacing_mm=first.pixel_spacing,
+        rows=first.rows,
+        columns=first.columns,
+    )
+
+
+def read_volume(info: SeriesInfo) -> sitk.Image:
+    """Read a validated series as a float32 image in HU with exact DICOM geometry (LPS)."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(info.files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+        raise InvalidSeriesError(f"series {info.series_uid}: pixel data could not be decoded ({first_line})") from None
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    # ImageSeriesReader takes the slice spacing from the first two files; use the validated median.
+    spacing = list(image.GetSpacing())
+    spacing[2] = info.slice_spacing_mm
+    image.SetSpacing(spacing)
+    return image
