@@ -6,6 +6,7 @@ Scores are oriented so that higher = more anomalous; labels are 1 for anomalies.
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 DEFINITIONS = {
@@ -18,13 +19,18 @@ DEFINITIONS = {
 
 
 def bootstrap_auroc(labels: np.ndarray, scores: np.ndarray, n: int = 1000, ci: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile CI of the AUROC from a bootstrap that keeps the class counts fixed."""
+    """Percentile CI of the AUROC from a bootstrap that keeps the class counts fixed.
+
+    The n resampled AUROCs are computed at once with the Mann-Whitney rank identity
+    AUROC = (Σ ranks of anomalies − n₁(n₁+1)/2) / (n₁·n₀), which equals sklearn's
+    ``roc_auc_score`` (ties count ½) and is ~100× faster than calling it n times.
+    """
     rng = np.random.default_rng(seed)
     pos, neg = scores[labels == 1], scores[labels == 0]
-    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    stats = np.empty(n)
-    for b in range(n):
-        stats[b] = roc_auc_score(y, np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+    n1, n0 = len(pos), len(neg)
+    boot = np.concatenate([pos[rng.integers(0, n1, (n, n1))], neg[rng.integers(0, n0, (n, n0))]], axis=1)
+    ranks = rankdata(boot, axis=1)
+    stats = (ranks[:, :n1].sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0)
     a = (1 - ci) / 2
     return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
 

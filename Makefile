@@ -1,0 +1,32 @@
+# Two commands for a fresh machine:
+#   make demo   create .venv, install, run the main job on sample_data/
+#   make test   create .venv, install, run the test suite (what .ci/run calls)
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+TORCH   ?= torch==2.13.0
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: demo test test-all install clean
+
+$(BIN)/pipeline: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/pipeline
+
+demo: install
+	$(BIN)/pipeline run configs/ct_nodules.yaml
+
+test: install
+	$(BIN)/python -m pytest tests -q $(PYTEST_ARGS)
+
+test-all: install
+	$(BIN)/python -m pytest tests -q -m ""
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
