@@ -1,0 +1,190 @@
+"""Config schema: YAML loading, typed validation, suggestions, overrides and path resolution."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, load_config
+from pipeline.errors import ConfigError
+from models.vae import VAEParams
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_cfg(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def config_error(tmp_path: Path, text: str, overrides: list[str] | None = None) -> str:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write_cfg(tmp_path, text), overrides)
+    return str(exc.value)
+
+
+def test_minimal_valid_config_loads_with_defaults(tmp_path):
+    path = write_cfg(tmp_path, "model: {name: vae3d}\n")
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert isinstance(cfg.model, VAEParams)
+    assert cfg.model.name == "vae3d"
+    assert cfg.model.latent_dim == VAEParams().latent_dim
+    assert cfg.train.epochs == 50 and cfg.train.patch_size == 28
+    assert cfg.extract.hu_window == (-1000.0, 400.0)
+    assert cfg.source == path.resolve()
+
+
+def test_full_sections_are_typed(tmp_path):
+    cfg = load_config(write_cfg(tmp_path, """
+run: {seed: 7, device: cpu}
+train: {epochs: 3, lr: 1, batch_size: 4}
+extract: {hu_window: [-900, 200], cube_size: 32}
+model: {name: vae2d, latent_dim: 8, channels: [4, 8], strides: [2, 2]}
+"""))
+    assert cfg.run.seed == 7 and cfg.run.device == "cpu"
+    assert cfg.train.epochs == 3
+    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1.0  # int accepted for float, converted
+    assert cfg.extract.hu_window == (-900.0, 200.0)
+    assert all(isinstance(v, float) for v in cfg.extract.hu_window)
+    assert cfg.model.name == "vae2d" and cfg.model.latent_dim == 8 and cfg.model.channels == [4, 8]
+
+
+def test_unknown_top_level_key(tmp_path):
+    msg = config_error(tmp_path, "model: {name: vae3d}\ntrian: {epochs: 5}\n")
+    assert "trian" in msg
+    assert "unknown key" in msg
+    assert "'train'" in msg  # nearest valid section suggested
+
+
+def test_misspelt_nested_key_names_dotted_key_and_suggests(tmp_path):
+    msg = config_error(tmp_path, "model: {name: vae3d}\ntrain: {epoch: 5}\n")
+    assert "train.epoch" in msg
+    assert "did you mean 'epochs'" in msg
+    assert str(tmp_path / "cfg.yaml") in msg  # names the file
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    msg = config_error(tmp_path, "model: {name: vae3d}\ntrain: {epochs: five}\n")
+    assert "train.epochs" in msg
+    assert "integer" in msg
+    msg = config_error(tmp_path, 'model: {name: vae3d}\ntrain: {epochs: "5"}\n')
+    assert "train.epochs" in msg
+
+
+def test_bool_is_not_an_int(tmp_path):
+    msg = config_error(tmp_path, "model: {name: vae3d}\ntrain: {epochs: true}\n")
+    assert "train.epochs" in msg
+
+
+def test_literal_choice_suggests(tmp_path):
+    msg = config_error(tmp_path, "model: {name: vae3d}\nsplit: {method: kfld}\n")
+    assert "split.method" in msg and "'kfold'" in msg
+
+
+def test_unknown_model_suggests_nearest(tmp_path):
+    msg = config_error(tmp_path, "model: {name: vae3}\n")
+    assert "model.name" in msg
+    assert "did you mean 'vae3d'" in msg
+    assert "vae2d" in msg  # registered list
+
+
+def test_misspelt_model_param_is_caught(tmp_path):
+    msg = config_error(tmp_path, "model: {name: vae3d, latnt_dim: 8}\n")
+    assert "model.latnt_dim" in msg
+    assert "did you mean 'latent_dim'" in msg
+
+
+def test_wrong_model_param_type(tmp_path):
+    msg = config_error(tmp_path, "model: {name: vae3d, channels: [4, eight], strides: [2, 2]}\n")
+    assert "model.channels[1]" in msg
+
+
+def test_multiple_errors_are_all_reported(tmp_path):
+    msg = config_error(tmp_path, "model: {name: vae3d}\ntrain: {epoch: 5}\nscore: {mc_sample: 3}\n")
+    assert "train.epoch" in msg and "score.mc_sample" in msg
+
+
+def test_set_overrides_take_effect_with_types(tmp_path):
+    path = write_cfg(tmp_path, "model: {name: vae3d}\ntrain: {epochs: 50}\n")
+    cfg = load_config(path, ["train.epochs=5", "extract.hu_window=[-900, 300]", "model.latent_dim=12", "run.device=cpu"])
+    assert cfg.train.epochs == 5 and isinstance(cfg.train.epochs, int)
+    assert cfg.extract.hu_window == (-900.0, 300.0)
+    assert all(isinstance(v, float) for v in cfg.extract.hu_window)
+    assert cfg.model.latent_dim == 12
+    assert cfg.run.device == "cpu"
+
+
+def test_set_overrides_are_validated(tmp_path):
+    path = write_cfg(tmp_path, "model: {name: vae3d}\n")
+    with pytest.raises(ConfigError, match=r"train\.epoch\b.*epochs"):
+        load_config(path, ["train.epoch=5"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(path, ["train.epochs"])
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(path, ["train.epochs=five"])
+
+
+def test_relative_paths_resolve_against_config_folder(tmp_path, monkeypatch):
+    cfg_dir = tmp_path / "configs" / "sub"
+    cfg_dir.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    path = write_cfg(cfg_dir, "model: {name: vae3d}\ningest: {input: ../data/dicom}\nextract: {nodules: nodules.csv}\n")
+    monkeypatch.chdir(elsewhere)
+    assert Path(os.getcwd()).resolve() == elsewhere.resolve()
+    cfg = load_config(path)
+    assert cfg.ingest.input == (tmp_path / "configs" / "data" / "dicom").resolve()
+    assert cfg.extract.nodules == (cfg_dir / "nodules.csv").resolve()
+    # also when the config path itself is given relative to the cwd
+    monkeypatch.chdir(tmp_path)
+    cfg2 = load_config(Path("configs/sub/cfg.yaml"))
+    assert cfg2.ingest.input == cfg.ingest.input
+
+
+def test_absolute_path_is_kept(tmp_path):
+    target = tmp_path / "abs" / "dicom"
+    cfg = load_config(write_cfg(tmp_path, f"model: {{name: vae3d}}\ningest: {{input: '{target}'}}\n"))
+    assert cfg.ingest.input == target
+
+
+def test_strides_must_divide_patch_size(tmp_path):
+    msg = config_error(tmp_path, "model: {name: vae3d, channels: [4, 8, 16], strides: [2, 2, 2]}\ntrain: {patch_size: 28}\n")
+    assert "model.strides" in msg
+    assert "28" in msg
+    # the same strides are fine for a divisible patch size
+    cfg = load_config(write_cfg(tmp_path, "model: {name: vae3d, channels: [4, 8, 16], strides: [2, 2, 2]}\n"
+                                          "train: {patch_size: 24}\nextract: {cube_size: 32}\n", "ok.yaml"))
+    assert cfg.model.strides == [2, 2, 2]
+
+
+def test_channels_strides_length_mismatch(tmp_path):
+    msg = config_error(tmp_path, "model: {name: vae3d, channels: [4, 8], strides: [2, 2, 1]}\n")
+    assert "model.strides" in msg and "model.channels" in msg
+
+
+def test_cross_check_hu_window_order(tmp_path):
+    msg = config_error(tmp_path, "model: {name: vae3d}\nextract: {hu_window: [400, -1000]}\n")
+    assert "extract.hu_window" in msg
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write_cfg(tmp_path, "train: {epochs: [1\n"))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write_cfg(tmp_path, "- a\n- b\n", "list.yaml"))
+
+
+def test_bundled_config_validates():
+    path = ROOT / "configs" / "ct_nodules.yaml"
+    cfg = load_config(path)
+    assert cfg.model.name == "vae3d"
+    assert cfg.train.patch_size == 28
+    assert cfg.ingest.input == (ROOT / "sample_data" / "ct" / "LIDC-IDRI-0063").resolve()
+    assert cfg.ingest.input.is_dir()
+    assert cfg.extract.nodules.is_file()
