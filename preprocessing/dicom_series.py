@@ -68,7 +68,9 @@ def read_header(path: Path) -> SliceHeader:
     if size == 0:
         raise DicomReadError(f"{path}: empty file (0 bytes)")
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        with open(path, "rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            pixel_offset = fp.tell()  # pydicom rewinds to the start of the Pixel Data element
     except InvalidDicomError:
         raise DicomReadError(f"{path}: not a DICOM file (no DICM preamble)") from None
     except Exception as exc:  # pydicom raises many types on damaged headers
@@ -77,10 +79,15 @@ def read_header(path: Path) -> SliceHeader:
     if missing:
         raise DicomReadError(f"{path}: not a cross-sectional image slice (missing {', '.join(missing)})")
     tsyntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2"))
+    if pixel_offset >= size:
+        raise DicomReadError(f"{path}: no pixel data (file ends after the header)")
     if tsyntax in _UNCOMPRESSED:
-        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("BitsAllocated", 16)) // 8 * int(ds.get("SamplesPerPixel", 1))
+        # element header: tag(4) + length(4) implicit VR; tag(4) + VR(2) + reserved(2) + length(4) explicit VR
+        element_header = 8 if tsyntax == "1.2.840.10008.1.2" else 12
+        n_pixel = int(ds.Rows) * int(ds.Columns) * int(ds.get("BitsAllocated", 16)) // 8 * int(ds.get("SamplesPerPixel", 1)) * int(ds.get("NumberOfFrames", 1) or 1)
+        expected = pixel_offset + element_header + n_pixel
         if size < expected:
-            raise DicomReadError(f"{path}: truncated file ({size} bytes, smaller than its {expected}-byte pixel data)")
+            raise DicomReadError(f"{path}: truncated file ({size} bytes; its header and pixel data need {expected})")
     try:
         return SliceHeader(
             path=path,
