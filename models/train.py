@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from monai.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from models.checkpoint import MODEL_DIR, MODEL_FILE, device_for, save_checkpoint
 from models.registry import Detector, build
@@ -80,7 +81,8 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
             history, best, best_epoch, start, bad_epochs = st["history"], st["best"], st["best_epoch"], st["epoch"] + 1, st["bad_epochs"]
     t0 = time.perf_counter()
     epoch = start - 1
-    for epoch in range(start, tc.epochs):
+    bar = tqdm(range(start, tc.epochs), desc="train", unit="epoch", leave=False, disable=None)
+    for epoch in bar:
         _seed_epoch(t_train, seed, epoch)
         loader = _loader(train_x, t_train, tc.batch_size, True, seed * 1000 + epoch)
         terms: dict[str, list[float]] = {}
@@ -95,6 +97,7 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
             break
         val = _validate(model, val_loader, device, seed) if len(val_x) else float("nan")
         row.update(val_loss=val, seconds=time.perf_counter() - te)
+        bar.set_postfix(loss=f"{row['train_loss']:.1f}", val=f"{val:.1f}")
         history.append(row)
         improved = (math.isfinite(val) and val < best) or (not len(val_x))
         if improved:
@@ -110,6 +113,7 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
         if len(val_x) and bad_epochs >= tc.patience:
             stop_reason = f"early stop: validation loss did not improve for {tc.patience} epochs"
             break
+    bar.close()
     if not ckpt_path.exists():
         raise StageError(f"train: no usable checkpoint ({stop_reason})")
     state_path.unlink(missing_ok=True)

@@ -80,8 +80,8 @@ def make_splits(samples: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.DataFr
         split[rest[vfold == 0]] = "val"
     out["split"] = split
     out["fold"] = fold
+    _buffer_overlaps(out, samples)  # first, so the contamination fraction holds for what is trained on
     _mark_training_anomalies(out, cfg.contamination, seed)
-    _buffer_overlaps(out, samples)
     out["grouping"] = mode
     return out
 
