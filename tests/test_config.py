@@ -60,52 +60,27 @@ def test_unknown_top_level_key(tmp_path):
     assert "'train'" in msg  # nearest valid section suggested
 
 
-def test_misspelt_nested_key_names_dotted_key_and_suggests(tmp_path):
-    msg = config_error(tmp_path, "model: {name: vae3d}\ntrain: {epoch: 5}\n")
-    assert "train.epoch" in msg
-    assert "did you mean 'epochs'" in msg
-    assert str(tmp_path / "cfg.yaml") in msg  # names the file
+CONFIG_ERRORS = [
+    # (YAML body, substrings the one error message must contain)
+    ("train: {epoch: 5}\n", ["train.epoch", "did you mean 'epochs'", "cfg.yaml"]),
+    ("train: {epochs: five}\n", ["train.epochs", "integer"]),
+    ('train: {epochs: "5"}\n', ["train.epochs"]),
+    ("train: {epochs: true}\n", ["train.epochs"]),  # a bool is not an int
+    ("split: {method: kfld}\n", ["split.method", "'kfold'"]),
+    ("score: {mc_sample: 3}\ntrain: {epoch: 5}\n", ["train.epoch", "score.mc_sample"]),  # all errors reported
+]
+MODEL_ERRORS = [
+    ("model: {name: vae3}\n", ["model.name", "did you mean 'vae3d'", "vae2d"]),
+    ("model: {name: vae3d, latnt_dim: 8}\n", ["model.latnt_dim", "did you mean 'latent_dim'"]),
+    ("model: {name: vae3d, channels: [4, eight], strides: [2, 2]}\n", ["model.channels[1]"]),
+]
 
 
-def test_wrong_type_names_the_key(tmp_path):
-    msg = config_error(tmp_path, "model: {name: vae3d}\ntrain: {epochs: five}\n")
-    assert "train.epochs" in msg
-    assert "integer" in msg
-    msg = config_error(tmp_path, 'model: {name: vae3d}\ntrain: {epochs: "5"}\n')
-    assert "train.epochs" in msg
-
-
-def test_bool_is_not_an_int(tmp_path):
-    msg = config_error(tmp_path, "model: {name: vae3d}\ntrain: {epochs: true}\n")
-    assert "train.epochs" in msg
-
-
-def test_literal_choice_suggests(tmp_path):
-    msg = config_error(tmp_path, "model: {name: vae3d}\nsplit: {method: kfld}\n")
-    assert "split.method" in msg and "'kfold'" in msg
-
-
-def test_unknown_model_suggests_nearest(tmp_path):
-    msg = config_error(tmp_path, "model: {name: vae3}\n")
-    assert "model.name" in msg
-    assert "did you mean 'vae3d'" in msg
-    assert "vae2d" in msg  # registered list
-
-
-def test_misspelt_model_param_is_caught(tmp_path):
-    msg = config_error(tmp_path, "model: {name: vae3d, latnt_dim: 8}\n")
-    assert "model.latnt_dim" in msg
-    assert "did you mean 'latent_dim'" in msg
-
-
-def test_wrong_model_param_type(tmp_path):
-    msg = config_error(tmp_path, "model: {name: vae3d, channels: [4, eight], strides: [2, 2]}\n")
-    assert "model.channels[1]" in msg
-
-
-def test_multiple_errors_are_all_reported(tmp_path):
-    msg = config_error(tmp_path, "model: {name: vae3d}\ntrain: {epoch: 5}\nscore: {mc_sample: 3}\n")
-    assert "train.epoch" in msg and "score.mc_sample" in msg
+@pytest.mark.parametrize("body, expected", [("model: {name: vae3d}\n" + b, e) for b, e in CONFIG_ERRORS] + MODEL_ERRORS)
+def test_config_errors_name_the_key_and_suggest(tmp_path, body, expected):
+    msg = config_error(tmp_path, body)
+    for part in expected:
+        assert part in msg, (part, msg)
 
 
 def test_set_overrides_take_effect_with_types(tmp_path):
