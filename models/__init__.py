@@ -4,4 +4,4 @@ Importing the package registers the built-in models in :data:`models.registry.MO
 """
 
 from models import registry  # noqa: F401
-from models import vae  # noqa: F401  (registers vae2d, vae3d)
+from models import alphagan, baselines, joint, vae, wgan  # noqa: F401  (each registers its models)

@@ -38,17 +38,38 @@ class ScoreOutput:
 
 
 class Detector(nn.Module):
-    """Interface of a trainable anomaly detector over (B, C, *spatial) inputs in model range."""
+    """Interface of a trainable anomaly detector over (B, C, *spatial) inputs in model range.
+
+    Models trained by minibatch SGD implement :meth:`training_step` (the train stage calls
+    :meth:`on_epoch_start` then one step per batch). Closed-form models (PCA, intensity statistics)
+    set ``sgd = False`` and implement :meth:`fit_arrays` instead. :meth:`score` runs with autograd
+    enabled so that latent searches can use gradients; models that need no gradients wrap their
+    scoring in ``torch.inference_mode()`` themselves.
+    """
 
     Params: ClassVar[type]
     registry_name: ClassVar[str] = ""
     score_names: ClassVar[tuple[str, ...]] = ()
+    spatial_dims: ClassVar[int] = 3
+    sgd: ClassVar[bool] = True
 
     def __init__(self, params, in_channels: int, patch_size: int) -> None:
         super().__init__()
         self.params = params
         self.in_channels = in_channels
         self.patch_size = patch_size
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Hook for multi-phase training (e.g. f-AnoGAN trains its encoder after the GAN)."""
+
+    def selection_active(self) -> bool:
+        """Whether the current epoch's validation loss counts for model selection and early
+        stopping (False e.g. during f-AnoGAN's GAN phase, before its encoder is trained)."""
+        return True
+
+    def fit_arrays(self, train_x: torch.Tensor) -> dict[str, float]:
+        """Closed-form fit on all centre patches at once (only for ``sgd = False`` models)."""
+        raise NotImplementedError
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adam(self.parameters(), lr=lr)]
@@ -63,6 +84,18 @@ class Detector(nn.Module):
 
     def score(self, x: torch.Tensor, mc_samples: int, generator: torch.Generator) -> ScoreOutput:
         raise NotImplementedError
+
+
+def register_2d_3d(base: str):
+    """Register a dimension-generic detector class as ``<base>2d`` and ``<base>3d``."""
+
+    def deco(cls: type[Detector]) -> type[Detector]:
+        for dims in (2, 3):
+            sub = type(f"{cls.__name__}{dims}D", (cls,), {"spatial_dims": dims, "__doc__": f"{cls.__doc__} ({dims}D)"})
+            register(f"{base}{dims}d")(sub)
+        return cls
+
+    return deco
 
 
 def build(name: str, params, in_channels: int, patch_size: int) -> Detector:

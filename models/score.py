@@ -39,7 +39,6 @@ def centre_patch(x: np.ndarray, patch: int) -> np.ndarray:
     return x[(slice(None), slice(None), *[slice(a, a + patch) for a in o[:dims]])]
 
 
-@torch.inference_mode()
 def score_array(model: Detector, x: np.ndarray, mc_samples: int, batch_size: int, seed: int, device: torch.device) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Score already-normalised patches (N, C, *spatial); returns ``(scores, residual maps)``."""
     scores: dict[str, list[np.ndarray]] = {}

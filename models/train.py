@@ -71,6 +71,14 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
     t_train = train_transforms(tc.patch_size, dims, tc.flips)
     val_loader = _loader(val_x, centre_transforms(tc.patch_size, dims), tc.batch_size, False, seed)
     state_path, ckpt_path = out_dir / STATE_FILE, out_dir / MODEL_FILE
+    if not model.sgd:  # closed-form models: one fit on all centre patches
+        t0 = time.perf_counter()
+        x = next(iter(_loader(train_x, centre_transforms(tc.patch_size, dims), len(train_x), False, seed)))[KEY]
+        terms = model.fit_arrays(x.to(device))
+        val = float(_validate(model, val_loader, device, seed)) if len(val_x) else float("nan")
+        _write_curves(out_dir, [{"epoch": 0, **{f"train_{k}": v for k, v in terms.items()}, "val_loss": val}])
+        save_checkpoint(ckpt_path, model, normalisation, {"epoch": 0, "val_loss": val, "seed": seed})
+        return {"best_epoch": 0, "best_val_loss": val, "epochs_run": 1, "stop_reason": "closed-form fit", "train_seconds": time.perf_counter() - t0, "diverged": False}
     history, best, best_epoch, start, bad_epochs, stop_reason = [], math.inf, -1, 0, 0, "max epochs"
     if state_path.exists():  # resume a killed run
         st = torch.load(state_path, map_location="cpu", weights_only=False)
@@ -84,6 +92,7 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
     bar = tqdm(range(start, tc.epochs), desc="train", unit="epoch", leave=False, disable=None)
     for epoch in bar:
         _seed_epoch(t_train, seed, epoch)
+        model.on_epoch_start(epoch, tc.epochs)
         loader = _loader(train_x, t_train, tc.batch_size, True, seed * 1000 + epoch)
         terms: dict[str, list[float]] = {}
         te = time.perf_counter()
@@ -99,8 +108,10 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
         row.update(val_loss=val, seconds=time.perf_counter() - te)
         bar.set_postfix(loss=f"{row['train_loss']:.1f}", val=f"{val:.1f}")
         history.append(row)
-        improved = (math.isfinite(val) and val < best) or (not len(val_x))
-        if improved:
+        if not model.selection_active():  # e.g. a GAN phase before the encoder phase: keep the latest
+            best, bad_epochs = math.inf, 0
+            save_checkpoint(ckpt_path, model, normalisation, {"epoch": epoch, "val_loss": val, "seed": seed})
+        elif (math.isfinite(val) and val < best) or not len(val_x):
             best, best_epoch, bad_epochs = (val if len(val_x) else row["train_loss"]), epoch, 0
             save_checkpoint(ckpt_path, model, normalisation, {"epoch": epoch, "val_loss": val, "seed": seed})
         else:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import VarAutoEncoder
 
-from models.registry import Detector, ScoreOutput, register
+from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -105,9 +105,11 @@ def mc_scores(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, nll: Call
     return {"elbo": recon + kl, "iwae": iwae, "recon": recon, "kl": kl}
 
 
-class _VAE(Detector):
+@register_2d_3d("vae")
+class VAE(Detector):
+    """VAE on MONAI's VarAutoEncoder"""
+
     Params = VAEParams
-    spatial_dims = 3
     score_names = ("elbo", "iwae", "recon", "kl")
 
     def __init__(self, params: VAEParams, in_channels: int, patch_size: int) -> None:
@@ -153,6 +155,7 @@ class _VAE(Detector):
         rec, kl = self.loss_terms(x)
         return rec + self.params.beta * kl
 
+    @torch.inference_mode()
     def score(self, x, mc_samples, generator):
         mu, logvar = self.net.encode_forward(x)
         scores = mc_scores(x, mu, logvar, self.nll, mc_samples, generator, self.params.decode_chunk)
@@ -160,15 +163,4 @@ class _VAE(Detector):
         return ScoreOutput(scores=scores, residual=residual)
 
 
-@register("vae3d")
-class VAE3D(_VAE):
-    """3D VAE for 28³ cubes."""
-
-    spatial_dims = 3
-
-
-@register("vae2d")
-class VAE2D(_VAE):
-    """2D VAE for 28² images (1 or 3 channels)."""
-
-    spatial_dims = 2
+VAE2D, VAE3D = MODELS["vae2d"], MODELS["vae3d"]

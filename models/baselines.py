@@ -1,0 +1,1 @@
+"""Placeholder: filled in by the detectors work (issue 3)."""
