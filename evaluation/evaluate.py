@@ -49,7 +49,7 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     plot_density(test, ec.score, run_dir / "score_density.png")
     outputs += [run_dir / "roc.png", run_dir / "score_density.png"]
     result = StageResult(counts={"evaluated": len(test), "anomalous": int(test["label"].sum())})
-    if ec.overlays:
+    if ec.overlays and cfg.ingest.format == "dicom":
         outputs += write_overlays(run_dir, table, ec.score, result)
     result.outputs = outputs
     result.extra["auroc"] = per_score[ec.score].get("auroc")
@@ -64,6 +64,8 @@ def write_overlays(run_dir: Path, table, score_col: str, result: StageResult) ->
     row_of = {s: i for i, s in enumerate(ids)}
     written = []
     for series, grp in table.groupby("series_uid"):
+        if not isinstance(series, str) or not series:  # array datasets have no CT grid
+            continue
         ct_path = volume_path(run_dir, series)
         if not ct_path.exists():
             result.fail(f"series {series}", f"overlay skipped: ingested CT {ct_path} not found")

@@ -77,4 +77,5 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
 
 
 def load_scores(run_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(run_dir / SCORES_CSV, dtype={"sample_id": str, "patient_id": str, "series_uid": str})
+    table = pd.read_csv(run_dir / SCORES_CSV, dtype={"sample_id": str, "patient_id": str, "series_uid": str})
+    return table.fillna({"series_uid": ""})

@@ -39,10 +39,24 @@ class RunConfig:
 
 
 @dataclass
-class IngestConfig:
-    """DICOM CT series → NIfTI volumes on an isotropic grid (LPS geometry kept)."""
+class ArraysConfig:
+    """Keys and label mapping of an npz array dataset (``ingest.format: arrays``)."""
 
-    input: Path = Path("dicom")  # folder tree searched recursively for DICOM files
+    images: str = "images"  # key, or the suffix of split-prefixed keys (train_images, val_images, ...)
+    labels: str = "labels"
+    patient_id: Optional[str] = None  # key of patient IDs; default: every image is its own patient
+    spatial_dims: int = 2
+    normal_labels: list[float] = field(default_factory=lambda: [0.0])
+    anomaly_labels: Optional[list[float]] = None  # default: every label that is not normal
+
+
+@dataclass
+class IngestConfig:
+    """DICOM CT series → NIfTI volumes on an isotropic grid (LPS geometry kept), or an npz array dataset."""
+
+    format: Literal["dicom", "arrays"] = "dicom"
+    input: Path = Path("dicom")  # dicom: folder tree searched recursively; arrays: the .npz file
+    arrays: ArraysConfig = field(default_factory=ArraysConfig)
     spacing_mm: float = 1.0  # isotropic output spacing
     min_slices: int = 8  # series with fewer slices are rejected
     spacing_tolerance: float = 0.1  # allowed relative deviation of slice gaps from the median
@@ -67,7 +81,7 @@ class ExtractConfig:
 
     nodules: Path = Path("nodules.csv")
     cube_size: int = 32
-    hu_window: tuple[float, float] = (-1000.0, 400.0)
+    hu_window: tuple[float, float] = (-1000.0, 400.0)  # intensity window (HU for CT; e.g. [0, 255] for 8-bit images)
     normalise: Literal["window", "none"] = "window"  # window: clip to hu_window, scale to [0,1]
     nodule_label: Literal["anomaly", "malignancy"] = "malignancy"
     malignancy_column: str = "malignancy_median"
@@ -80,7 +94,7 @@ class ExtractConfig:
 class SplitConfig:
     """Stratified, patient-grouped splits written to ``splits.csv``."""
 
-    method: Literal["holdout", "kfold"] = "holdout"
+    method: Literal["holdout", "kfold", "predefined"] = "holdout"  # predefined: the dataset's own train/val/test
     test_fraction: float = 0.25
     val_fraction: float = 0.2  # of the non-test groups
     n_folds: int = 5

@@ -1,7 +1,7 @@
 """Extract stage: nodule table + ingested volumes → ``cubes.npz`` and ``samples.csv``.
 
-``cubes.npz`` holds ``cubes_hu`` (N, S, S, S) int16 in HU, ``zyx`` order, exactly as cut from the
-1 mm volume, plus ``sample_id``. Normalisation (HU window → [0, 1]) is applied on load with the
+``cubes.npz`` holds ``raw`` (N, 1, S, S, S) int16 in HU, ``zyx`` order, exactly as cut from the
+1 mm volume, plus ``sample_id``. (Array datasets store (N, C, *spatial) float32 in source units.) Normalisation (HU window → [0, 1]) is applied on load with the
 config's window, the same function the model checkpoint records for new data.
 
 ``samples.csv`` has one row per cube: sample_id, patient_id, series_uid, kind (nodule |
@@ -117,6 +117,10 @@ def _row(job: _Job, sample_id: str, kind: str, nodule_id: str, label: int, ratin
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:
+    if cfg.ingest.format == "arrays":
+        from preprocessing.arrays import extract as extract_arrays
+
+        return extract_arrays(cfg, run_dir, CUBES_NPZ, SAMPLES_CSV)
     series = load_series_table(run_dir)
     nodules, errors = read_nodules(cfg.extract.nodules, series)
     result = StageResult()
@@ -144,7 +148,7 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     order = np.argsort(table["sample_id"].to_numpy(), kind="stable")
     table = table.iloc[order].reset_index(drop=True)
     arr = np.concatenate(cubes)[order]
-    io.write_npz(run_dir / CUBES_NPZ, cubes_hu=arr, sample_id=table["sample_id"].to_numpy(dtype=str))
+    io.write_npz(run_dir / CUBES_NPZ, raw=arr[:, None], sample_id=table["sample_id"].to_numpy(dtype=str))
     io.write_csv(run_dir / SAMPLES_CSV, table)
     result.counts = {
         "nodules_in_table": int(len(nodules) + len(errors)),
@@ -162,14 +166,15 @@ def load_samples(run_dir: Path) -> pd.DataFrame:
     path = run_dir / SAMPLES_CSV
     if not path.exists():
         raise StageError(f"{path} not found: run the extract stage first")
-    return pd.read_csv(path, dtype={"patient_id": str, "series_uid": str, "sample_id": str, "nodule_id": str})
+    table = pd.read_csv(path, dtype={"patient_id": str, "series_uid": str, "sample_id": str, "nodule_id": str, "source_split": str})
+    return table.fillna({c: "" for c in ("series_uid", "nodule_id", "source_split") if c in table.columns})
 
 
 def load_cubes(run_dir: Path, window: tuple[float, float], mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(sample_ids, cubes)`` with cubes normalised to model range, shape (N, 1, S, S, S) zyx."""
+    """``(sample_ids, cubes)`` with cubes normalised to model range, shape (N, C, *spatial)."""
     path = run_dir / CUBES_NPZ
     if not path.exists():
         raise StageError(f"{path} not found: run the extract stage first")
     with np.load(path) as z:
-        return z["sample_id"], normalise_hu(z["cubes_hu"], window, mode)[:, None]
+        return z["sample_id"], normalise_hu(z["raw"], window, mode)
 

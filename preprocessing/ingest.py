@@ -80,7 +80,11 @@ def _ingest_one(job: _Job) -> dict:
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:
-    """Ingest every DICOM series under ``cfg.ingest.input``."""
+    """Ingest every DICOM series under ``cfg.ingest.input`` (or an npz array dataset)."""
+    if cfg.ingest.format == "arrays":
+        from preprocessing.arrays import ingest as ingest_arrays
+
+        return ingest_arrays(cfg, run_dir)
     root = cfg.ingest.input
     if not root.exists():
         raise StageError(f"ingest.input: folder {root} does not exist")

@@ -32,8 +32,11 @@ HELD_OUT = ("val", "test")
 def assign_groups(samples: pd.DataFrame, cfg: SplitConfig) -> tuple[pd.Series, str]:
     """Group label per sample and the grouping used (``patient`` or ``spatial_block``)."""
     mode = cfg.group_by
+    has_geometry = "x_mm" in samples.columns
     if mode == "auto":
-        mode = "spatial_block" if samples["patient_id"].nunique() == 1 else "patient"
+        mode = "spatial_block" if samples["patient_id"].nunique() == 1 and has_geometry else "patient"
+    if mode == "spatial_block" and not has_geometry:
+        raise StageError("split.group_by: spatial_block needs cube positions; these samples have none (use patient)")
     if mode == "patient":
         return samples["patient_id"].astype(str), mode
     block = np.floor(samples[["x_mm", "y_mm", "z_mm"]].to_numpy(float) / cfg.block_mm).astype(int)
@@ -67,6 +70,15 @@ def make_splits(samples: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.DataFr
         split[to_test] = "test"
         pool &= ~to_test
     idx = np.flatnonzero(pool)
+    if cfg.method == "predefined":
+        if "source_split" not in samples.columns or not samples["source_split"].isin(["train", "val", "test"]).any():
+            raise StageError("split.method: predefined needs a dataset with its own train/val/test split (split-prefixed array keys)")
+        split[idx] = samples["source_split"].to_numpy(object)[idx]
+        out["split"] = split
+        out["fold"] = fold
+        _mark_training_anomalies(out, cfg.contamination, seed)
+        out["grouping"] = mode
+        return out
     if cfg.method == "kfold":
         fold[idx] = _group_folds(labels[idx], groups.to_numpy()[idx], cfg.n_folds, seed, "k-fold")
         test_fold = cfg.fold
@@ -101,6 +113,8 @@ def _mark_training_anomalies(out: pd.DataFrame, contamination: float, seed: int)
 def _overlaps(a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
     """For each row of ``a``: does its cube overlap any cube of ``b`` in the same series?"""
     hit = np.zeros(len(a), bool)
+    if "start_i" not in a.columns:  # array datasets: separate images, nothing can overlap
+        return hit
     for series, ga in a.groupby("series_uid"):
         gb = b[b["series_uid"] == series]
         if len(gb) == 0:
