@@ -52,10 +52,17 @@ def score_array(model: Detector, x: np.ndarray, mc_samples: int, batch_size: int
     return {k: np.concatenate(v) for k, v in scores.items()}, np.concatenate(residuals)
 
 
+def model_path(cfg: Config, run_dir: Path) -> Path:
+    """The checkpoint to score with: ``score.model`` (a model folder or file) or this run's own."""
+    if cfg.score.model is None:
+        return run_dir / MODEL_DIR / MODEL_FILE
+    return cfg.score.model / MODEL_FILE if cfg.score.model.is_dir() else cfg.score.model
+
+
 def run(cfg: Config, run_dir: Path) -> StageResult:
     torch.set_num_threads(cfg.run.threads)
     device = device_for(cfg.run.device)
-    model, payload = load_checkpoint(run_dir / MODEL_DIR / MODEL_FILE, device)
+    model, payload = load_checkpoint(model_path(cfg, run_dir), device)
     norm = payload["normalisation"]
     ids, cubes = load_cubes(run_dir, tuple(norm["hu_window"]), norm["mode"])
     patch = payload["patch_size"]

@@ -77,7 +77,7 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
         terms = model.fit_arrays(x.to(device))
         val = float(_validate(model, val_loader, device, seed)) if len(val_x) else float("nan")
         _write_curves(out_dir, [{"epoch": 0, **{f"train_{k}": v for k, v in terms.items()}, "val_loss": val}])
-        save_checkpoint(ckpt_path, model, normalisation, {"epoch": 0, "val_loss": val, "seed": seed})
+        save_checkpoint(ckpt_path, model, normalisation, {"epoch": 0, "val_loss": val, "seed": seed, "config": cfg.to_dict()})
         return {"best_epoch": 0, "best_val_loss": val, "epochs_run": 1, "stop_reason": "closed-form fit", "train_seconds": time.perf_counter() - t0, "diverged": False}
     history, best, best_epoch, start, bad_epochs, stop_reason = [], math.inf, -1, 0, 0, "max epochs"
     if state_path.exists():  # resume a killed run
@@ -110,10 +110,10 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
         history.append(row)
         if not model.selection_active():  # e.g. a GAN phase before the encoder phase: keep the latest
             best, bad_epochs = math.inf, 0
-            save_checkpoint(ckpt_path, model, normalisation, {"epoch": epoch, "val_loss": val, "seed": seed})
+            save_checkpoint(ckpt_path, model, normalisation, {"epoch": epoch, "val_loss": val, "seed": seed, "config": cfg.to_dict()})
         elif (math.isfinite(val) and val < best) or not len(val_x):
             best, best_epoch, bad_epochs = (val if len(val_x) else row["train_loss"]), epoch, 0
-            save_checkpoint(ckpt_path, model, normalisation, {"epoch": epoch, "val_loss": val, "seed": seed})
+            save_checkpoint(ckpt_path, model, normalisation, {"epoch": epoch, "val_loss": val, "seed": seed, "config": cfg.to_dict()})
         else:
             bad_epochs += 1
         _write_curves(out_dir, history)

@@ -23,8 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pipeline", description="medanomaly: generative anomaly detection on medical images (MONAI).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("config", help="YAML config; a bare name (ct_nodules.yaml) falls back to the bundled configs/")
+    def common(sp: argparse.ArgumentParser, optional_config: bool = False) -> None:
+        sp.add_argument("config", nargs="?" if optional_config else None, help="YAML config; a bare name (ct_nodules.yaml) falls back to the bundled configs/"
+                        + (" (omit with --model)" if optional_config else ""))
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set train.epochs=5 (repeatable)")
         sp.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -36,11 +37,43 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="re-run stages even when up to date")
     sp.add_argument("--from", dest="start", choices=STAGE_NAMES, help="first stage to run")
     for name in STAGE_NAMES:
-        sp = sub.add_parser(name, help=f"run only the {name} stage")
-        common(sp)
+        sp = sub.add_parser(name, help=f"run only the {name} stage" + (", or batch-score new data with --model" if name == "score" else ""))
+        common(sp, optional_config=name == "score")
         sp.add_argument("--out", type=Path, help="run directory")
         sp.add_argument("--force", action="store_true")
+        if name == "score":
+            sp.add_argument("--model", type=Path, help="batch-score new data with this trained model folder (needs only the folder)")
+            sp.add_argument("--input", type=Path, help="with --model: DICOM folder tree (or npz) to score")
+            sp.add_argument("--nodules", type=Path, help="with --model: nodule CSV (patient coordinates, LPS mm)")
     return p
+
+
+def _new_data_config(args):
+    """Config for scoring new data: the model's training config with new inputs and no training split."""
+    import torch
+
+    from pipeline.config import validate
+    from pipeline.errors import ConfigError
+
+    ckpt = args.model / "model.pt" if args.model.is_dir() else args.model
+    if not ckpt.is_file():
+        raise ConfigError(f"--model {args.model}: no model.pt found (give a run's model/ folder)")
+    if args.input is None:
+        raise ConfigError("pipeline score --model needs --input (the new data)")
+    raw = torch.load(ckpt, map_location="cpu", weights_only=False).get("config")
+    if raw is None:
+        raise ConfigError(f"{ckpt}: checkpoint has no stored config (trained by an older version)")
+    raw["ingest"]["input"] = str(args.input.resolve())
+    if args.nodules:
+        raw["extract"]["nodules"] = str(args.nodules.resolve())
+    raw["extract"]["background"]["enabled"] = False
+    raw["split"]["method"] = "test_only"
+    raw["score"]["model"] = str(ckpt.resolve())
+    raw["run"]["out"] = None
+    from pipeline.config import apply_overrides
+
+    cfg = validate(apply_overrides(raw, args.overrides), base_dir=Path.cwd(), source=Path.cwd() / f"{ckpt.parent.name}_new_data.yaml")
+    return cfg
 
 
 def _run_dir(cfg, args) -> Path:
@@ -68,7 +101,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     from pipeline.config import load_config, resolve_config_path
+    from pipeline.errors import ConfigError
 
+    if args.command == "score" and getattr(args, "model", None):
+        import models  # noqa: F401 - registers the built-in models
+        from pipeline.runner import run_stages
+
+        cfg = _new_data_config(args)
+        run_dir = (args.out or Path.cwd() / "runs" / "scored").resolve()
+        print(f"run directory: {run_dir}", file=sys.stderr)
+        manifest = run_stages(cfg, run_dir, ["ingest", "extract", "split", "score", "evaluate"], force=args.force, log=lambda m: print(m, file=sys.stderr))
+        return _finish(manifest, cfg, run_dir, ["ingest", "extract", "split", "score", "evaluate"])
+    if args.config is None:
+        raise ConfigError(f"pipeline {args.command}: a CONFIG is required")
     path, bundled = resolve_config_path(args.config)
     if bundled:
         print(f"using bundled config {path}", file=sys.stderr)
@@ -86,6 +131,10 @@ def _dispatch(args) -> int:
     run_dir = _run_dir(cfg, args)
     print(f"run directory: {run_dir}", file=sys.stderr)
     manifest = run_stages(cfg, run_dir, names, force=args.force, log=lambda m: print(m, file=sys.stderr))
+    return _finish(manifest, cfg, run_dir, names)
+
+
+def _finish(manifest, cfg, run_dir: Path, names: list[str]) -> int:
     n_err = sum(len(manifest.stages.get(n, {}).get("errors", [])) for n in names)
     summary = manifest.stages.get("evaluate", {}).get("details", {})
     if summary.get("auroc") is not None and "evaluate" in names:

@@ -94,7 +94,7 @@ class ExtractConfig:
 class SplitConfig:
     """Stratified, patient-grouped splits written to ``splits.csv``."""
 
-    method: Literal["holdout", "kfold", "predefined"] = "holdout"  # predefined: the dataset's own train/val/test
+    method: Literal["holdout", "kfold", "predefined", "test_only"] = "holdout"  # predefined: the dataset's own split; test_only: score everything (new data)
     test_fraction: float = 0.25
     val_fraction: float = 0.2  # of the non-test groups
     n_folds: int = 5
@@ -123,6 +123,7 @@ class ScoreConfig:
     """Scoring of every sample's centre patch."""
 
     mc_samples: int = 100  # K for the Monte-Carlo ELBO
+    model: Optional[Path] = None  # score with this trained model folder instead of this run's train stage
     batch_size: int = 16
 
 

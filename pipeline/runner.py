@@ -63,10 +63,22 @@ def tree_digest(root: Path) -> str:
 def external_inputs(stage: Stage, cfg: Config) -> dict[str, str]:
     if stage.name == "ingest":
         return {str(cfg.ingest.input): tree_digest(cfg.ingest.input) if cfg.ingest.input.exists() else "missing"}
-    if stage.name == "extract":
+    if stage.name == "extract" and cfg.ingest.format == "dicom":
         p = cfg.extract.nodules
         return {str(p): io.sha256_file(p) if p.exists() else "missing"}
+    if stage.name == "score" and cfg.score.model is not None:
+        from models.score import model_path
+
+        p = model_path(cfg, Path("."))
+        return {str(p): io.sha256_file(p) if p.exists() else "missing"}
     return {}
+
+
+def dependencies(stage: Stage, cfg: Config) -> tuple[str, ...]:
+    """Upstream stages; scoring with an external model (``score.model``) does not need ``train``."""
+    if stage.name == "score" and cfg.score.model is not None:
+        return tuple(d for d in stage.after if d != "train")
+    return stage.after
 
 
 def _config_value(cfg: Config, key: str):
@@ -78,7 +90,7 @@ def _config_value(cfg: Config, key: str):
 
 def fingerprint(stage: Stage, cfg: Config, manifest: Manifest) -> tuple[str, dict]:
     deps = {}
-    for dep in stage.after:
+    for dep in dependencies(stage, cfg):
         st = manifest.stages.get(dep, {})
         if st.get("status") != "done":
             raise StageError(f"stage {stage.name} needs stage {dep} to have finished; run `pipeline {dep}` or `pipeline run` first")

@@ -70,6 +70,9 @@ def make_splits(samples: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.DataFr
         split[to_test] = "test"
         pool &= ~to_test
     idx = np.flatnonzero(pool)
+    if cfg.method == "test_only":  # batch scoring of new data with a trained model
+        out["split"], out["fold"], out["grouping"] = "test", -1, mode
+        return out
     if cfg.method == "predefined":
         if "source_split" not in samples.columns or not samples["source_split"].isin(["train", "val", "test"]).any():
             raise StageError("split.method: predefined needs a dataset with its own train/val/test split (split-prefixed array keys)")
@@ -165,7 +168,7 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
         result.counts[f"{name}_{'anomalous' if label else 'normal'}"] = int(n)
     result.counts["groups"] = int(splits["group"].nunique())
     result.extra["grouping"] = splits["grouping"].iloc[0]
-    if result.counts.get("train_normal", 0) == 0:
+    if result.counts.get("train_normal", 0) == 0 and cfg.split.method != "test_only":
         raise StageError("split: no normal samples in the training split")
     return result
 

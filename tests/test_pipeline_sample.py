@@ -165,3 +165,19 @@ def test_kill_during_training_then_resume(tmp_path):
     curves = pd.read_csv(out / "model" / "curves.csv")
     assert list(curves.epoch) == list(range(12))  # resumed, not restarted, and finished
     assert not state.exists()
+
+
+def test_score_new_data_with_only_the_model_folder(demo_run, tmp_path):
+    """`pipeline score --model DIR --input DICOM --nodules CSV` reproduces the run's nodule scores."""
+    out, _ = demo_run
+    new = tmp_path / "new"
+    proc = run_cli("score", "--model", str(out / "model"), "--input", str(SAMPLE_CT / "LIDC-IDRI-0063"),
+                   "--nodules", str(SAMPLE_CT / "nodules.csv"), "--out", str(new), "--set", "score.mc_samples=8", "--set", "evaluate.bootstrap=0")
+    assert "Traceback" not in proc.stderr
+    scores = pd.read_csv(new / "scores.csv")
+    assert list(scores.kind) == ["nodule", "nodule"]  # no background sampling for new data
+    original = pd.read_csv(out / "scores.csv").set_index("sample_id")
+    for _, row in scores.iterrows():
+        assert np.isclose(row.elbo, original.loc[row.sample_id, "elbo"], rtol=1e-5)
+    uid = pd.read_csv(new / "series.csv").series_uid[0]
+    assert (new / "overlays" / f"{uid}_residual.nii.gz").is_file()
