@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from evaluation.metrics import DEFINITIONS, detection_metrics
+from evaluation.metrics import DEFINITIONS, detection_metrics, patient_level_auroc, per_class_auroc
 from evaluation.overlays import paint, write_overlay
 from evaluation.plots import plot_density, plot_roc
 from models.score import RESIDUALS_NPZ, load_scores
@@ -35,7 +35,14 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     if ec.score not in score_cols:
         raise StageError(f"evaluate.score: {ec.score!r} is not a score column; available: {', '.join(score_cols)}")
     test = table[table["split"] == ec.split]
-    per_score = {c: detection_metrics(test["label"].to_numpy(), test[c].to_numpy(), ec.bootstrap, ec.ci, cfg.run.seed) for c in score_cols}
+    groups = test["patient_id"].to_numpy(str)
+    per_score = {c: detection_metrics(test["label"].to_numpy(), test[c].to_numpy(), ec.bootstrap, ec.ci, cfg.run.seed, groups) for c in score_cols}
+    classes = class_column(run_dir, test)
+    for c in score_cols:
+        if "auroc" in per_score[c]:
+            per_score[c]["patient_level"] = patient_level_auroc(test["label"].to_numpy(), test[c].to_numpy(), groups)
+            if classes is not None and len(np.unique(classes[test["label"].to_numpy() == 1])) > 1:
+                per_score[c]["per_class"] = per_class_auroc(classes, test["label"].to_numpy(), test[c].to_numpy())
     metrics = {
         "primary_score": ec.score,
         "split": ec.split,
@@ -54,6 +61,14 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     result.outputs = outputs
     result.extra["auroc"] = per_score[ec.score].get("auroc")
     return result
+
+
+def class_column(run_dir: Path, test) -> np.ndarray | None:
+    """Original class labels of the test samples (array datasets), for per-class AUROC."""
+    samples = load_samples(run_dir)
+    if "class" not in samples.columns:
+        return None
+    return samples.set_index("sample_id").loc[test["sample_id"], "class"].to_numpy()
 
 
 def write_overlays(run_dir: Path, table, score_col: str, result: StageResult) -> list[Path]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import rankdata
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 DEFINITIONS = {
     "auroc": "area under the ROC curve (sklearn.metrics.roc_auc_score); 0.5 = chance",
@@ -15,6 +17,11 @@ DEFINITIONS = {
     "auprc": "average precision (sklearn.metrics.average_precision_score); chance = prevalence",
     "sens_at_90_spec": "sensitivity (TPR) at the ROC point with specificity ≥ 0.90",
     "sens_at_95_spec": "sensitivity (TPR) at the ROC point with specificity ≥ 0.95",
+    "pauroc_fpr10": "partial AUROC for FPR ≤ 0.10, McClish-standardised (sklearn roc_auc_score max_fpr=0.1); 0.5 = chance",
+    "lr_protocol": "seeds 000/001: logistic regression from the 1-D score to the label; cv_auroc uses 5-fold stratified "
+                   "out-of-fold probabilities, fitted_auroc fits on all data (a monotone map: equals auroc when coef > 0)",
+    "patient_level": "AUROC of the maximum score per patient against 'patient has an anomaly'",
+    "bootstrap_unit": "sample, or patient (cluster bootstrap) when patients contribute several samples",
 }
 
 
@@ -35,14 +42,71 @@ def bootstrap_auroc(labels: np.ndarray, scores: np.ndarray, n: int = 1000, ci: f
     return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
 
 
+def cluster_bootstrap_auroc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n: int = 1000, ci: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile CI resampling whole patients (stratified by whether the patient has an anomaly)."""
+    rng = np.random.default_rng(seed)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    has_anom = np.array([labels[m].max() for m in members])
+    strata = [np.flatnonzero(has_anom == v) for v in (0, 1)]
+    stats = []
+    for _ in range(n):
+        pick = np.concatenate([rng.choice(s, len(s)) for s in strata if len(s)])
+        idx = np.concatenate([members[g] for g in pick])
+        if len(np.unique(labels[idx])) == 2:
+            stats.append(roc_auc_score(labels[idx], scores[idx]))
+    a = (1 - ci) / 2
+    return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
+
+
+def logistic_protocol(labels: np.ndarray, scores: np.ndarray, seed: int = 0) -> dict:
+    """The seeds' protocol: score → probability by logistic regression; cross-validated and fitted."""
+    x = scores.reshape(-1, 1)
+    x = (x - x.mean()) / (x.std() + 1e-12)
+    n_splits = int(min(5, np.bincount(labels).min()))
+    out: dict = {}
+    if n_splits >= 2:
+        cv = StratifiedKFold(n_splits, shuffle=True, random_state=seed)
+        prob = cross_val_predict(LogisticRegression(), x, labels, cv=cv, method="predict_proba")[:, 1]
+        out["cv_auroc"] = float(roc_auc_score(labels, prob))
+    lr = LogisticRegression().fit(x, labels)
+    out["fitted_auroc"] = float(roc_auc_score(labels, lr.predict_proba(x)[:, 1]))
+    out["coef"] = float(lr.coef_[0, 0])
+    return out
+
+
+def patient_level_auroc(labels: np.ndarray, scores: np.ndarray, patients: np.ndarray) -> dict:
+    """AUROC of max score per patient vs 'patient has any anomaly'."""
+    import pandas as pd
+
+    df = pd.DataFrame({"p": patients, "y": labels, "s": scores}).groupby("p").agg(y=("y", "max"), s=("s", "max"))
+    if df["y"].nunique() < 2:
+        return {"undefined": "needs patients with and without anomalies", "n_patients": int(len(df))}
+    return {"auroc": float(roc_auc_score(df["y"], df["s"])), "n_patients": int(len(df)), "n_anomalous_patients": int(df["y"].sum())}
+
+
+def per_class_auroc(classes: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> dict:
+    """One AUROC per anomalous class: all normals against the samples of that class (seed 004, Table 2)."""
+    normal = labels == 0
+    out = {}
+    for c in np.unique(classes[labels == 1]):
+        sel = normal | (classes == c)
+        out[str(c)] = {"auroc": float(roc_auc_score(labels[sel], scores[sel])), "n": int((classes[sel] == c).sum())}
+    return out
+
+
 def sensitivity_at_specificity(labels: np.ndarray, scores: np.ndarray, specificity: float) -> float:
     fpr, tpr, _ = roc_curve(labels, scores)
     ok = fpr <= 1 - specificity + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0
 
 
-def detection_metrics(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> dict:
-    """AUROC with CI, AUPRC and sensitivity at fixed specificity; explains itself when undefined."""
+def detection_metrics(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000, ci: float = 0.95, seed: int = 0, groups: np.ndarray | None = None) -> dict:
+    """AUROC with CI, AUPRC, sensitivity at fixed specificity, partial AUROC and the LR protocol.
+
+    ``groups`` (patient IDs): when a patient contributes several samples, the CI resamples patients.
+    Explains itself instead of failing when a metric is undefined.
+    """
     labels = np.asarray(labels, int)
     scores = np.asarray(scores, float)
     n_pos, n_neg = int(labels.sum()), int((labels == 0).sum())
@@ -56,9 +120,15 @@ def detection_metrics(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000
         out["undefined"] = f"needs both classes in the evaluated split (anomalous={n_pos}, normal={n_neg})"
         return out
     out["auroc"] = float(roc_auc_score(labels, scores))
-    out["auroc_ci"] = list(bootstrap_auroc(labels, scores, n_boot, ci, seed)) if n_boot > 0 else None
+    clustered = groups is not None and len(np.unique(groups[finite])) < len(labels)
+    if n_boot > 0:
+        boot = cluster_bootstrap_auroc(labels, scores, np.asarray(groups)[finite], n_boot, ci, seed) if clustered else bootstrap_auroc(labels, scores, n_boot, ci, seed)
+    out["auroc_ci"] = list(boot) if n_boot > 0 else None
+    out["bootstrap_unit"] = "patient" if clustered else "sample"
     out["ci_level"] = ci
     out["auprc"] = float(average_precision_score(labels, scores))
     out["sens_at_90_spec"] = sensitivity_at_specificity(labels, scores, 0.90)
     out["sens_at_95_spec"] = sensitivity_at_specificity(labels, scores, 0.95)
+    out["pauroc_fpr10"] = float(roc_auc_score(labels, scores, max_fpr=0.1))
+    out["lr_protocol"] = logistic_protocol(labels, scores, seed)
     return out
