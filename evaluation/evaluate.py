@@ -25,7 +25,7 @@ from pipeline.results import StageResult
 from preprocessing.extract import load_samples
 from preprocessing.ingest import volume_path
 
-META_COLS = {"sample_id", "patient_id", "series_uid", "kind", "label", "split"}
+META_COLS = {"sample_id", "patient_id", "series_uid", "kind", "label", "split", "p_value", "flagged"}
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:

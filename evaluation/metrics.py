@@ -21,7 +21,7 @@ DEFINITIONS = {
     "lr_protocol": "seeds 000/001: logistic regression from the 1-D score to the label; cv_auroc uses 5-fold stratified "
                    "out-of-fold probabilities, fitted_auroc fits on all data (a monotone map: equals auroc when coef > 0)",
     "patient_level": "AUROC of the maximum score per patient against 'patient has an anomaly'",
-    "bootstrap_unit": "sample, or patient (cluster bootstrap) when patients contribute several samples",
+    "bootstrap_unit": "patient (cluster bootstrap) when patients contribute several samples and each stratum has ≥ 5 patients; otherwise sample",
 }
 
 
@@ -120,7 +120,13 @@ def detection_metrics(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000
         out["undefined"] = f"needs both classes in the evaluated split (anomalous={n_pos}, normal={n_neg})"
         return out
     out["auroc"] = float(roc_auc_score(labels, scores))
-    clustered = groups is not None and len(np.unique(groups[finite])) < len(labels)
+    clustered = False
+    if groups is not None:
+        g = np.asarray(groups)[finite]
+        per_patient = {p: labels[g == p].max() for p in np.unique(g)}
+        n_pat = np.bincount(np.fromiter(per_patient.values(), int), minlength=2)
+        # patients contribute several samples, and there are enough patients per stratum to resample
+        clustered = len(per_patient) < len(labels) and n_pat.min() >= 5
     if n_boot > 0:
         boot = cluster_bootstrap_auroc(labels, scores, np.asarray(groups)[finite], n_boot, ci, seed) if clustered else bootstrap_auroc(labels, scores, n_boot, ci, seed)
     out["auroc_ci"] = list(boot) if n_boot > 0 else None

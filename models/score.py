@@ -12,6 +12,7 @@ depend on the batch size.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from evaluation.calibration import fit_calibration, flag, p_values
 from models.checkpoint import MODEL_DIR, MODEL_FILE, device_for, load_checkpoint
 from models.registry import Detector
 from pipeline import io
@@ -29,6 +31,7 @@ from preprocessing.extract import load_cubes, load_samples
 from preprocessing.splits import load_splits
 
 SCORES_CSV = "scores.csv"
+CALIBRATION_JSON = "calibration.json"
 RESIDUALS_NPZ = "residuals.npz"
 
 
@@ -78,9 +81,36 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
         "split": splits["split"].to_numpy(),
         **scores,
     })
+    outputs = [run_dir / SCORES_CSV, run_dir / RESIDUALS_NPZ]
+    calib = calibrate(cfg, run_dir, table)
+    if calib is not None:
+        primary = calib["score"]
+        table["p_value"] = p_values(table[primary].to_numpy(), calib)
+        table["flagged"] = flag(table["p_value"].to_numpy(), calib)
+        if cfg.score.model is None:
+            io.write_json(run_dir / CALIBRATION_JSON, calib)
+            outputs.append(run_dir / CALIBRATION_JSON)
     io.write_csv(run_dir / SCORES_CSV, table)
     io.write_npz(run_dir / RESIDUALS_NPZ, residual=residual, sample_id=ids, offset=np.array(centre_offset(cubes.shape[2], patch)))
-    return StageResult(counts={"scored": len(table), "mc_samples": cfg.score.mc_samples}, outputs=[run_dir / SCORES_CSV, run_dir / RESIDUALS_NPZ])
+    counts = {"scored": len(table), "mc_samples": cfg.score.mc_samples}
+    if calib is not None:
+        counts["flagged"] = int(table["flagged"].sum())
+    return StageResult(counts=counts, outputs=outputs)
+
+
+def calibrate(cfg: Config, run_dir: Path, table: pd.DataFrame) -> dict | None:
+    """Calibration of the primary score: fitted on this run's normal validation scores, or, when
+    scoring new data with ``score.model``, the one stored next to that model (``calibration.json``)."""
+    if cfg.score.model is not None:
+        stored = model_path(cfg, run_dir).parent.parent / CALIBRATION_JSON
+        return json.loads(stored.read_text()) if stored.exists() else None
+    primary = cfg.evaluate.score if cfg.evaluate.score in table.columns else None
+    normal_val = table[(table["split"] == "val") & (table["label"] == 0)]
+    if primary is None or len(normal_val) < 5:
+        return None
+    calib = fit_calibration(normal_val[primary].to_numpy(), cfg.score.threshold, cfg.score.fpr, cfg.score.bh)
+    calib["score"] = primary
+    return calib
 
 
 def load_scores(run_dir: Path) -> pd.DataFrame:

@@ -124,6 +124,9 @@ class ScoreConfig:
 
     mc_samples: int = 100  # K for the Monte-Carlo ELBO
     model: Optional[Path] = None  # score with this trained model folder instead of this run's train stage
+    threshold: Literal["gamma", "percentile"] = "gamma"  # p-values from normal validation scores
+    fpr: float = 0.05  # flag samples with p < fpr (the target false-positive rate)
+    bh: bool = False  # Benjamini-Hochberg over the scored batch instead of a per-sample cut
     batch_size: int = 16
 
 

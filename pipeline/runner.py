@@ -42,7 +42,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("extract", "preprocessing.extract", ("extract", "run.seed"), ("ingest",)),
     Stage("split", "preprocessing.splits", ("split", "run.seed"), ("extract",)),
     Stage("train", "models.train", ("model", "train", "run.seed", "run.device"), ("extract", "split")),
-    Stage("score", "models.score", ("score", "run.seed"), ("train", "extract", "split")),
+    Stage("score", "models.score", ("score", "run.seed", "evaluate.score"), ("train", "extract", "split")),
     Stage("evaluate", "evaluation.evaluate", ("evaluate", "run.seed"), ("score", "extract", "ingest")),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)

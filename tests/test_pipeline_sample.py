@@ -82,9 +82,16 @@ def test_rerun_skips_finished_stages(demo_run):
         assert f"[{stage}] up to date, skipped" in proc.stderr
     assert time.time() - t0 < 60
     # a changed evaluate setting re-runs only evaluate
-    proc = run_cli("run", CONFIG, "--out", str(out), *FAST, "--set", "evaluate.score=recon")
+    proc = run_cli("run", CONFIG, "--out", str(out), *FAST, "--set", "evaluate.ci=0.9")
     assert "[score] up to date, skipped" in proc.stderr and "[evaluate] running" in proc.stderr
+    assert json.loads((out / "metrics.json").read_text())["primary"]["ci_level"] == 0.9
+    # the primary score is calibrated in the score stage, so changing it re-runs score and evaluate
+    proc = run_cli("run", CONFIG, "--out", str(out), *FAST, "--set", "evaluate.ci=0.9", "--set", "evaluate.score=recon")
+    assert "[train] up to date, skipped" in proc.stderr and "[score] running" in proc.stderr
     assert json.loads((out / "metrics.json").read_text())["primary_score"] == "recon"
+    assert json.loads((out / "calibration.json").read_text())["score"] == "recon"
+    scores = pd.read_csv(out / "scores.csv")
+    assert scores.p_value.between(0, 1).all() and scores.flagged.dtype == bool
 
 
 def _copy_series(src: Path, dst: Path, drop: set[str] = frozenset()) -> None:

@@ -1,0 +1,51 @@
+"""Thresholds and p-values from normal validation scores only (seed 004, §4.2).
+
+- ``gamma``: fit a Gamma distribution (scipy) to the normal validation scores after shifting them
+  to be positive (shift = min − 5% of the range); p(s) = 1 − F_Γ(s − shift).
+- ``percentile``: the empirical p-value (1 + #{normal ≥ s}) / (n + 1) of the validation scores.
+
+A sample is flagged when p < ``fpr`` (the target false-positive rate), or, with Benjamini-Hochberg
+for batch screening, when its BH-adjusted p-value (scipy ``false_discovery_control``) is < ``fpr``.
+The calibration is stored as ``calibration.json`` next to the model's run and reused when new
+data are scored with that model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def fit_calibration(normal_scores: np.ndarray, method: str = "gamma", fpr: float = 0.05, bh: bool = False) -> dict:
+    s = np.asarray(normal_scores, float)
+    s = s[np.isfinite(s)]
+    if len(s) < 5:
+        raise ValueError(f"calibration needs at least 5 finite normal validation scores, got {len(s)}")
+    calib = {"method": method, "fpr": fpr, "bh": bh, "n_normal": int(len(s))}
+    if method == "gamma":
+        span = float(s.max() - s.min()) or 1.0
+        shift = float(s.min() - 0.05 * span)
+        a, _, scale = stats.gamma.fit(s - shift, floc=0)
+        calib.update(shift=shift, shape=float(a), scale=float(scale), threshold=float(shift + stats.gamma.isf(fpr, a, scale=scale)))
+        calib["ks_statistic"] = float(stats.kstest(s - shift, "gamma", args=(a, 0, scale)).statistic)
+    elif method == "percentile":
+        calib.update(normal_scores=np.sort(s).tolist(), threshold=float(np.quantile(s, 1 - fpr)))
+    else:
+        raise ValueError(f"unknown calibration method {method!r}")
+    return calib
+
+
+def p_values(scores: np.ndarray, calib: dict) -> np.ndarray:
+    s = np.asarray(scores, float)
+    if calib["method"] == "gamma":
+        return stats.gamma.sf(np.maximum(s - calib["shift"], 0.0), calib["shape"], scale=calib["scale"])
+    ref = np.asarray(calib["normal_scores"])
+    n_ge = len(ref) - np.searchsorted(ref, s, side="left")
+    return (1.0 + n_ge) / (len(ref) + 1.0)
+
+
+def flag(p: np.ndarray, calib: dict) -> np.ndarray:
+    p = np.asarray(p, float)
+    if calib.get("bh"):
+        return stats.false_discovery_control(p, method="bh") < calib["fpr"]
+    return p < calib["fpr"]
