@@ -16,13 +16,14 @@ import SimpleITK as sitk
 
 from evaluation.metrics import DEFINITIONS, detection_metrics, patient_level_auroc, per_class_auroc
 from evaluation.overlays import paint, write_overlay
-from evaluation.plots import plot_density, plot_roc
-from models.score import RESIDUALS_NPZ, load_scores
+from evaluation.plots import plot_density, plot_gallery, plot_pr, plot_roc, plot_roc_band
+from evaluation.report import write_report
+from models.score import RESIDUALS_NPZ, centre_patch, load_scores, model_path
 from pipeline import io
 from pipeline.config import Config
 from pipeline.errors import StageError
 from pipeline.results import StageResult
-from preprocessing.extract import load_samples
+from preprocessing.extract import load_cubes, load_samples
 from preprocessing.ingest import volume_path
 
 META_COLS = {"sample_id", "patient_id", "series_uid", "kind", "label", "split", "p_value", "flagged"}
@@ -54,13 +55,46 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     outputs = [run_dir / "metrics.json"]
     plot_roc(test, [ec.score] + [c for c in score_cols if c != ec.score], per_score, run_dir / "roc.png", f"ROC on {ec.split} split (n={len(test)})")
     plot_density(test, ec.score, run_dir / "score_density.png")
-    outputs += [run_dir / "roc.png", run_dir / "score_density.png"]
+    plot_roc_band(test, ec.score, per_score, run_dir / "roc_band.png", min(ec.bootstrap, 500) or 100, cfg.run.seed)
+    plot_pr(test, [ec.score] + [c for c in score_cols if c != ec.score], per_score, run_dir / "pr.png")
+    outputs += [run_dir / n for n in ("roc.png", "score_density.png", "roc_band.png", "pr.png")]
+    outputs += write_galleries(cfg, run_dir, test, ec.score)
     result = StageResult(counts={"evaluated": len(test), "anomalous": int(test["label"].sum())})
     if ec.overlays and cfg.ingest.format == "dicom":
         outputs += write_overlays(run_dir, table, ec.score, result)
+    curves = (model_path(cfg, run_dir).parent / "curves.png")
+    figures = [(run_dir / "roc.png", "ROC curves, all scores"), (run_dir / "roc_band.png", "ROC of the primary score with its 95% bootstrap band"),
+               (run_dir / "pr.png", "precision-recall"), (run_dir / "score_density.png", "score densities by class"), (curves, "training curves"),
+               (run_dir / "gallery_most_anomalous.png", "gallery: most anomalous test cases"), (run_dir / "gallery_least_anomalous.png", "gallery: least anomalous test cases")]
+    outputs.append(write_report(run_dir, cfg.to_dict(), metrics, table, figures))
     result.outputs = outputs
     result.extra["auroc"] = per_score[ec.score].get("auroc")
     return result
+
+
+def write_galleries(cfg: Config, run_dir: Path, test, score_col: str, n: int = 6) -> list[Path]:
+    """Mid-slices (three planes for 3D) of the centre patch and its residual for the n most and least anomalous test cases."""
+    with np.load(run_dir / RESIDUALS_NPZ) as z:
+        residual, ids = z["residual"], z["sample_id"]
+    row_of = {s: i for i, s in enumerate(ids)}
+    norm = json_normalisation(cfg)
+    cube_ids, cubes = load_cubes(run_dir, tuple(norm["hu_window"]), norm["mode"])
+    cube_row = {s: i for i, s in enumerate(cube_ids)}
+    patch = residual.shape[-1]
+    written = []
+    ordered = test.sort_values(score_col, ascending=False)
+    for name, part in (("most", ordered.head(n)), ("least", ordered.tail(n).iloc[::-1])):
+        imgs = [centre_patch(cubes[[cube_row[s]]], patch)[0] for s in part["sample_id"]]
+        res = [residual[row_of[s]].astype(np.float32) for s in part["sample_id"]]
+        titles = [f"{'anomaly' if l else 'normal'}\n{score_col}={v:.4g}" for l, v in zip(part["label"], part[score_col])]
+        path = run_dir / f"gallery_{name}_anomalous.png"
+        plot_gallery(imgs, res, titles, path, f"{name} anomalous {cfg.evaluate.split} cases ({score_col})")
+        written.append(path)
+    return written
+
+
+def json_normalisation(cfg: Config) -> dict:
+    return {"hu_window": list(cfg.extract.hu_window), "mode": cfg.extract.normalise}
 
 
 def class_column(run_dir: Path, test) -> np.ndarray | None:

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from pipeline import io  # noqa: E402
 
@@ -39,6 +39,83 @@ def plot_roc(table: pd.DataFrame, score_cols: list[str], metrics: dict, path: Pa
     ax.set(xlabel="1 − specificity (FPR)", ylabel="sensitivity (TPR)", title=title or "ROC", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=7, loc="lower right", title="AUROC [95% CI]", title_fontsize=7)
     _save(fig, path)
+
+
+def roc_band(labels: np.ndarray, scores: np.ndarray, n: int = 500, ci: float = 0.95, seed: int = 0, grid: np.ndarray | None = None):
+    """Pointwise bootstrap band of the ROC: TPR at fixed FPRs over class-stratified resamples."""
+    grid = np.linspace(0, 1, 101) if grid is None else grid
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    tprs = np.empty((n, len(grid)))
+    for b in range(n):
+        idx = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
+        fpr, tpr, _ = roc_curve(labels[idx], scores[idx])
+        tprs[b] = np.interp(grid, fpr, tpr)
+    a = (1 - ci) / 2
+    return grid, np.quantile(tprs, a, axis=0), np.quantile(tprs, 1 - a, axis=0)
+
+
+def plot_roc_band(table: pd.DataFrame, score_col: str, metrics: dict, path: Path, n_boot: int = 500, seed: int = 0) -> None:
+    """ROC of the primary score with its pointwise bootstrap 95% band."""
+    y, s = table["label"].to_numpy(int), table[score_col].to_numpy(float)
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    if len(np.unique(y)) == 2:
+        fpr, tpr, _ = roc_curve(y, s)
+        grid, lo, hi = roc_band(y, s, n_boot, seed=seed)
+        ax.fill_between(grid, lo, hi, alpha=0.25, color="tab:blue", label="95% bootstrap band")
+        m = metrics.get(score_col, {})
+        ax.plot(fpr, tpr, color="tab:blue", label=f"{score_col}: AUROC {m.get('auroc', float('nan')):.3f}")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="1 − specificity (FPR)", ylabel="sensitivity (TPR)", title=f"ROC with 95% band: {score_col}", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)
+
+
+def plot_pr(table: pd.DataFrame, score_cols: list[str], metrics: dict, path: Path) -> None:
+    """Precision-recall curves; the dotted line is the prevalence (chance)."""
+    y = table["label"].to_numpy(int)
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    for col in score_cols:
+        s = table[col].to_numpy(float)
+        if len(np.unique(y)) < 2:
+            continue
+        prec, rec, _ = precision_recall_curve(y, s)
+        ax.plot(rec, prec, label=f"{col}: AP {metrics.get(col, {}).get('auprc', float('nan')):.3f}")
+    ax.axhline(y.mean() if len(y) else 0, color="k", ls=":", lw=0.8)
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(fontsize=7, loc="upper right")
+    _save(fig, path)
+
+
+def plot_gallery(images: list[np.ndarray], residuals: list[np.ndarray], titles: list[str], path: Path, heading: str) -> None:
+    """Rows of cases: for 3D the mid-slices in three planes (axial, coronal, sagittal) of the patch
+    and of its residual; for 2D the image and its residual. Arrays are (C, *spatial), zyx for 3D."""
+    if not images:
+        return
+    dims = images[0].ndim - 1
+    cols = 6 if dims == 3 else 2
+    fig, axes = plt.subplots(len(images), cols, figsize=(1.5 * cols, 1.6 * len(images)), squeeze=False)
+    rmax = max(float(np.max(r)) for r in residuals) or 1.0  # one residual scale for the whole gallery
+    for r, (img, res, title) in enumerate(zip(images, residuals, titles)):
+        views = _mid_slices(img) + _mid_slices(res)
+        for c, (view, ax) in enumerate(zip(views, axes[r])):
+            is_res = c >= len(views) // 2
+            ax.imshow(view, cmap="magma" if is_res else "gray", vmin=0, vmax=(rmax if is_res else 1))
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(("residual " if is_res else "") + (("axial", "coronal", "sagittal")[c % 3] if dims == 3 else ("image" if not is_res else "")), fontsize=7)
+        axes[r][0].set_ylabel(title, fontsize=6)
+    fig.suptitle(heading, fontsize=9)
+    _save(fig, path)
+
+
+def _mid_slices(a: np.ndarray) -> list[np.ndarray]:
+    """Channel-mean mid-slices: 3D (z, y, x) → axial, coronal, sagittal; 2D → the image."""
+    a = np.asarray(a, float).mean(0)
+    if a.ndim == 2:
+        return [a]
+    z, y, x = (n // 2 for n in a.shape)
+    return [a[z], a[:, y][::-1], a[:, :, x][::-1]]
 
 
 def plot_density(table: pd.DataFrame, score_col: str, path: Path) -> None:

@@ -1,0 +1,107 @@
+"""``report.html``: one self-contained page (images inlined as base64, no external assets).
+
+Sections: headline metric, data summary (patients, samples and labels per split; errors from
+ingest and extract), metrics with CIs for every score, figures, galleries of the most and least
+anomalous test cases, the most anomalous samples, the config and the manifest. A small inline
+script counts images that failed to decode and records it on ``<body data-broken-images>``, so a
+headless browser test can check the page as a user sees it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from pipeline import io
+
+
+def _img(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return html.escape(str(v)) if v is not None else "–"
+
+
+def _metrics_table(per_score: dict, primary: str) -> str:
+    rows = []
+    for name, m in per_score.items():
+        if "auroc" not in m:
+            rows.append(f"<tr><td>{html.escape(name)}</td><td colspan=7>{html.escape(m.get('undefined', 'undefined'))}</td></tr>")
+            continue
+        ci = m.get("auroc_ci") or [None, None]
+        lr = m.get("lr_protocol", {})
+        cls = ' class="primary"' if name == primary else ""
+        rows.append(
+            f"<tr{cls}><td>{html.escape(name)}</td><td class=auroc>{m['auroc']:.3f}</td><td>[{_fmt(ci[0])}, {_fmt(ci[1])}]</td>"
+            f"<td>{_fmt(m.get('auprc'))}</td><td>{_fmt(m.get('sens_at_90_spec'))}</td><td>{_fmt(m.get('sens_at_95_spec'))}</td>"
+            f"<td>{_fmt(m.get('pauroc_fpr10'))}</td><td>{_fmt(lr.get('cv_auroc'))}</td></tr>")
+    head = "<tr><th>score</th><th>AUROC</th><th>95% CI</th><th>AUPRC</th><th>sens@90%spec</th><th>sens@95%spec</th><th>pAUROC (FPR≤0.1)</th><th>LR protocol (CV)</th></tr>"
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _split_summary(scores: pd.DataFrame) -> str:
+    g = scores.groupby("split").agg(patients=("patient_id", "nunique"), samples=("sample_id", "size"), normal=("label", lambda v: int((v == 0).sum())), anomalous=("label", "sum"))
+    return g.reset_index().to_html(index=False, border=0)
+
+
+def _errors(manifest: dict) -> str:
+    rows = [(stage, item, msg) for stage, st in manifest.get("stages", {}).items() for item, msg in st.get("errors", [])]
+    if not rows:
+        return "<p>No item errors.</p>"
+    return pd.DataFrame(rows, columns=["stage", "item", "error"]).to_html(index=False, border=0)
+
+
+def write_report(run_dir: Path, cfg_dict: dict, metrics: dict, scores: pd.DataFrame, figures: list[tuple[Path, str]], top_n: int = 20) -> Path:
+    manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
+    primary = metrics["primary_score"]
+    prim = metrics["primary"]
+    ci = prim.get("auroc_ci") or [None, None]
+    headline = (f"AUROC {prim['auroc']:.3f} (95% CI {_fmt(ci[0])}–{_fmt(ci[1])})" if "auroc" in prim else html.escape(prim.get("undefined", "AUROC undefined")))
+    test = scores[scores["split"] == metrics["split"]]
+    top = test.sort_values(primary, ascending=False).head(top_n)
+    top_cols = [c for c in ("sample_id", "patient_id", "kind", "label", primary, "p_value", "flagged") if c in top.columns]
+    body = f"""
+<h1>medanomaly report</h1>
+<p class=meta>Run <code>{html.escape(str(run_dir))}</code> · model <b>{html.escape(str(cfg_dict.get('model', {}).get('name')))}</b> · primary score <b>{html.escape(primary)}</b> on the <b>{html.escape(metrics['split'])}</b> split</p>
+<p class=headline id=headline>{headline}</p>
+<h2>Data</h2>{_split_summary(scores)}
+<h3>Errors from ingest and extract</h3>{_errors(manifest)}
+<h2>Metrics</h2><p>Higher score = more anomalous. CI: {html.escape(prim.get('bootstrap_unit', 'sample'))}-level stratified bootstrap.</p>{_metrics_table(metrics['scores'], primary)}
+<h2>Figures</h2><div class=figs>{''.join(_img(p, alt) for p, alt in figures if 'gallery' not in p.name)}</div>
+<h2>Galleries</h2><div class=figs>{''.join(_img(p, alt) for p, alt in figures if 'gallery' in p.name)}</div>
+<h2>Most anomalous {html.escape(metrics['split'])} samples</h2>{top[top_cols].to_html(index=False, border=0, float_format=lambda v: f'{v:.4g}')}
+<h2>Config</h2><pre>{html.escape(yaml.safe_dump(cfg_dict, sort_keys=False))}</pre>
+<h2>Manifest</h2><details><summary>manifest.json</summary><pre>{html.escape(json.dumps(manifest, indent=1)[:200000])}</pre></details>
+"""
+    page = f"""<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>medanomaly report</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}} table{{border-collapse:collapse;font-size:13px;margin:.5em 0}}
+td,th{{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}} th{{background:#f4f4f4}} td:first-child,th:first-child{{text-align:left}}
+tr.primary{{background:#eef6ff;font-weight:600}} .headline{{font-size:1.6em;font-weight:600}} .meta{{color:#555}}
+.figs{{display:flex;flex-wrap:wrap;gap:12px}} figure{{margin:0}} figure img{{max-width:520px}} figcaption{{font-size:12px;color:#555}}
+pre{{background:#f7f7f7;padding:8px;overflow:auto;font-size:12px}}
+</style></head>
+<body data-broken-images="unknown">{body}
+<script>
+window.addEventListener("load", function () {{
+  var broken = Array.prototype.filter.call(document.images, function (i) {{ return !i.complete || i.naturalWidth === 0; }}).length;
+  document.body.setAttribute("data-broken-images", String(broken));
+  document.body.setAttribute("data-images", String(document.images.length));
+}});
+</script></body></html>
+"""
+    out = run_dir / "report.html"
+    io.write_text(out, page)
+    return out
