@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from evaluation.metrics import DEFINITIONS, detection_metrics, patient_level_auroc, per_class_auroc
-from evaluation.overlays import paint, write_overlay
+from evaluation.overlays import nodule_mask, paint, write_overlay
 from evaluation.plots import plot_density, plot_gallery, plot_pr, plot_roc, plot_roc_band
 from evaluation.report import write_report
 from models.score import RESIDUALS_NPZ, centre_patch, load_scores, model_path
@@ -132,4 +132,9 @@ def write_overlays(run_dir: Path, table, score_col: str, result: StageResult) ->
         out_score = run_dir / "overlays" / f"{series}_score.nii.gz"
         write_overlay(ct, paint(shape, starts, blocks, fill=float(np.nanmin(values))), out_score)
         written += [out_res, out_score]
+        nod = geo[geo["kind"] == "nodule"]
+        if len(nod):
+            out_mask = run_dir / "overlays" / f"{series}_nodules.nii.gz"
+            write_overlay(ct, nodule_mask(shape, nod[["i", "j", "k"]].to_numpy(int)), out_mask)
+            written.append(out_mask)
     return written

@@ -38,3 +38,16 @@ def write_overlay(reference: sitk.Image, volume_zyx: np.ndarray, path: Path) -> 
     img = sitk.GetImageFromArray(volume_zyx.astype(np.float32))
     img.CopyInformation(reference)
     io.write_with(path, lambda tmp: sitk.WriteImage(img, str(tmp), useCompression=True))
+
+
+def nodule_mask(shape_zyx: tuple[int, int, int], centres_ijk: np.ndarray, radius_vox: int = 2) -> np.ndarray:
+    """Label volume with a small ball (label 1, 2, ... in table order) at each nodule centre voxel."""
+    vol = np.zeros(shape_zyx, dtype=np.float32)
+    r = radius_vox
+    zz, yy, xx = np.mgrid[-r : r + 1, -r : r + 1, -r : r + 1]
+    ball = zz**2 + yy**2 + xx**2 <= r * r
+    for label, (i, j, k) in enumerate(np.asarray(centres_ijk, int), start=1):
+        block = np.where(ball, float(label), 0.0)
+        sub = paint(shape_zyx, [(i - r, j - r, k - r)], [block])
+        vol = np.where(sub > 0, sub, vol)
+    return vol

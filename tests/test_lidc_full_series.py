@@ -97,3 +97,35 @@ def test_every_nodule_extracted_and_overlay_shares_ct_affine(full_run):
     ov = nib.load(full_run / "overlays" / f"{uid}_residual.nii.gz")
     assert np.array_equal(ov.affine, ct.affine) and ov.shape == ct.shape
     assert json.loads((full_run / "metrics.json").read_text())["primary"]["n_anomalous"] >= 1
+
+
+def _peak_lps(path: Path, value: float | None = None) -> np.ndarray:
+    """World (LPS) position of an overlay's peak voxel (or of the centroid of voxels == value), via nibabel."""
+    img = nib.load(path)
+    data = np.asarray(img.dataobj)
+    ijk = np.argwhere(data == value).mean(0) if value is not None else np.array(np.unravel_index(np.argmax(data), data.shape), float)
+    return lps_to_ras(nib.affines.apply_affine(img.affine, ijk))  # RAS → LPS (the flip is its own inverse)
+
+
+def test_overlays_sit_on_the_annotated_nodules(full_run):
+    """Read back with nibabel, as 3D Slicer does: markers and residual peaks lie within 2 mm of each nodule."""
+    from evaluation.overlays import paint, write_overlay
+
+    uid = pd.read_csv(full_run / "series.csv").series_uid[0]
+    table = pd.read_csv(LIDC_NODULES)
+    mask = full_run / "overlays" / f"{uid}_nodules.nii.gz"
+    samples = pd.read_csv(full_run / "samples.csv")
+    nod = samples[samples.kind == "nodule"].reset_index(drop=True)
+    ct = sitk.ReadImage(str(full_run / "volumes" / f"{uid}.nii.gz"))
+    for label, s in enumerate(nod.itertuples(), start=1):
+        t = table.set_index("nodule_id").loc[s.nodule_id]
+        annotated = np.array([t.x_mm, t.y_mm, t.z_mm])
+        assert np.linalg.norm(_peak_lps(mask, float(label)) - annotated) < 2.0
+        # a residual with a single bright voxel at the centre of the scored patch, painted by the
+        # evaluate stage's own code path, peaks on the nodule
+        block = np.zeros((28, 28, 28), np.float32)
+        block[14, 14, 14] = 1.0
+        start = np.array([s.start_i, s.start_j, s.start_k]) + 2
+        path = full_run / f"peak_{label}.nii.gz"
+        write_overlay(ct, paint(ct.GetSize()[::-1], start[None], [block]), path)
+        assert np.linalg.norm(_peak_lps(path) - annotated) < 2.0
