@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, help="run directory (default: run.out, else ./runs/<config name>)")
     sp.add_argument("--force", action="store_true", help="re-run stages even when up to date")
     sp.add_argument("--from", dest="start", choices=STAGE_NAMES, help="first stage to run")
+    sp = sub.add_parser("compare", help="one table and overlaid ROC curves across finished runs")
+    sp.add_argument("runs", nargs="+", type=Path, help="run directories")
+    sp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
+    sp.add_argument("--debug", action="store_true")
     for name in STAGE_NAMES:
         sp = sub.add_parser(name, help=f"run only the {name} stage" + (", or batch-score new data with --model" if name == "score" else ""))
         common(sp, optional_config=name == "score")
@@ -103,6 +107,13 @@ def _dispatch(args) -> int:
     from pipeline.config import load_config, resolve_config_path
     from pipeline.errors import ConfigError
 
+    if args.command == "compare":
+        from evaluation.compare import compare_runs
+
+        table = compare_runs([r.resolve() for r in args.runs], args.out.resolve())
+        print(table.to_string(index=False))
+        print(f"wrote {args.out / 'comparison.csv'}, comparison.md and roc_compare.png", file=sys.stderr)
+        return 0
     if args.command == "score" and getattr(args, "model", None):
         import models  # noqa: F401 - registers the built-in models
         from pipeline.runner import run_stages

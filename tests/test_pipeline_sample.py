@@ -188,3 +188,14 @@ def test_score_new_data_with_only_the_model_folder(demo_run, tmp_path):
         assert np.isclose(row.elbo, original.loc[row.sample_id, "elbo"], rtol=1e-5)
     uid = pd.read_csv(new / "series.csv").series_uid[0]
     assert (new / "overlays" / f"{uid}_residual.nii.gz").is_file()
+
+
+def test_compare_runs_writes_table_and_roc(demo_run, tmp_path):
+    out, _ = demo_run
+    proc = run_cli("compare", str(out), str(out), "--out", str(tmp_path / "cmp"))
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(tmp_path / "cmp" / "comparison.csv")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(table) == 2 and table.model.tolist() == ["vae3d", "vae3d"]
+    assert np.allclose(table.auroc, metrics["primary"]["auroc"])
+    assert (tmp_path / "cmp" / "roc_compare.png").stat().st_size > 1000
