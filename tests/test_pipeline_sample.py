@@ -186,6 +186,9 @@ def test_score_new_data_with_only_the_model_folder(demo_run, tmp_path):
     original = pd.read_csv(out / "scores.csv").set_index("sample_id")
     for _, row in scores.iterrows():
         assert np.isclose(row.elbo, original.loc[row.sample_id, "elbo"], rtol=1e-5)
+        # the stored calibration of the model's run is used: same p-values and flags
+        assert np.isclose(row.p_value, original.loc[row.sample_id, "p_value"], rtol=1e-5)
+        assert row.flagged == original.loc[row.sample_id, "flagged"]
     uid = pd.read_csv(new / "series.csv").series_uid[0]
     assert (new / "overlays" / f"{uid}_residual.nii.gz").is_file()
 
