@@ -66,7 +66,6 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
     tc, seed = cfg.train, cfg.run.seed
     device = device_for(cfg.run.device)
     model.to(device).train()
-    optimizers = model.configure_optimizers(tc.lr)
     dims = model.spatial_dims
     t_train = train_transforms(tc.patch_size, dims, tc.flips)
     val_loader = _loader(val_x, centre_transforms(tc.patch_size, dims), tc.batch_size, False, seed)
@@ -80,6 +79,7 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
         save_checkpoint(ckpt_path, model, normalisation, {"epoch": 0, "val_loss": val, "seed": seed, "config": cfg.to_dict()})
         return {"best_epoch": 0, "best_val_loss": val, "epochs_run": 1, "stop_reason": "closed-form fit", "train_seconds": time.perf_counter() - t0, "diverged": False}
     history, best, best_epoch, start, bad_epochs, stop_reason = [], math.inf, -1, 0, 0, "max epochs"
+    optimizers = model.configure_optimizers(tc.lr)
     if state_path.exists():  # resume a killed run
         st = torch.load(state_path, map_location="cpu", weights_only=False)
         if st.get("fingerprint") == fingerprint:
