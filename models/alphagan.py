@@ -56,10 +56,6 @@ from models import nets
 from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d
 
 
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    """Drop MONAI's MetaTensor wrapper (keeps the data)."""
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
-
 
 def bce_real(logits: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
@@ -174,7 +170,7 @@ class AdversarialAE(Detector):
         opt.step()
 
     def validation_loss(self, x):
-        x = _plain(x)
+        x = nets.plain(x)
         return (x - self.G(self.E(x))).abs().flatten(1).mean(1)
 
     def disc_terms(self, x: torch.Tensor, z_hat: torch.Tensor, rec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,7 +179,7 @@ class AdversarialAE(Detector):
 
     @torch.inference_mode()
     def score(self, x, mc_samples, generator):
-        x = _plain(x)
+        x = nets.plain(x)
         z_hat = self.E(x)
         rec = self.G(z_hat)
         diff = (x - rec).flatten(1)
@@ -209,7 +205,7 @@ class BiGAN(AdversarialAE):
 
     def training_step(self, x, optimizers, max_grad_norm):
         opt_d, opt_eg = optimizers
-        x = _plain(x)
+        x = nets.plain(x)
         z = self.sample_z(x.shape[0], x.device)
         z_hat = self.E(x)
         fake = self.G(z)
@@ -253,7 +249,7 @@ class AlphaGAN(AdversarialAE):
 
     def training_step(self, x, optimizers, max_grad_norm):
         opt_d, opt_c, opt_e, opt_g = optimizers
-        x = _plain(x)
+        x = nets.plain(x)
         z = self.sample_z(x.shape[0], x.device)
         z_hat = self.E(x)
         rec = self.G(z_hat)

@@ -53,10 +53,6 @@ from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d
 EPS = 1e-8
 
 
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    """Drop MONAI's MetaTensor wrapper (keeps the data)."""
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
-
 
 def unit_normalise(z: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """z / √(‖z‖² + ε) per row: unit length, and finite (0) for the zero vector."""
@@ -194,7 +190,7 @@ class JointEncoderGAN(Detector):
     def training_step(self, x, optimizers, max_grad_norm):
         """Critic step every call; G+E step every ``n_critic`` calls. ``loss`` is the critic loss."""
         opt_d, opt_ge = optimizers
-        x = _plain(x)
+        x = nets.plain(x)
         out = self.critic_step(x, opt_d, max_grad_norm)
         self.steps += 1
         if int(self.steps) % self.params.n_critic == 0:
@@ -202,7 +198,7 @@ class JointEncoderGAN(Detector):
         return {"loss": out["d_loss"], **out}
 
     def validation_loss(self, x):
-        x = _plain(x)
+        x = nets.plain(x)
         _, rec = self.reconstruct(x)
         return (x - rec).abs().flatten(1).mean(1)
 
@@ -216,7 +212,7 @@ class JointEncoderGAN(Detector):
 
     @torch.inference_mode()
     def score(self, x, mc_samples, generator):
-        x = _plain(x)
+        x = nets.plain(x)
         scores, rec = self.score_terms(x)
         return ScoreOutput(scores=scores, residual=(x - rec).abs())
 

@@ -21,6 +21,11 @@ from monai.networks.nets import Critic, Generator, Regressor
 from torch import nn
 
 
+def plain(x: torch.Tensor) -> torch.Tensor:
+    """Drop MONAI's MetaTensor wrapper (keeps the data), so autograd and indexing stay plain torch."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
 def start_size(patch: int, strides: Sequence[int]) -> int:
     """Spatial size the generator starts from so that its strides reach ``patch`` exactly."""
     prod = math.prod(strides)

@@ -1,1 +1,240 @@
-"""Placeholder: filled in by the detectors work (issue 3)."""
+"""WGAN-GP detectors: AnoGAN latent search (Schlegl 2017) and f-AnoGAN (Schlegl 2019), 2D and 3D.
+
+Networks from :mod:`models.nets` (MONAI blocks): generator G (sigmoid output in [0, 1]) and critic
+D (no sigmoid, instance norm, no dropout), with f(x) = D's penultimate layer.
+
+Training (one :meth:`training_step` per batch): a critic step every call,
+``E[D(G(z))] − E[D(x)] + λ_gp·E[(‖∇_x̂ D(x̂)‖₂ − 1)²]`` (λ_gp = 10), and a generator step
+``−E[D(G(z))]`` every ``n_critic`` calls (5). Adam with β = (0.5, 0.9). The call counter is a
+buffer, so a resumed run keeps the schedule. Validation loss (normal data only, lower = better):
+the per-sample Wasserstein estimate D(x) − E_z[D(G(z))] with a fixed z batch — how far the critic
+still separates held-out normals from generated samples.
+
+**anogan** scoring: find z by gradient descent (``search_steps`` = 100, Adam or SGD-momentum) on
+L(z) = (1−λ)·Σ|x − G(z)| + λ·Σ|f(x) − f(G(z))| with λ = 0.5, **batched** over all queries and
+``restarts`` initial codes at once: z is one [R·B, N_z] tensor, the loss is a sum over samples,
+so each sample's gradient is its own. G and D are frozen; f(x) is computed once. The best restart
+per query is kept (Deecke et al.). The R initial codes are drawn once per batch from the prior
+with the scoring generator and shared by every query, so a query's score does not depend on the
+batch it is in. Scores: ``anogan`` = L(z*), ``residual`` = Σ|x − G(z*)|, ``feature`` = Σ|f(x) − f(G(z*))|.
+
+**fanogan**: the same WGAN-GP for the first part of training, then (last
+``encoder_epochs_fraction`` of the epochs) an encoder E (``EncoderNet``) trained with G and D frozen
+on izi_f: (1/N_x)·‖x − G(E(x))‖² + κ·(1/n_f)·‖f(x) − f(G(E(x)))‖², κ = 1. Model selection and
+early stopping only count in the encoder phase (:meth:`selection_active`). Scores: ``fanogan`` =
+izi_f, ``residual`` and ``feature`` terms; one forward pass, no search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from models import nets
+from models.gan_losses import critic_loss, gradient_penalty
+from models.registry import Detector, ScoreOutput, register_2d_3d
+
+
+@dataclass
+class WGANParams:
+    """WGAN-GP hyper-parameters shared by the AnoGAN and f-AnoGAN detectors."""
+
+    name: str = "anogan3d"
+    latent_dim: int = 64
+    channels: list[int] = field(default_factory=lambda: [8, 16, 32])  # G and D; sized for the CPU speed targets
+    strides: list[int] = field(default_factory=lambda: [2, 2, 1])
+    lambda_gp: float = 10.0
+    n_critic: int = 5
+    betas: tuple[float, float] = (0.5, 0.9)
+    latent_prior: Literal["normal", "uniform"] = "normal"  # seed 000 used uniform z, seed 003 normal
+
+    def check(self, cfg) -> list[str]:
+        errs = nets.check_strides(self.strides, cfg.train.patch_size)
+        if len(self.channels) != len(self.strides):
+            errs.append(f"model.strides: {len(self.strides)} values but model.channels has {len(self.channels)}")
+        if self.n_critic < 1:
+            errs.append("model.n_critic: must be ≥ 1")
+        return errs
+
+
+@dataclass
+class AnoGANParams(WGANParams):
+    search_steps: int = 100
+    search_lambda: float = 0.5  # weight of the feature term
+    search_optimizer: Literal["adam", "sgd"] = "adam"
+    search_lr: float = 0.05
+    restarts: int = 1
+
+
+@dataclass
+class FAnoGANParams(WGANParams):
+    name: str = "fanogan3d"
+    kappa: float = 1.0
+    encoder_epochs_fraction: float = 0.5
+
+
+class WGANGP(Detector):
+    """WGAN-GP generator and critic with the shared training loop."""
+
+    Params = WGANParams
+
+    def __init__(self, params: WGANParams, in_channels: int, patch_size: int) -> None:
+        super().__init__(params, in_channels, patch_size)
+        d = self.spatial_dims
+        self.G = nets.GeneratorNet(d, params.latent_dim, in_channels, patch_size, params.channels, params.strides)
+        self.D = nets.CriticNet(d, in_channels, patch_size, params.channels, params.strides)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def sample_z(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        shape = (n, self.params.latent_dim)
+        if self.params.latent_prior == "uniform":
+            return (torch.rand(shape, generator=generator) * 2 - 1).to(device)
+        return torch.randn(shape, generator=generator).to(device)
+
+    def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
+        b = tuple(self.params.betas)
+        return [torch.optim.Adam(self.G.parameters(), lr=lr, betas=b), torch.optim.Adam(self.D.parameters(), lr=lr, betas=b)]
+
+    def gan_step(self, x: torch.Tensor, opt_g, opt_d, max_grad_norm: float) -> dict[str, float]:
+        x = nets.plain(x)
+        fake = self.G(self.sample_z(len(x), x.device)).detach()
+        gp = gradient_penalty(self.D, x, fake)
+        loss_d, w = critic_loss(self.D(x), self.D(fake), gp, self.params.lambda_gp)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        torch.nn.utils.clip_grad_norm_(self.D.parameters(), max_grad_norm)
+        opt_d.step()
+        self.steps += 1
+        out = {"loss": loss_d.item(), "wasserstein": w, "gp": gp.item()}
+        if int(self.steps) % self.params.n_critic == 0:
+            self.D.requires_grad_(False)
+            g_loss = -self.D(self.G(self.sample_z(len(x), x.device))).mean()
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.G.parameters(), max_grad_norm)
+            opt_g.step()
+            self.D.requires_grad_(True)
+            out["g_loss"] = g_loss.item()
+        return out
+
+    def training_step(self, x, optimizers, max_grad_norm):
+        return self.gan_step(x, optimizers[0], optimizers[1], max_grad_norm)
+
+    def validation_loss(self, x):
+        x = nets.plain(x)
+        z = self.sample_z(64, x.device)  # drawn from torch's global RNG, which the train stage fixes
+        return self.D(x) - self.D(self.G(z)).mean()
+
+
+@register_2d_3d("anogan")
+class AnoGAN(WGANGP):
+    """WGAN-GP with AnoGAN's batched latent-search score"""
+
+    Params = AnoGANParams
+    score_names = ("anogan", "residual", "feature")
+
+    def search(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Batched latent search; returns the best z per query and its loss terms (each (B,))."""
+        p = self.params
+        b, r = len(x), p.restarts
+        frozen = [q.requires_grad for q in self.parameters()]
+        self.requires_grad_(False)
+        try:
+            with torch.no_grad():
+                fx = self.D.features(x)
+            # (R, L), shared by every query; drawn one code at a time so that restart k is the same
+            # code whatever R is (torch's vectorised sampler depends on the tensor size)
+            z0 = torch.cat([self.sample_z(1, x.device, generator) for _ in range(r)])
+            z = z0[:, None, :].expand(r, b, -1).reshape(r * b, -1).clone().requires_grad_(True)
+            xr = x.repeat(r, *[1] * (x.dim() - 1))
+            fxr = fx.repeat(r, 1)
+            opt = torch.optim.Adam([z], lr=p.search_lr) if p.search_optimizer == "adam" else torch.optim.SGD([z], lr=p.search_lr, momentum=0.9)
+
+            def terms(zz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                g = self.G(zz)
+                return (xr - g).abs().flatten(1).sum(1), (fxr - self.D.features(g)).abs().sum(1)
+
+            with torch.enable_grad():
+                for _ in range(p.search_steps):
+                    res, feat = terms(z)
+                    loss = ((1 - p.search_lambda) * res + p.search_lambda * feat).sum()  # a sum: per-sample gradients stay independent
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            with torch.no_grad():
+                res, feat = terms(z)
+                total = (1 - p.search_lambda) * res + p.search_lambda * feat
+                best = total.view(r, b).argmin(0)
+                pick = best * b + torch.arange(b, device=x.device)
+        finally:
+            for q, flag in zip(self.parameters(), frozen):
+                q.requires_grad_(flag)
+        return z.detach()[pick], {"anogan": total[pick], "residual": res[pick], "feature": feat[pick]}
+
+    def score(self, x, mc_samples, generator):
+        x = nets.plain(x)
+        z, scores = self.search(x, generator)
+        with torch.no_grad():
+            residual = (x - self.G(z)).abs()
+        return ScoreOutput(scores=scores, residual=residual)
+
+
+@register_2d_3d("fanogan")
+class FAnoGAN(WGANGP):
+    """WGAN-GP followed by an izi_f encoder (f-AnoGAN)"""
+
+    Params = FAnoGANParams
+    score_names = ("fanogan", "residual", "feature")
+
+    def __init__(self, params: FAnoGANParams, in_channels: int, patch_size: int) -> None:
+        super().__init__(params, in_channels, patch_size)
+        self.E = nets.EncoderNet(self.spatial_dims, in_channels, patch_size, params.latent_dim, params.channels, params.strides)
+        self.register_buffer("encoder_phase", torch.zeros((), dtype=torch.bool))
+
+    def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
+        return super().configure_optimizers(lr) + [torch.optim.Adam(self.E.parameters(), lr=lr, betas=tuple(self.params.betas))]
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        switch = min(max(1, round(epochs * (1 - self.params.encoder_epochs_fraction))), epochs - 1) if epochs > 1 else 0
+        self.encoder_phase.fill_(epoch >= switch)
+
+    def selection_active(self) -> bool:
+        return bool(self.encoder_phase)
+
+    def izi_f(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample (1/N_x)‖x − G(E(x))‖² and (1/n_f)‖f(x) − f(G(E(x)))‖², and G(E(x))."""
+        g = self.G(self.E(x))
+        rec = (x - g).pow(2).flatten(1).mean(1)
+        feat = (self.D.features(x) - self.D.features(g)).pow(2).mean(1)
+        return rec, feat, g
+
+    def training_step(self, x, optimizers, max_grad_norm):
+        if not bool(self.encoder_phase):
+            return self.gan_step(x, optimizers[0], optimizers[1], max_grad_norm)
+        x = nets.plain(x)
+        opt_e = optimizers[2]
+        self.G.requires_grad_(False)
+        self.D.requires_grad_(False)
+        try:
+            rec, feat, _ = self.izi_f(x)
+            loss = (rec + self.params.kappa * feat).mean()
+            opt_e.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.E.parameters(), max_grad_norm)
+            opt_e.step()
+        finally:
+            self.G.requires_grad_(True)
+            self.D.requires_grad_(True)
+        return {"loss": loss.item(), "izi": rec.mean().item(), "izi_feature": feat.mean().item()}
+
+    def validation_loss(self, x):
+        rec, feat, _ = self.izi_f(nets.plain(x))
+        return rec + self.params.kappa * feat
+
+    @torch.inference_mode()
+    def score(self, x, mc_samples, generator):
+        x = nets.plain(x)
+        rec, feat, g = self.izi_f(x)
+        return ScoreOutput(scores={"fanogan": rec + self.params.kappa * feat, "residual": rec, "feature": feat}, residual=(x - g).abs())
