@@ -154,12 +154,14 @@ def test_training_steps_change_every_network(cls, shape):
 def test_bigan_never_chains_encoder_and_generator():
     model = make_model(BiGAN2D, 1).train()
     enc_out, gen_in = [], []
-    model.E.register_forward_hook(lambda mod, args, out: enc_out.append(out.data_ptr()))
-    model.G.register_forward_pre_hook(lambda mod, args: gen_in.append(args[0].data_ptr()))
+    # keep the tensors themselves alive, so a freed buffer's address cannot be reused and alias
+    model.E.register_forward_hook(lambda mod, args, out: enc_out.append(out))
+    model.G.register_forward_pre_hook(lambda mod, args: gen_in.append(args[0]))
     opts = model.configure_optimizers(1e-3)
     for _ in range(2):
         model.training_step(rand_input(3, 1, PATCH, PATCH), opts, 10.0)
-    assert enc_out and gen_in and not set(enc_out) & set(gen_in)
+    assert enc_out and gen_in
+    assert not {t.data_ptr() for t in enc_out} & {t.data_ptr() for t in gen_in}
 
 
 def test_bigan_discriminator_sees_pairs():
