@@ -104,15 +104,7 @@ class AdversarialAEParams:
     betas: tuple[float, float] = (0.5, 0.999)  # Adam betas for all networks
 
     def check(self, cfg) -> list[str]:
-        errs = []
-        if len(self.channels) != len(self.strides):
-            errs.append(f"model.strides: {len(self.strides)} values but model.channels has {len(self.channels)}")
-        errs.extend(nets.check_strides(self.strides, cfg.train.patch_size))
-        if self.latent_dim < 1:
-            errs.append("model.latent_dim: must be ≥ 1")
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            errs.append("model.betas: each must be in [0, 1)")
-        return errs
+        return nets.check_params(self, cfg)
 
 
 @dataclass

@@ -99,20 +99,11 @@ class JointParams:
     betas: tuple[float, float] = (0.5, 0.9)  # Adam betas for all networks (WGAN-GP: (0, 0.9) or (0.5, 0.9))
 
     def check(self, cfg) -> list[str]:
-        errs = []
-        if len(self.channels) != len(self.strides):
-            errs.append(f"model.strides: {len(self.strides)} values but model.channels has {len(self.channels)}")
-        errs.extend(nets.check_strides(self.strides, cfg.train.patch_size))
-        if self.latent_dim < 1:
-            errs.append("model.latent_dim: must be ≥ 1")
-        if self.n_critic < 1:
-            errs.append("model.n_critic: must be ≥ 1")
+        errs = nets.check_params(self, cfg)
         if not 0.0 <= self.score_lambda <= 1.0:
             errs.append("model.score_lambda: must be in [0, 1]")
         if self.lambda_gp < 0 or self.encoder_weight < 0:
             errs.append("model.lambda_gp / model.encoder_weight: must be ≥ 0")
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            errs.append("model.betas: each must be in [0, 1)")
         return errs
 
 

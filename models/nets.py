@@ -44,6 +44,20 @@ def check_strides(strides: Sequence[int], patch: int, key: str = "model.strides"
     return []
 
 
+def check_params(p, cfg) -> list[str]:
+    """Config checks shared by the network-based detectors (whichever of these fields ``p`` has)."""
+    errs = check_strides(p.strides, cfg.train.patch_size)
+    if len(p.channels) != len(p.strides):
+        errs.append(f"model.strides: {len(p.strides)} values but model.channels has {len(p.channels)}")
+    if getattr(p, "latent_dim", 1) < 1:
+        errs.append("model.latent_dim: must be ≥ 1")
+    if getattr(p, "n_critic", 1) < 1:
+        errs.append("model.n_critic: must be ≥ 1")
+    if not all(0.0 <= b < 1.0 for b in getattr(p, "betas", ())):
+        errs.append("model.betas: each must be in [0, 1)")
+    return errs
+
+
 class GeneratorNet(nn.Module):
     """G: z (B, L) → image (B, C, *spatial) in [0, 1]."""
 

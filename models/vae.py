@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import VarAutoEncoder
 
+from models import nets
 from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d
 
 LOG_2PI = math.log(2 * math.pi)
@@ -46,16 +47,7 @@ class VAEParams:
     decode_chunk: int = 256  # decoder batch size when scoring K×B samples
 
     def check(self, cfg) -> list[str]:
-        errs = []
-        if len(self.channels) != len(self.strides):
-            errs.append(f"model.strides: {len(self.strides)} values but model.channels has {len(self.channels)}")
-        p = cfg.train.patch_size
-        size = p
-        for s in self.strides:
-            if size % s:
-                errs.append(f"model.strides: {list(self.strides)} do not divide train.patch_size {p} (MONAI would silently decode to a different size)")
-                break
-            size //= s
+        errs = nets.check_params(self, cfg)
         if self.sigma <= 0:
             errs.append("model.sigma: must be > 0")
         return errs

@@ -51,12 +51,7 @@ class WGANParams:
     latent_prior: Literal["normal", "uniform"] = "normal"  # seed 000 used uniform z, seed 003 normal
 
     def check(self, cfg) -> list[str]:
-        errs = nets.check_strides(self.strides, cfg.train.patch_size)
-        if len(self.channels) != len(self.strides):
-            errs.append(f"model.strides: {len(self.strides)} values but model.channels has {len(self.channels)}")
-        if self.n_critic < 1:
-            errs.append("model.n_critic: must be ≥ 1")
-        return errs
+        return nets.check_params(self, cfg)
 
 
 @dataclass
