@@ -21,3 +21,40 @@ needs_shared = pytest.mark.skipif(not LIDC_SERIES.is_dir(), reason=f"real LIDC s
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run ``pipeline`` as a user would (a fresh process), capturing output."""
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def check_score_output(out, names, x) -> None:
+    """A detector's ScoreOutput: exactly ``names``, one finite value per sample, a finite residual shaped like x."""
+    import torch
+
+    from models.registry import ScoreOutput
+
+    assert isinstance(out, ScoreOutput) and set(out.scores) == set(names)
+    for name in names:
+        assert out.scores[name].shape == (x.shape[0],), name
+        assert torch.isfinite(out.scores[name]).all(), name
+    assert out.residual.shape == x.shape and torch.isfinite(out.residual).all()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny nets gain nothing from 2 threads, and one thread avoids OpenMP spin-waits when the
+    machine is shared; restored afterwards for the other tests."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def rand_input(*shape, seed: int = 0):
+    import torch
+
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def gen():
+    import torch
+
+    return torch.Generator().manual_seed(0)

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from conftest import check_score_output, gen, rand_input
 from models.alphagan import (AlphaGAN2D, AlphaGAN3D, AlphaGANParams, BiGAN2D, BiGAN3D, BiGANParams, PairDiscriminator,
                              bce_real)
 from models.checkpoint import load_checkpoint, save_checkpoint
@@ -18,14 +19,7 @@ from pipeline.errors import ConfigError
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny nets gain nothing from 2 threads, and one thread avoids OpenMP spin-waits when the
-    machine is shared; restored afterwards for the other test modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PATCH = 28
 LATENT = 8
@@ -41,12 +35,6 @@ def make_model(cls, in_channels: int, seed: int = 0, **kw) -> Detector:
     return cls(tiny_params(cls, **kw), in_channels, PATCH).eval()
 
 
-def rand_input(*shape, seed: int = 0) -> torch.Tensor:
-    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def gen() -> torch.Generator:
-    return torch.Generator().manual_seed(0)
 
 
 CASES = []
@@ -80,11 +68,7 @@ def test_scores_match_definitions(cls, shape):
     model = make_model(cls, shape[1])
     x = rand_input(*shape)
     out = model.score(x, 1, gen())
-    assert isinstance(out, ScoreOutput) and set(out.scores) == set(SCORES)
-    for name in SCORES:
-        assert out.scores[name].shape == (shape[0],), name
-        assert torch.isfinite(out.scores[name]).all(), name
-    assert out.residual.shape == x.shape and torch.isfinite(out.residual).all()
+    check_score_output(out, SCORES, x)
     with torch.no_grad():
         z_hat = model.E(x)
         rec = model.G(z_hat)
