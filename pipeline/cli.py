@@ -80,6 +80,16 @@ def _new_data_config(args):
     return cfg
 
 
+def input_paths(cfg) -> list[tuple[str, Path]]:
+    """The input files/folders a config reads (checked by ``pipeline validate``)."""
+    paths = [("ingest.input", cfg.ingest.input)]
+    if cfg.ingest.format == "dicom":
+        paths.append(("extract.nodules", cfg.extract.nodules))
+    if cfg.score.model is not None:
+        paths.append(("score.model", cfg.score.model))
+    return paths
+
+
 def _run_dir(cfg, args) -> Path:
     if getattr(args, "out", None):
         return args.out.resolve()
@@ -97,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         for line in str(exc).splitlines():
             print(f"error: {line}" if not line.startswith("  ") else line, file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # unwritable or full output directory, unreadable input
+        if args.debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; finished work is kept, fix this and re-run to resume", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted; finished stages are kept, re-run to resume", file=sys.stderr)
@@ -130,6 +146,9 @@ def _dispatch(args) -> int:
         print(f"using bundled config {path}", file=sys.stderr)
     cfg = load_config(path, args.overrides)
     if args.command == "validate":
+        missing = [f"{key}: {p} does not exist" for key, p in input_paths(cfg) if not p.exists()]
+        if missing:
+            raise ConfigError(f"{path}: " + ("invalid config:\n  " + "\n  ".join(missing) if len(missing) > 1 else missing[0]))
         print(f"{path}: valid (model {cfg.model.name}, input {cfg.ingest.input})")
         return 0
     import models  # noqa: F401 - registers the built-in models

@@ -202,3 +202,19 @@ def test_compare_runs_writes_table_and_roc(demo_run, tmp_path):
     assert len(table) == 2 and table.model.tolist() == ["vae3d", "vae3d"]
     assert np.allclose(table.auroc, metrics["primary"]["auroc"])
     assert (tmp_path / "cmp" / "roc_compare.png").stat().st_size > 1000
+
+
+def test_validate_reports_missing_input_paths(tmp_path):
+    proc = run_cli("validate", CONFIG, "--set", "ingest.input=/no/such/folder", "--set", "extract.nodules=/no/such.csv")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "ingest.input: /no/such/folder does not exist" in proc.stderr
+    assert "extract.nodules: /no/such.csv does not exist" in proc.stderr
+
+
+def test_unwritable_run_directory_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the run directory should go")
+    proc = run_cli("run", CONFIG, "--out", str(blocker / "run"), *FAST)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
