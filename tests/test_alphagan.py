@@ -13,7 +13,7 @@ from conftest import check_score_output, gen, rand_input
 from models.alphagan import (AlphaGAN2D, AlphaGAN3D, AlphaGANParams, BiGAN2D, BiGAN3D, BiGANParams, PairDiscriminator,
                              bce_real)
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.registry import MODELS, Detector, ScoreOutput
+from models.registry import MODELS, Detector
 from pipeline.config import validate
 from pipeline.errors import ConfigError
 
