@@ -38,7 +38,8 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     test = table[table["split"] == ec.split]
     groups = test["patient_id"].to_numpy(str)
     per_score = {c: detection_metrics(test["label"].to_numpy(), test[c].to_numpy(), ec.bootstrap, ec.ci, cfg.run.seed, groups) for c in score_cols}
-    classes = class_column(run_dir, test)
+    samples = load_samples(run_dir).set_index("sample_id")  # read once: per-class labels and overlay geometry
+    classes = class_column(samples, test)
     for c in score_cols:
         if "auroc" in per_score[c]:
             per_score[c]["patient_level"] = patient_level_auroc(test["label"].to_numpy(), test[c].to_numpy(), groups)
@@ -61,7 +62,7 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     outputs += write_galleries(cfg, run_dir, test, ec.score)
     result = StageResult(counts={"evaluated": len(test), "anomalous": int(test["label"].sum())})
     if ec.overlays and cfg.ingest.format == "dicom":
-        outputs += write_overlays(run_dir, table, ec.score, result)
+        outputs += write_overlays(run_dir, table, ec.score, result, samples)
     curves = (model_path(cfg, run_dir).parent / "curves.png")
     figures = [(run_dir / "roc.png", "ROC curves, all scores"), (run_dir / "roc_band.png", "ROC of the primary score with its 95% bootstrap band"),
                (run_dir / "pr.png", "precision-recall"), (run_dir / "score_density.png", "score densities by class"), (curves, "training curves"),
@@ -77,8 +78,7 @@ def write_galleries(cfg: Config, run_dir: Path, test, score_col: str, n: int = 6
     with np.load(run_dir / RESIDUALS_NPZ) as z:
         residual, ids = z["residual"], z["sample_id"]
     row_of = {s: i for i, s in enumerate(ids)}
-    norm = json_normalisation(cfg)
-    cube_ids, cubes = load_cubes(run_dir, tuple(norm["hu_window"]), norm["mode"])
+    cube_ids, cubes = load_cubes(run_dir, cfg.extract.hu_window, cfg.extract.normalise)
     cube_row = {s: i for i, s in enumerate(cube_ids)}
     patch = residual.shape[-1]
     written = []
@@ -93,21 +93,15 @@ def write_galleries(cfg: Config, run_dir: Path, test, score_col: str, n: int = 6
     return written
 
 
-def json_normalisation(cfg: Config) -> dict:
-    return {"hu_window": list(cfg.extract.hu_window), "mode": cfg.extract.normalise}
-
-
-def class_column(run_dir: Path, test) -> np.ndarray | None:
+def class_column(samples, test) -> np.ndarray | None:
     """Original class labels of the test samples (array datasets), for per-class AUROC."""
-    samples = load_samples(run_dir)
     if "class" not in samples.columns:
         return None
-    return samples.set_index("sample_id").loc[test["sample_id"], "class"].to_numpy()
+    return samples.loc[test["sample_id"], "class"].to_numpy()
 
 
-def write_overlays(run_dir: Path, table, score_col: str, result: StageResult) -> list[Path]:
+def write_overlays(run_dir: Path, table, score_col: str, result: StageResult, samples) -> list[Path]:
     """Residual and score overlays per series, on the ingested CT's grid."""
-    samples = load_samples(run_dir).set_index("sample_id")
     with np.load(run_dir / RESIDUALS_NPZ) as z:
         residual, ids, offset = z["residual"], z["sample_id"], int(z["offset"])
     row_of = {s: i for i, s in enumerate(ids)}

@@ -123,9 +123,3 @@ def load_series_table(run_dir: Path) -> pd.DataFrame:
     if not path.exists():
         raise StageError(f"{path} not found: run the ingest stage first")
     return pd.read_csv(path, dtype={"patient_id": str, "series_uid": str, "study_uid": str})
-
-
-def read_ct(run_dir: Path, series_uid: str) -> sitk.Image:
-    """The ingested 1 mm CT of a series (int16 HU, LPS geometry)."""
-    return sitk.ReadImage(str(volume_path(run_dir, series_uid)))
-

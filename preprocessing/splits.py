@@ -26,7 +26,8 @@ from pipeline.results import StageResult
 from preprocessing.extract import load_samples
 
 SPLITS_CSV = "splits.csv"
-HELD_OUT = ("val", "test")
+# (split, held-out splits its cubes must not overlap): checked by the buffer step and the leakage assertion
+OVERLAP_RULES = (("train", ("val", "test")), ("val", ("test",)))
 
 
 def assign_groups(samples: pd.DataFrame, cfg: SplitConfig) -> tuple[pd.Series, str]:
@@ -133,7 +134,7 @@ def _overlaps(a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
 def _buffer_overlaps(out: pd.DataFrame, samples: pd.DataFrame) -> None:
     """Train/val cubes overlapping a held-out cube (val or test) of another split → ``buffer``."""
     geo = samples.set_index(out.index)
-    for inner, outer in (("train", ("val", "test")), ("val", ("test",))):
+    for inner, outer in OVERLAP_RULES:
         a = geo[out["split"] == inner]
         b = geo[out["split"].isin(outer)]
         hit = _overlaps(a, b)
@@ -152,7 +153,7 @@ def assert_no_leakage(splits: pd.DataFrame, samples: pd.DataFrame) -> None:
         if (per_patient > 1).any():
             raise AssertionError(f"split leakage: patient(s) {list(per_patient[per_patient > 1].index[:5])} in more than one split")
     geo = samples.set_index(splits.index)
-    for inner, outer in (("train", ("val", "test")), ("val", ("test",))):
+    for inner, outer in OVERLAP_RULES:
         hit = _overlaps(geo[splits["split"] == inner], geo[splits["split"].isin(outer)])
         if hit.any():
             raise AssertionError(f"split leakage: {int(hit.sum())} {inner} cube(s) overlap held-out cubes")
