@@ -39,15 +39,29 @@ class RunConfig:
 
 
 @dataclass
-class ArraysConfig:
-    """Keys and label mapping of an npz array dataset (``ingest.format: arrays``)."""
+class ArraySource:
+    """One file of a multi-file array dataset; paths are relative to ``ingest.input`` (a folder)."""
 
-    images: str = "images"  # key, or the suffix of split-prefixed keys (train_images, val_images, ...)
-    labels: str = "labels"
-    patient_id: Optional[str] = None  # key of patient IDs; default: every image is its own patient
+    file: str  # .npz, IDX images (e.g. t10k-images-idx3-ubyte.gz) or CSV (one image per row, label last)
+    labels_file: Optional[str] = None  # IDX labels file that goes with IDX images
+    name: str = ""  # kept in samples.csv's ``source`` column (e.g. for split.test_source)
+
+
+@dataclass
+class ArraysConfig:
+    """Keys, geometry and label mapping of an array dataset (``ingest.format: arrays``)."""
+
+    images: str = "images"  # npz key, or the suffix of split-prefixed keys (train_images, val_images, ...)
+    labels: str = "labels"  # npz key (CSV: the label is the last column)
+    patient_id: Optional[str] = None  # npz key of patient IDs; default: every image is its own patient
     spatial_dims: int = 2
     normal_labels: list[float] = field(default_factory=lambda: [0.0])
     anomaly_labels: Optional[list[float]] = None  # default: every label that is not normal
+    spacing: Optional[str] = None  # npz key of per-image pixel spacing (mm; one value or one per axis): resampled to ingest.spacing_mm
+    pixel_spacing_mm: Optional[float] = None  # spacing of every image when the file has none; unset: images are used on their own grid
+    keep: list[str] = field(default_factory=list)  # npz keys (one value per image) copied into samples.csv, e.g. reader_id
+    image_shape: Optional[list[int]] = None  # CSV: spatial shape of each row's pixels (default: square)
+    sources: list[ArraySource] = field(default_factory=list)  # several files under ingest.input (a folder), concatenated
 
 
 @dataclass
@@ -60,7 +74,7 @@ class IngestConfig:
     spacing_mm: float = 1.0  # isotropic output spacing
     min_slices: int = 8  # series with fewer slices are rejected
     spacing_tolerance: float = 0.1  # allowed relative deviation of slice gaps from the median
-    antialias: bool = False  # Gaussian pre-filter on axes that are downsampled
+    antialias: bool = False  # Gaussian pre-filter on axes that are downsampled (CT and 2D images)
 
 
 @dataclass
@@ -94,7 +108,7 @@ class ExtractConfig:
 class SplitConfig:
     """Stratified, patient-grouped splits written to ``splits.csv``."""
 
-    method: Literal["holdout", "kfold", "predefined", "test_only"] = "holdout"  # predefined: the dataset's own split; test_only: score everything (new data)
+    method: Literal["holdout", "kfold", "predefined", "sample", "test_only"] = "holdout"  # predefined: the dataset's own split; sample: fixed-size draws (below); test_only: score everything (new data)
     test_fraction: float = 0.25
     val_fraction: float = 0.2  # of the non-test groups
     n_folds: int = 5
@@ -103,6 +117,11 @@ class SplitConfig:
     block_mm: float = 64.0  # spatial block edge for group_by=spatial_block
     anomalies_to_test: bool = False  # groups holding an anomaly go wholly to test
     contamination: float = 0.0  # fraction of anomalies mixed into training (seed 003)
+    # method: sample (e.g. the MNIST-9 protocol): a class-balanced test set, then fixed-size train/val draws of normals
+    test_per_class: int = 450  # normals and anomalies each drawn for the test set
+    test_source: Optional[str] = None  # draw the test set only from this array source (samples.csv ``source``)
+    train_count: Optional[int] = None  # normals drawn for training from what is left (default: all but val)
+    val_count: int = 1000  # normals drawn for validation from what is left after training
 
 
 @dataclass

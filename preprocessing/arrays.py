@@ -1,10 +1,21 @@
-"""Array datasets (npz): images already on a grid, e.g. PneumoniaMNIST or LIDC nodule crops.
+"""Array datasets: images already on a grid, from npz, IDX (MNIST) or CSV files.
 
-``ingest`` reads the npz named by ``ingest.input``: either one images/labels pair (keys from
-``ingest.arrays``) or split-prefixed keys (``train_images``, ``val_images``, ...) whose prefix is
-kept as ``source_split``. Images become (N, C, *spatial) float32 (a trailing channel axis of 1 or 3
-is moved to the front). Images containing NaN/inf are reported per item and dropped. Labels map to
-0 (``normal_labels``), 1 (``anomaly_labels``, default every other label) or are left out.
+``ingest`` reads ``ingest.input``: one file, or a folder with ``ingest.arrays.sources`` (several
+files concatenated, each tagged with its ``source`` name). Formats, chosen by file name:
+
+- ``.npz``: one images/labels pair (keys from ``ingest.arrays``), or split-prefixed keys
+  (``train_images``, ``val_images``, ...) whose prefix is kept as ``source_split`` (MedMNIST);
+  optional keys for patient IDs, per-image pixel spacing and extra columns (``keep``).
+- IDX (``*-idx3-ubyte[.gz]`` with an ``*-idx1-ubyte[.gz]`` labels file): the MNIST format.
+- ``.csv[.gz]``: one image per row, pixels in row-major order, the label in the last column.
+
+Images become channel-first float32 ``(C, *spatial)`` (a trailing channel axis of 1 or 3 is moved
+to the front). Images with NaN/inf are reported per item and dropped. Labels map to 0
+(``normal_labels``), 1 (``anomaly_labels``, default every other label) or are left out. When a
+pixel spacing is known (per image from the ``spacing`` key, or ``pixel_spacing_mm`` for all), each
+image is resampled to ``ingest.spacing_mm`` (see :func:`preprocessing.resample.resample_to_spacing`),
+so images of one dataset may differ in size: ``arrays.npz`` stores them padded to the largest
+size (top-left aligned) with each image's valid ``shape``.
 
 ``extract`` centre-crops every image to ``extract.cube_size`` (an image smaller than that is a
 per-item error), writing the same ``cubes.npz`` / ``samples.csv`` contract as CT cubes (without
@@ -13,104 +24,231 @@ geometry columns), so split, train, score and evaluate are shared with the CT pa
 
 from __future__ import annotations
 
+import gzip
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline import io
-from pipeline.config import Config
+from pipeline.config import ArraySource, Config
 from pipeline.errors import StageError
 from pipeline.results import StageResult
+from preprocessing.resample import resample_to_spacing
 
 ARRAYS_NPZ = "arrays.npz"
 ARRAYS_CSV = "arrays.csv"
 SPLIT_PREFIXES = ("train", "val", "test")
+IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _channels_first(images: np.ndarray, spatial_dims: int) -> np.ndarray:
+@dataclass
+class _Part:
+    """Images of one file (or one split of an npz) with their per-image table columns."""
+
+    images: list[np.ndarray]  # each (C, *spatial)
+    columns: dict[str, np.ndarray]  # sample_id, patient_id, class, source_split, source, keep keys...
+    spacing: np.ndarray | None = None  # (N, dims) mm, when the file carries it
+    extra: dict = field(default_factory=dict)
+
+
+def _channels_first(images: np.ndarray, spatial_dims: int, where: str) -> np.ndarray:
     if images.ndim == spatial_dims + 1:
         return images[:, None]
     if images.ndim == spatial_dims + 2 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
         return np.moveaxis(images, -1, 1)
     if images.ndim == spatial_dims + 2:
         return images
-    raise StageError(f"images have shape {images.shape}; expected (N, *spatial) or (N, C, *spatial) with {spatial_dims} spatial dims")
+    raise StageError(f"{where}: images have shape {images.shape}; expected (N, *spatial) or (N, C, *spatial) with {spatial_dims} spatial dims (ingest.arrays.spatial_dims)")
 
 
-def read_arrays(path: Path, cfg) -> tuple[np.ndarray, pd.DataFrame]:
-    """Load images (N, C, *spatial) and a table: index, patient_id, class, source_split."""
-    if not path.is_file():
-        raise StageError(f"ingest.input: array file {path} does not exist")
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format: 0, 0, dtype code, ndim, big-endian int32 dims, data).
+
+    Written by hand because no library of the stack reads IDX (torchvision's reader would pull
+    torchvision in for twenty lines); the header is checked against the file size.
+    """
+    try:
+        with _open(path) as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise StageError(f"{path}: cannot read IDX file ({exc})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
+        raise StageError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, ">i4", ndim, 4).astype(int)
+    dtype = np.dtype(IDX_DTYPES[raw[2]])
+    start = 4 + 4 * ndim
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(raw) - start != expected:
+        raise StageError(f"{path}: IDX header says {tuple(dims)} ({expected} bytes of data) but the file holds {len(raw) - start}; truncated or corrupt")
+    return np.frombuffer(raw, dtype, offset=start).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _ids(tag: str, n: int) -> np.ndarray:
+    return np.array([f"{tag}{i:06d}" for i in range(n)])
+
+
+def _read_npz(path: Path, cfg, source: str) -> list[_Part]:
     ac = cfg.ingest.arrays
     with np.load(path, allow_pickle=False) as z:
         keys = set(z.files)
         parts = [(p, f"{p}_{ac.images}", f"{p}_{ac.labels}") for p in SPLIT_PREFIXES if f"{p}_{ac.images}" in keys]
         if not parts:
             if ac.images not in keys:
-                raise StageError(f"{path}: no key {ac.images!r} (or train_/val_/test_ prefixed); keys: {', '.join(sorted(keys))}")
+                raise StageError(f"{path}: no key {ac.images!r} (or train_/val_/test_ prefixed); keys: {', '.join(sorted(keys))} (ingest.arrays.images)")
             parts = [("", ac.images, ac.labels)]
-        images, tables = [], []
+        out = []
         for prefix, ik, lk in parts:
             if lk not in keys:
                 raise StageError(f"{path}: labels key {lk!r} missing (ingest.arrays.labels); keys: {', '.join(sorted(keys))}")
-            img = _channels_first(z[ik], cfg.ingest.arrays.spatial_dims)
-            lab = z[lk].reshape(len(img), -1)[:, 0]
-            pid = z[ac.patient_id].astype(str) if ac.patient_id and ac.patient_id in z.files else None
-            if ac.patient_id and pid is None:
-                raise StageError(f"{path}: patient key {ac.patient_id!r} missing (ingest.arrays.patient_id)")
-            n0 = sum(len(i) for i in images)
-            images.append(img)
-            tables.append(pd.DataFrame({
-                "sample_id": [f"{prefix or 'img'}{i:06d}" for i in range(len(img))],
-                "patient_id": pid if pid is not None else [f"{prefix or 'img'}{i:06d}" for i in range(len(img))],
-                "class": lab,
-                "source_split": prefix or "",
-                "row": np.arange(n0, n0 + len(img)),
-            }))
-    return np.concatenate(images), pd.concat(tables, ignore_index=True)
+            img = _channels_first(z[ik], ac.spatial_dims, str(path))
+            n = len(img)
+            wanted = {"patient_id": ac.patient_id, "spacing": ac.spacing, **{k: k for k in ac.keep}}
+            missing = [f"{k!r} ({what})" for what, k in wanted.items() if k and (f"{prefix}_{k}" if prefix else k) not in keys]
+            if missing:
+                raise StageError(f"{path}: key(s) {', '.join(missing)} missing; keys: {', '.join(sorted(keys))}")
+            get = lambda k: z[f"{prefix}_{k}" if prefix else k]  # noqa: E731
+            ids = _ids(f"{source}:" * bool(source) + (prefix or "img"), n)
+            cols = {"sample_id": ids, "patient_id": get(ac.patient_id).astype(str) if ac.patient_id else ids,
+                    "class": z[lk].reshape(n, -1)[:, 0].astype(float), "source_split": np.full(n, prefix), "source": np.full(n, source)}
+            cols.update({k: get(k).reshape(n, -1)[:, 0] for k in ac.keep})
+            spacing = None
+            if ac.spacing:
+                spacing = np.broadcast_to(get(ac.spacing).reshape(n, -1).astype(float), (n, ac.spatial_dims)).copy()
+            out.append(_Part(list(img), cols, spacing))
+    return out
+
+
+def _read_idx_pair(path: Path, labels_path: Path | None, cfg, source: str) -> list[_Part]:
+    if labels_path is None:
+        raise StageError(f"{path}: IDX images need their labels file (ingest.arrays.sources[].labels_file)")
+    img = _channels_first(read_idx(path), cfg.ingest.arrays.spatial_dims, str(path))
+    lab = read_idx(labels_path).reshape(-1)
+    if len(lab) != len(img):
+        raise StageError(f"{labels_path}: {len(lab)} labels for {len(img)} images in {path.name}")
+    ids = _ids(f"{source}:" * bool(source) + "img", len(img))
+    return [_Part(list(img), {"sample_id": ids, "patient_id": ids, "class": lab.astype(float), "source_split": np.full(len(img), ""), "source": np.full(len(img), source)})]
+
+
+def _read_csv(path: Path, cfg, source: str) -> list[_Part]:
+    ac = cfg.ingest.arrays
+    try:
+        table = pd.read_csv(path, header=None)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise StageError(f"{path}: cannot read CSV ({exc})") from None
+    values = table.to_numpy()
+    if not np.issubdtype(values.dtype, np.number):
+        raise StageError(f"{path}: expected numbers only (pixels, then the label in the last column, no header)")
+    pixels, lab = values[:, :-1].astype(np.float32), values[:, -1].astype(float)
+    shape = list(ac.image_shape) if ac.image_shape else [int(round(pixels.shape[1] ** (1 / ac.spatial_dims)))] * ac.spatial_dims
+    if int(np.prod(shape)) != pixels.shape[1]:
+        raise StageError(f"{path}: rows hold {pixels.shape[1]} pixels, which is not the image shape {shape} (set ingest.arrays.image_shape)")
+    img = pixels.reshape(len(pixels), 1, *shape)
+    ids = _ids(f"{source}:" * bool(source) + "img", len(img))
+    return [_Part(list(img), {"sample_id": ids, "patient_id": ids, "class": lab, "source_split": np.full(len(img), ""), "source": np.full(len(img), source)})]
+
+
+def _read_file(path: Path, labels_path: Path | None, cfg, source: str) -> list[_Part]:
+    if not path.is_file():
+        raise StageError(f"ingest.input: array file {path} does not exist")
+    name = path.name.lower()
+    if name.endswith(".npz"):
+        return _read_npz(path, cfg, source)
+    if name.endswith((".csv", ".csv.gz")):
+        return _read_csv(path, cfg, source)
+    if "idx" in name or name.endswith((".ubyte", ".ubyte.gz")):
+        return _read_idx_pair(path, labels_path, cfg, source)
+    raise StageError(f"{path}: unknown array format (expected .npz, IDX *-ubyte[.gz] or .csv[.gz])")
+
+
+def read_arrays(cfg) -> list[_Part]:
+    """Every part of the configured array dataset (one file, or ``ingest.arrays.sources``)."""
+    root = Path(cfg.ingest.input)
+    sources: list[ArraySource] = cfg.ingest.arrays.sources
+    if not sources:
+        return _read_file(root, None, cfg, "")
+    if not root.is_dir():
+        raise StageError(f"ingest.input: {root} must be a folder when ingest.arrays.sources lists files inside it")
+    parts = []
+    for i, src in enumerate(sources):
+        parts += _read_file(root / src.file, root / src.labels_file if src.labels_file else None, cfg, src.name or f"source{i}")
+    return parts
+
+
+def _to_grid(image: np.ndarray, spacing: np.ndarray | None, cfg) -> np.ndarray:
+    """An image on the ``ingest.spacing_mm`` grid when its spacing is known, else unchanged."""
+    if spacing is None:
+        return image.astype(np.float32)
+    return resample_to_spacing(image, tuple(float(s) for s in spacing), cfg.ingest.spacing_mm, cfg.ingest.antialias)
 
 
 def ingest(cfg: Config, run_dir: Path) -> StageResult:
-    images, table = read_arrays(cfg.ingest.input, cfg)
+    ac = cfg.ingest.arrays
+    parts = read_arrays(cfg)
+    columns = {k: np.concatenate([p.columns[k] for p in parts]) for k in parts[0].columns}
+    table = pd.DataFrame(columns)
+    if table["sample_id"].duplicated().any():
+        raise StageError(f"ingest: duplicate sample IDs {table.loc[table['sample_id'].duplicated(), 'sample_id'].head(3).tolist()}; give each source a distinct name")
+    images = [im for p in parts for im in p.images]
+    spacing = [s for p in parts for s in (p.spacing if p.spacing is not None else [None] * len(p.images))]
+    if ac.pixel_spacing_mm is not None:
+        spacing = [s if s is not None else np.full(ac.spatial_dims, ac.pixel_spacing_mm) for s in spacing]
     result = StageResult()
-    finite = np.isfinite(images.reshape(len(images), -1)).all(1)
+    finite = np.array([np.isfinite(im).all() for im in images])
     for sid in table.loc[~finite, "sample_id"]:
         result.fail(f"image {sid}", f"{cfg.ingest.input}: image {sid} contains NaN or inf values; left out")
-    ac = cfg.ingest.arrays
     cls = table["class"].to_numpy(float)
     label = np.full(len(table), -1)
     label[np.isin(cls, ac.normal_labels)] = 0
     anomalous = np.isin(cls, ac.anomaly_labels) if ac.anomaly_labels is not None else ~np.isin(cls, ac.normal_labels)
     label[anomalous] = 1
-    keep = finite & (label >= 0)
-    table = table.assign(label=label)[keep].reset_index(drop=True)
-    images = images[keep]
+    keep = np.flatnonzero(finite & (label >= 0))
+    grids = [_to_grid(images[i], spacing[i], cfg) for i in keep]
+    table = table.assign(label=label).iloc[keep].reset_index(drop=True)
+    if any(s is not None for s in spacing):
+        table["spacing_mm"] = [" ".join(f"{v:.6g}" for v in spacing[i]) if spacing[i] is not None else "" for i in keep]
+    shapes = np.array([g.shape[1:] for g in grids], dtype=int).reshape(len(grids), ac.spatial_dims)
+    if len({g.shape[0] for g in grids}) > 1:
+        raise StageError(f"ingest: images have different channel counts {sorted({g.shape[0] for g in grids})}")
+    padded = np.zeros((len(grids), grids[0].shape[0] if grids else 1, *shapes.max(0, initial=1)), np.float32)
+    for i, g in enumerate(grids):
+        padded[(i, slice(None), *[slice(0, n) for n in g.shape[1:]])] = g
     table["row"] = np.arange(len(table))
-    io.write_npz(run_dir / ARRAYS_NPZ, images=images.astype(np.float32), sample_id=table["sample_id"].to_numpy(str))
+    io.write_npz(run_dir / ARRAYS_NPZ, images=padded, shape=shapes, sample_id=table["sample_id"].to_numpy(str))
     io.write_csv(run_dir / ARRAYS_CSV, table)
-    result.counts = {"images": int(len(images)), "normal": int((table.label == 0).sum()), "anomalous": int((table.label == 1).sum()),
-                     "left_out_by_label": int((label < 0).sum()), "non_finite": int((~finite).sum())}
+    result.counts = {"images": int(len(table)), "normal": int((table.label == 0).sum()), "anomalous": int((table.label == 1).sum()),
+                     "left_out_by_label": int((label < 0).sum()), "non_finite": int((~finite).sum()), "resampled": int(sum(s is not None for s in spacing))}
     result.outputs = [run_dir / ARRAYS_NPZ, run_dir / ARRAYS_CSV]
     return result
 
 
 def extract(cfg: Config, run_dir: Path, cubes_npz: str, samples_csv: str) -> StageResult:
-    table = pd.read_csv(run_dir / ARRAYS_CSV, dtype={"sample_id": str, "patient_id": str, "source_split": str}, keep_default_na=False)
+    table = pd.read_csv(run_dir / ARRAYS_CSV, dtype={"sample_id": str, "patient_id": str, "source_split": str, "source": str}, keep_default_na=False)
     with np.load(run_dir / ARRAYS_NPZ) as z:
-        images = z["images"]
+        images, shapes = z["images"], z["shape"]
     size = cfg.extract.cube_size
-    spatial = np.asarray(images.shape[2:])
     result = StageResult()
-    if np.any(spatial < size):
-        for sid in table["sample_id"]:
-            result.fail(f"image {sid}", f"image {sid}: grid {tuple(spatial)} is smaller than extract.cube_size {size}")
-        raise StageError(f"extract: images of size {tuple(spatial)} are smaller than extract.cube_size {size}")
-    off = (spatial - size) // 2
-    crop = images[(slice(None), slice(None), *[slice(o, o + size) for o in off])]
-    samples = table.assign(kind="image", series_uid="", size=size)[["sample_id", "patient_id", "series_uid", "kind", "label", "class", "source_split", "size"]]
-    io.write_npz(run_dir / cubes_npz, raw=crop, sample_id=samples["sample_id"].to_numpy(str))
+    small = (shapes < size).any(1)
+    for sid, shp in zip(table.loc[small, "sample_id"], shapes[small]):
+        result.fail(f"image {sid}", f"image {sid}: grid {tuple(int(v) for v in shp)} is smaller than extract.cube_size {size}; left out")
+    keep = np.flatnonzero(~small)
+    if not len(keep):
+        raise StageError(f"extract: every image is smaller than extract.cube_size {size}; see errors.csv")
+    crops = np.empty((len(keep), images.shape[1], *[size] * (images.ndim - 2)), np.float32)
+    for j, i in enumerate(keep):
+        off = (shapes[i] - size) // 2
+        crops[j] = images[(i, slice(None), *[slice(o, o + size) for o in off])]
+    extra = [c for c in table.columns if c not in ("sample_id", "patient_id", "label", "class", "source_split", "source", "row")]
+    samples = table.iloc[keep].assign(kind="image", series_uid="", size=size)
+    samples = samples[["sample_id", "patient_id", "series_uid", "kind", "label", "class", "source_split", "source", "size", *extra]].reset_index(drop=True)
+    io.write_npz(run_dir / cubes_npz, raw=crops, sample_id=samples["sample_id"].to_numpy(str))
     io.write_csv(run_dir / samples_csv, samples)
-    result.counts = {"images": int(len(samples)), "normal": int((samples.label == 0).sum()), "anomalous": int((samples.label == 1).sum())}
+    result.counts = {"images": int(len(samples)), "normal": int((samples.label == 0).sum()), "anomalous": int((samples.label == 1).sum()), "too_small": int(small.sum())}
     result.outputs = [run_dir / cubes_npz, run_dir / samples_csv]
     return result

@@ -166,8 +166,8 @@ def load_samples(run_dir: Path) -> pd.DataFrame:
     path = run_dir / SAMPLES_CSV
     if not path.exists():
         raise StageError(f"{path} not found: run the extract stage first")
-    table = pd.read_csv(path, dtype={"patient_id": str, "series_uid": str, "sample_id": str, "nodule_id": str, "source_split": str})
-    return table.fillna({c: "" for c in ("series_uid", "nodule_id", "source_split") if c in table.columns})
+    table = pd.read_csv(path, dtype={"patient_id": str, "series_uid": str, "sample_id": str, "nodule_id": str, "source_split": str, "source": str})
+    return table.fillna({c: "" for c in ("series_uid", "nodule_id", "source_split", "source") if c in table.columns})
 
 
 def load_cubes(run_dir: Path, window: tuple[float, float], mode: str) -> tuple[np.ndarray, np.ndarray]:

@@ -74,6 +74,10 @@ def make_splits(samples: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.DataFr
     if cfg.method == "test_only":  # batch scoring of new data with a trained model
         out["split"], out["fold"], out["grouping"] = "test", -1, mode
         return out
+    if cfg.method == "sample":
+        out["split"], out["fold"], out["grouping"] = _sample_split(samples, out, cfg, seed), -1, mode
+        _mark_training_anomalies(out, cfg.contamination, seed)
+        return out
     if cfg.method == "predefined":
         if "source_split" not in samples.columns or not samples["source_split"].isin(["train", "val", "test"]).any():
             raise StageError("split.method: predefined needs a dataset with its own train/val/test split (split-prefixed array keys)")
@@ -100,6 +104,44 @@ def make_splits(samples: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.DataFr
     _mark_training_anomalies(out, cfg.contamination, seed)
     out["grouping"] = mode
     return out
+
+
+def _draw_groups(groups: pd.Series, candidates: np.ndarray, n: int, rng: np.random.Generator, what: str) -> np.ndarray:
+    """Mask of whole groups, drawn at random from ``candidates`` until at least ``n`` samples."""
+    uniq = rng.permutation(pd.unique(groups[candidates]))
+    sizes = groups[candidates].value_counts().reindex(uniq).to_numpy()
+    take = uniq[: int(np.searchsorted(np.cumsum(sizes), n) + 1)] if n > 0 else uniq[:0]
+    if sizes.sum() < n:
+        raise StageError(f"split: {what} needs {n} samples, only {int(sizes.sum())} available")
+    return candidates & groups.isin(take).to_numpy()
+
+
+def _sample_split(samples: pd.DataFrame, out: pd.DataFrame, cfg: SplitConfig, seed: int) -> np.ndarray:
+    """``method: sample``: ``test_per_class`` normals and anomalies for test (from ``test_source``),
+    then ``train_count`` and ``val_count`` normals; the remaining anomalies go to ``train`` so the
+    contamination step can keep its fraction (the rest become ``unused``). Groups stay whole."""
+    rng = np.random.default_rng(seed)
+    groups, label = out["group"], out["label"].to_numpy()
+    group_has_anomaly = groups.map(out.groupby("group")["label"].max()).to_numpy() == 1
+    free = np.ones(len(out), bool)
+    if cfg.test_source is not None:
+        if "source" not in samples.columns or not (samples["source"] == cfg.test_source).any():
+            raise StageError(f"split.test_source: no samples from source {cfg.test_source!r}")
+        from_source = (samples["source"] == cfg.test_source).to_numpy()
+    else:
+        from_source = free
+    split = np.array(["unused"] * len(out), dtype=object)
+    for has_anomaly, what in ((False, "the normal test draw"), (True, "the anomalous test draw")):
+        pick = _draw_groups(groups, free & from_source & (group_has_anomaly == has_anomaly), cfg.test_per_class, rng, what)
+        split[pick], free = "test", free & ~pick
+    normal_free = free & ~group_has_anomaly
+    n_train = cfg.train_count if cfg.train_count is not None else int(normal_free.sum()) - cfg.val_count
+    pick = _draw_groups(groups, normal_free, n_train, rng, "split.train_count")
+    split[pick], free = "train", free & ~pick
+    pick = _draw_groups(groups, free & ~group_has_anomaly, cfg.val_count, rng, "split.val_count")
+    split[pick], free = "val", free & ~pick
+    split[free & (label == 1)] = "train"  # candidates for contamination; _mark_training_anomalies keeps its fraction
+    return split
 
 
 def _mark_training_anomalies(out: pd.DataFrame, contamination: float, seed: int) -> None:
