@@ -116,7 +116,7 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
             save_checkpoint(ckpt_path, model, normalisation, {"epoch": epoch, "val_loss": val, "seed": seed, "config": cfg.to_dict()})
         else:
             bad_epochs += 1
-        _write_curves(out_dir, history)
+        _write_curves(out_dir, history, plot=False)
         io.write_with(state_path, lambda tmp: torch.save({
             "fingerprint": fingerprint, "model": model.state_dict(),
             "optimizers": [o.state_dict() for o in optimizers], "history": history, "best": best,
@@ -125,6 +125,7 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
             stop_reason = f"early stop: validation loss did not improve for {tc.patience} epochs"
             break
     bar.close()
+    _write_curves(out_dir, history)
     if not ckpt_path.exists():
         raise StageError(f"train: no usable checkpoint ({stop_reason})")
     state_path.unlink(missing_ok=True)
@@ -132,7 +133,8 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
             "train_seconds": time.perf_counter() - t0, "diverged": stop_reason.startswith("non-finite")}
 
 
-def _write_curves(out_dir: Path, history: list[dict]) -> None:
+def _write_curves(out_dir: Path, history: list[dict], plot: bool = True) -> None:
+    """``curves.csv`` (every epoch, so a killed run keeps it) and ``curves.png`` (at the end: a figure per epoch costs more than a small model's epoch)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,6 +142,8 @@ def _write_curves(out_dir: Path, history: list[dict]) -> None:
 
     df = pd.DataFrame(history)
     io.write_csv(out_dir / "curves.csv", df)
+    if not plot or df.empty:
+        return
     cols = [c for c in df.columns if c.startswith("train_") or c == "val_loss"]
     fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 2.8), squeeze=False)
     for ax, c in zip(axes[0], cols):

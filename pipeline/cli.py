@@ -36,6 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, help="run directory (default: run.out, else ./runs/<config name>)")
     sp.add_argument("--force", action="store_true", help="re-run stages even when up to date")
     sp.add_argument("--from", dest="start", choices=STAGE_NAMES, help="first stage to run")
+    sp = sub.add_parser("bench", help="run benchmark protocols (configs/bench/*.yaml) and write BENCHMARKS.md")
+    sp.add_argument("configs", nargs="+", type=Path, help="protocol configs, e.g. configs/bench/*.yaml")
+    sp.add_argument("--data-root", type=Path, help="folder holding the benchmark data (e.g. ../shared/data); paths in bench.data are relative to it")
+    sp.add_argument("--quick", action="store_true", help="every protocol at reduced size (minutes), written to runs/bench_quick/ unless --out is given")
+    sp.add_argument("--out", type=Path, help="where BENCHMARKS.md and bench/*.png|json go (default: docs/, or runs/bench_quick with --quick)")
+    sp.add_argument("--runs", type=Path, help="run directories (default: runs/bench, or runs/bench_quick/runs with --quick)")
+    sp.add_argument("--jobs", type=int, default=1, help="detectors trained at the same time (each with one thread); times are then per-job")
+    sp.add_argument("--only", action="append", metavar="LABEL", help="only the detector(s) with this label (repeatable)")
+    sp.add_argument("--debug", action="store_true")
     sp = sub.add_parser("compare", help="one table and overlaid ROC curves across finished runs")
     sp.add_argument("runs", nargs="+", type=Path, help="run directories")
     sp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
@@ -123,6 +132,15 @@ def _dispatch(args) -> int:
     from pipeline.config import load_config, resolve_config_path
     from pipeline.errors import ConfigError
 
+    if args.command == "bench":
+        from pipeline.bench import run_bench
+
+        root = Path(__file__).resolve().parent.parent
+        out = (args.out or (Path("runs/bench_quick") if args.quick else root / "docs")).resolve()
+        runs = (args.runs or (out / "runs" if args.quick else Path("runs/bench"))).resolve()
+        md = run_bench(args.configs, args.data_root.resolve() if args.data_root else None, out, runs, args.quick, args.jobs, args.only)
+        print(f"wrote {md}")
+        return 0
     if args.command == "compare":
         from evaluation.compare import compare_runs
 
