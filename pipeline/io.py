@@ -51,7 +51,9 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
-    except OSError:
+    except OSError as exc:
+        if exc.filename is None:  # a failed write() names no file: name the output
+            raise OSError(exc.errno, exc.strerror, str(dest)) from exc
         raise
     except Exception as exc:  # a library writer that failed on a full disk says so in its own words
         if disk_full(dest.parent):
