@@ -95,7 +95,10 @@ class SeriesInfo:
 
 def read_header(path: Path) -> SliceHeader:
     """Read one file's header (no pixels). Raises :class:`DicomReadError` with the reason."""
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+    except OSError as exc:  # a dangling link, a file removed during the scan, no permission
+        raise DicomReadError(f"{path}: cannot be read ({exc.strerror})") from None
     if size == 0:
         raise DicomReadError(f"{path}: empty file (0 bytes)")
     try:

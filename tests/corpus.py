@@ -9,7 +9,8 @@ Instance UIDs (pydicom ``generate_uid``), so each case is its own series.
 series mixed in one folder), ``out/nodules.csv`` (good nodules, one at the volume edge, and bad
 rows), and ``out/arrays.npz`` (2D crops of the real slices with NaN/inf in two of them). Each
 :class:`Case` names the item that must fail and a fragment of its message. Run as a script to
-build the corpus and print the cases: ``python tests/corpus.py /tmp/corpus``.
+build the corpus and print the cases, with ``--run`` also run it and print a table of what the
+pipeline did: ``python tests/corpus.py /tmp/corpus --run``.
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ def build_dicom_cases(root: Path, src: Path = SAMPLE_SERIES) -> list[Case]:
     cases.append(Case("zero-byte file", "empty file", "ingest", str(bad / "zero.dcm"), "empty file (0 bytes)", "file skipped"))
     shutil.copy(get_testdata_file("zipMR.gz"), bad / "zipMR.gz")
     cases.append(Case("not a DICOM file", "pydicom zipMR.gz (a gzip archive)", "ingest", str(bad / "zipMR.gz"), "not a DICOM file", "file skipped"))
+    (bad / "dangling.dcm").symlink_to(bad / "moved_away.dcm")
+    cases.append(Case("dangling link (file gone)", "symbolic link to a missing file", "ingest", str(bad / "dangling.dcm"), "cannot be read (No such file or directory)", "file skipped"))
     ds = pydicom.dcmread(files[mid])
     del ds.PixelData
     ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
@@ -206,8 +209,31 @@ def build_corpus(out: Path) -> dict[str, list[Case]]:
     return {"dicom": dicom, "nodules": build_nodules(out / "nodules.csv", dicom), "arrays": build_arrays(out / "arrays.npz")}
 
 
+def observed_table(cases: list[Case], run_dir: Path) -> str:
+    """Markdown: each case and the line ``errors.csv`` of ``run_dir`` has for its item (or its good output)."""
+    errors = pd.read_csv(run_dir / "errors.csv", dtype=str)
+    lines = ["| case | made from | pipeline | message in errors.csv |", "|---|---|---|---|"]
+    for c in cases:
+        msg = errors.loc[errors["item"] == c.item, "error"]
+        shown = msg.iloc[0].replace(str(run_dir.parent), "…").replace("|", "\\|") if len(msg) else "(no error)"
+        lines.append(f"| {c.name} | {c.made_from} | {c.outcome} | {shown} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "corpus")
-    for part, cases in build_corpus(target).items():
+    # python tests/corpus.py OUT [--run]: build the corpus; with --run also run it and print what happened
+    import subprocess
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "corpus").resolve()
+    parts = build_corpus(target / "corpus")
+    for part, cases in parts.items():
         for c in cases:
-            print(f"{part:8s} {c.name:45s} {c.stage or 'ok':8s} {c.item}  ⇒ {c.message or c.outcome}")
+            print(f"{part:8s} {c.name:45s} {c.stage or 'ok':8s} {c.item}  => {c.message or c.outcome}")
+    if "--run" in sys.argv:
+        cfg = target / "cfg.yaml"
+        cfg.write_text((ROOT / "configs" / "ct_nodules.yaml").read_text().replace("../sample_data/ct/LIDC-IDRI-0063", str(target / "corpus" / "dicom"))
+                       .replace("../sample_data/ct/nodules.csv", str(target / "corpus" / "nodules.csv")))
+        fast = ["--set", "train.epochs=1", "--set", "score.mc_samples=2", "--set", "evaluate.bootstrap=20", "--set", "extract.background.max_per_series=40"]
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(cfg), "--out", str(target / "run"), *fast], cwd=ROOT, capture_output=True, text=True)
+        print(f"\nexit code {proc.returncode}; stderr ends: {proc.stderr.strip().splitlines()[-1]}\n")
+        print(observed_table(parts["dicom"] + parts["nodules"], target / "run"))
