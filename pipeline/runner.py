@@ -55,7 +55,10 @@ def tree_digest(root: Path) -> str:
         dirnames.sort()
         for name in sorted(filenames):
             p = Path(dirpath) / name
-            st = p.stat()
+            try:
+                st = p.stat()
+            except OSError:  # a dangling link: ingest reports it; digest the link itself
+                st = p.lstat()
             entries.append((str(p.relative_to(root)), st.st_size, st.st_mtime_ns))
     return io.sha256_json(entries)
 
