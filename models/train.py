@@ -79,6 +79,7 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
         save_checkpoint(ckpt_path, model, normalisation, {"epoch": 0, "val_loss": val, "seed": seed, "config": cfg.to_dict()})
         return {"best_epoch": 0, "best_val_loss": val, "epochs_run": 1, "stop_reason": "closed-form fit", "train_seconds": time.perf_counter() - t0, "diverged": False}
     history, best, best_epoch, start, bad_epochs, stop_reason = [], math.inf, -1, 0, 0, "max epochs"
+    end = tc.epochs
     optimizers = model.configure_optimizers(tc.lr)
     if state_path.exists():  # resume a killed run
         st = torch.load(state_path, map_location="cpu", weights_only=False)
@@ -87,15 +88,16 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
             for opt, s in zip(optimizers, st["optimizers"]):
                 opt.load_state_dict(s)
             history, best, best_epoch, start, bad_epochs = st["history"], st["best"], st["best_epoch"], st["epoch"] + 1, st["bad_epochs"]
+            if len(val_x) and bad_epochs >= tc.patience:  # killed after early stopping: do not train on
+                end, stop_reason = start, f"early stop: validation loss did not improve for {tc.patience} epochs"
     t0 = time.perf_counter()
     epoch = start - 1
-    bar = tqdm(range(start, tc.epochs), desc="train", unit="epoch", leave=False, disable=None)
+    bar = tqdm(range(start, end), desc="train", unit="epoch", leave=False, disable=None)
     for epoch in bar:
         _seed_epoch(t_train, seed, epoch)
         model.on_epoch_start(epoch, tc.epochs)
         loader = _loader(train_x, t_train, tc.batch_size, True, seed * 1000 + epoch)
         terms: dict[str, list[float]] = {}
-        te = time.perf_counter()
         for batch in loader:
             step = model.training_step(batch[KEY].to(device), optimizers, tc.max_grad_norm)
             for k, v in step.items():
@@ -105,7 +107,7 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
             stop_reason = f"non-finite training loss at epoch {epoch} ({row}); kept the checkpoint of epoch {best_epoch}"
             break
         val = _validate(model, val_loader, device, seed) if len(val_x) else float("nan")
-        row.update(val_loss=val, seconds=time.perf_counter() - te)
+        row["val_loss"] = val  # no wall time here: curves.csv is identical for identical runs
         bar.set_postfix(loss=f"{row['train_loss']:.1f}", val=f"{val:.1f}")
         history.append(row)
         if not model.selection_active():  # e.g. a GAN phase before the encoder phase: keep the latest

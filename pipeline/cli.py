@@ -89,14 +89,26 @@ def _new_data_config(args):
     return cfg
 
 
-def input_paths(cfg) -> list[tuple[str, Path]]:
-    """The input files/folders a config reads (checked by ``pipeline validate``)."""
-    paths = [("ingest.input", cfg.ingest.input)]
-    if cfg.ingest.format == "dicom":
+def input_paths(cfg, stages=None) -> list[tuple[str, Path]]:
+    """The input files/folders that ``stages`` (default: all) read from outside the run directory."""
+    from pipeline.runner import STAGE_NAMES
+
+    stages = STAGE_NAMES if stages is None else stages
+    paths = [("ingest.input", cfg.ingest.input)] if "ingest" in stages else []
+    if cfg.ingest.format == "dicom" and "extract" in stages:
         paths.append(("extract.nodules", cfg.extract.nodules))
-    if cfg.score.model is not None:
+    if cfg.score.model is not None and "score" in stages:
         paths.append(("score.model", cfg.score.model))
     return paths
+
+
+def check_inputs(path: Path, cfg, stages=None) -> None:
+    """One :class:`ConfigError` listing every missing input path (before any stage starts)."""
+    from pipeline.errors import ConfigError
+
+    missing = [f"{key}: {p} does not exist" for key, p in input_paths(cfg, stages) if not p.exists()]
+    if missing:
+        raise ConfigError(f"{path}: " + ("invalid config:\n  " + "\n  ".join(missing) if len(missing) > 1 else missing[0]))
 
 
 def _run_dir(cfg, args) -> Path:
@@ -164,9 +176,7 @@ def _dispatch(args) -> int:
         print(f"using bundled config {path}", file=sys.stderr)
     cfg = load_config(path, args.overrides)
     if args.command == "validate":
-        missing = [f"{key}: {p} does not exist" for key, p in input_paths(cfg) if not p.exists()]
-        if missing:
-            raise ConfigError(f"{path}: " + ("invalid config:\n  " + "\n  ".join(missing) if len(missing) > 1 else missing[0]))
+        check_inputs(path, cfg)
         print(f"{path}: valid (model {cfg.model.name}, input {cfg.ingest.input})")
         return 0
     import models  # noqa: F401 - registers the built-in models
@@ -176,6 +186,7 @@ def _dispatch(args) -> int:
         names = list(STAGE_NAMES[STAGE_NAMES.index(args.start):] if args.start else STAGE_NAMES)
     else:
         names = [args.command]
+    check_inputs(path, cfg, names)
     run_dir = _run_dir(cfg, args)
     print(f"run directory: {run_dir}", file=sys.stderr)
     manifest = run_stages(cfg, run_dir, names, force=args.force, log=lambda m: print(m, file=sys.stderr))
