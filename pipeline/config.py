@@ -154,7 +154,7 @@ class ScoreConfig:
 class EvaluateConfig:
     """Metrics and overlays on the test split."""
 
-    score: str = "elbo"  # primary score column (higher = more anomalous)
+    score: str = "elbo"  # primary score column (higher = more anomalous); unset: the model's first score
     split: str = "test"
     bootstrap: int = 1000
     ci: float = 0.95
@@ -310,6 +310,10 @@ def validate(raw: dict, base_dir: Path, source: Path | None = None) -> Config:
     cfg = _build(Config, rest, "", base_dir, errors, skip={"model", "source"})
     cfg.source = source
     cfg.model = _build_model(model_raw, base_dir, errors)
+    if cfg.model is not None and "score" not in (raw.get("evaluate") or {}):
+        from models.registry import MODELS
+
+        cfg.evaluate.score = MODELS[cfg.model.name].score_names[0]  # unset: the model's own primary score
     if not errors:
         errors.extend(_cross_checks(cfg))
     if errors:
