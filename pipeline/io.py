@@ -68,6 +68,29 @@ def write_with(dest: str | Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
+def write_nifti(dest: str | Path, image, level: int = 1) -> None:
+    """Atomically write a SimpleITK image as ``.nii.gz``: SimpleITK writes the NIfTI (so the header
+    and geometry are SimpleITK's), ISA-L's igzip compresses it at ``level`` (0-3).
+
+    SimpleITK's own gzip (zlib) took 1.8 s for a 400×400×331 int16 CT on one core; igzip level 1
+    takes 0.33 s for a 7% larger file (docs/PERFORMANCE.md). ``mtime=0`` and an empty name make the
+    bytes depend on the image only.
+    """
+    import shutil
+
+    import SimpleITK as sitk
+    from isal import igzip
+
+    with atomic_path(dest, suffix=".nii.gz") as tmp:
+        raw = tmp.with_name(tmp.name[: -len(".gz")])
+        try:
+            sitk.WriteImage(image, str(raw), useCompression=False)
+            with open(raw, "rb") as src, open(tmp, "wb") as f, igzip.GzipFile(filename="", fileobj=f, mode="wb", compresslevel=level, mtime=0) as gz:
+                shutil.copyfileobj(src, gz, 1 << 22)
+        finally:
+            raw.unlink(missing_ok=True)
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

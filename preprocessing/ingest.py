@@ -57,7 +57,7 @@ def _ingest_one(job: _Job) -> dict:
     image = read_volume(info)
     iso = resample_isotropic(image, job.spacing_mm, job.antialias)
     hu = sitk.Cast(sitk.Round(iso), sitk.sitkInt16)  # HU fit int16; halves the file size
-    io.write_with(out, lambda tmp: sitk.WriteImage(hu, str(tmp), useCompression=True))
+    io.write_nifti(out, hu)
     row = {
         "patient_id": info.patient_id,
         "study_uid": info.study_uid,
