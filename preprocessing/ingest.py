@@ -103,7 +103,7 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
             continue
         jobs.append(_Job(info, run_dir, cfg.ingest.spacing_mm, cfg.ingest.antialias, _series_key(info, cfg.ingest.spacing_mm, cfg.ingest.antialias)))
     rows = []
-    for item, ok, res in map_items(_ingest_one, jobs, cfg.run.workers, desc="ingest", key=lambda j: f"series {j.info.series_uid}"):
+    for item, ok, res in map_items(_ingest_one, jobs, cfg.run.workers, engine=cfg.run.engine, desc="ingest", key=lambda j: f"series {j.info.series_uid}"):
         if ok:
             rows.append(res)
             result.ok(item)
