@@ -58,8 +58,17 @@ def write_csv(dest: str | Path, df: pd.DataFrame) -> None:
 
 
 def write_npz(dest: str | Path, **arrays: np.ndarray) -> None:
-    with atomic_path(dest, suffix=".npz") as tmp:
-        np.savez_compressed(tmp, **arrays)
+    """Write a compressed ``.npz`` (read with ``np.load``) at zlib level 1.
+
+    ``np.savez_compressed`` uses level 6: on 2,468 extracted CT cubes (162 MB) it took 26 s for a
+    104 MB file, level 1 6 s for 105 MB; the serial write was most of the extract stage.
+    """
+    import zipfile
+
+    with atomic_path(dest, suffix=".npz") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, arr in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:  # as numpy's own savez does
+                np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
 
 
 def write_with(dest: str | Path, writer: Callable[[Path], None]) -> None:
