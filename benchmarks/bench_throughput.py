@@ -50,6 +50,12 @@ DEFAULT_SERIES = ROOT.parent / "shared" / "data" / "lidc_ct" / "LIDC-IDRI-0063"
 DEFAULT_NODULES = DEFAULT_SERIES.parent / "nodules.csv"
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (core-seconds)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def peak_rss_mb() -> float:
     """Largest peak RSS of this process and its finished children (MiB)."""
     return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
@@ -78,29 +84,33 @@ def ours(series: Path, out: Path) -> None:
     run(_config(out, 1, ingest={"input": str(series)}), out)
 
 
-def floor(series: Path, out: Path) -> None:
+def _sitk_read(series: Path):
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series)))
-    image = reader.Execute()
+    return reader.Execute()
+
+
+def _resample_1mm_int16(image):
+    """Plain SimpleITK: linear resampling to 1 mm on the same origin/direction, straight to int16."""
+    import SimpleITK as sitk
+
     size = [int((n - 1) * s) + 1 for n, s in zip(image.GetSize(), image.GetSpacing())]
-    iso = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), [1.0] * 3, image.GetDirection(), -1024, sitk.sitkInt16)
-    sitk.WriteImage(iso, str(out / "floor.nii.gz"), useCompression=True)
+    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), [1.0] * 3, image.GetDirection(), -1024, sitk.sitkInt16)
+
+
+def floor(series: Path, out: Path) -> None:
+    import SimpleITK as sitk
+
+    sitk.WriteImage(_resample_1mm_int16(_sitk_read(series)), str(out / "floor.nii.gz"), useCompression=True)
 
 
 def floor_igzip(series: Path, out: Path) -> None:
     """The floor with our NIfTI writer instead of SimpleITK's gzip: what is left is our own overhead."""
-    import SimpleITK as sitk
-
     from pipeline import io
 
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series)))
-    image = reader.Execute()
-    size = [int((n - 1) * s) + 1 for n, s in zip(image.GetSize(), image.GetSpacing())]
-    iso = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), [1.0] * 3, image.GetDirection(), -1024, sitk.sitkInt16)
-    io.write_nifti(out / "floor.nii.gz", iso)
+    io.write_nifti(out / "floor.nii.gz", _resample_1mm_int16(_sitk_read(series)))
 
 
 def dicom2nifti_resample(series: Path, out: Path) -> None:
@@ -108,9 +118,7 @@ def dicom2nifti_resample(series: Path, out: Path) -> None:
     import SimpleITK as sitk
 
     dicom2nifti.dicom_series_to_nifti(str(series), str(out / "d2n.nii.gz"), reorient_nifti=False)
-    image = sitk.ReadImage(str(out / "d2n.nii.gz"))
-    size = [int((n - 1) * s) + 1 for n, s in zip(image.GetSize(), image.GetSpacing())]
-    iso = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), [1.0] * 3, image.GetDirection(), -1024, sitk.sitkInt16)
+    iso = _resample_1mm_int16(sitk.ReadImage(str(out / "d2n.nii.gz")))
     sitk.WriteImage(iso, str(out / "d2n_1mm.nii.gz"), useCompression=True)
 
 
@@ -149,20 +157,24 @@ def bench_peer(series: Path, repeat: int) -> None:
         peers = {"ours": ours, "floor": floor, "floor + igzip writer": floor_igzip}
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
     times: dict[str, list[float]] = {k: [] for k in peers}
+    cpu: dict[str, list[float]] = {k: [] for k in peers}
     for r in range(repeat + 1):  # the first round warms the page cache and imports; not counted
         for name, fn in peers.items():
             with tempfile.TemporaryDirectory() as d:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn(series, Path(d))
                 if r:
                     times[name].append(time.perf_counter() - t0)
+                    cpu[name].append(time.process_time() - c0)
     n = len(list(series.iterdir()))
     print(f"\n## Peer comparison: {series.name} ({n} files) → 1 mm int16 .nii.gz, {repeat} interleaved repeats, 2 SimpleITK threads")
-    print("| method | min s | median s | median / floor |")
-    print("|---|---|---|---|")
-    med_floor = statistics.median(times["floor"])
+    print("| method | min s | median s | median / floor | min / floor | median CPU s | CPU / floor |")
+    print("|---|---|---|---|---|---|---|")
+    med_floor, min_floor, cpu_floor = statistics.median(times["floor"]), min(times["floor"]), statistics.median(cpu["floor"])
     for name, ts in times.items():
-        print(f"| {name} | {min(ts):.2f} | {statistics.median(ts):.2f} | {statistics.median(ts) / med_floor:.2f} |")
+        c = statistics.median(cpu[name])
+        print(f"| {name} | {min(ts):.2f} | {statistics.median(ts):.2f} | {statistics.median(ts) / med_floor:.2f} | {min(ts) / min_floor:.2f} "
+              f"| {c:.2f} | {c / cpu_floor:.2f} |")
     with tempfile.TemporaryDirectory() as d:
         steps = ours_breakdown(series, Path(d))
     print("\nours, per step: " + ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
@@ -301,6 +313,7 @@ def measure(part: str, workers: int, work: Path) -> dict:
     recs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     rec = next(r for r in recs if r.get("rank", 0) == 0)
     rec["peak_rss_mb"] = max(r["peak_rss_mb"] for r in recs)
+    rec["cpu_s"] = sum(r["cpu_s"] for r in recs)  # all ranks
     return rec
 
 
@@ -316,8 +329,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
+        import models.score  # noqa: F401  imports before the clock: CPU time is the stage's own
+        import models.train  # noqa: F401
+        import preprocessing.extract  # noqa: F401
+
+        c0 = cpu_seconds()
         rec = one(args.one, args.workers, args.work)
         rec["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        rec["cpu_s"] = round(cpu_seconds() - c0, 2)
         print(json.dumps(rec))
         return 0
     if not args.series.is_dir():
@@ -333,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args.series, args.nodules, args.work, args.copies)
         unit = {"ingest": "series", "extract": "series", "train": "samples", "score": "cubes"}
         print(f"\n## Stages at 1 and 2 workers ({args.copies} copies of {args.series.name} with new UIDs; work folder {args.work})")
-        print("| stage | workers | items | seconds | items/s | speed-up | peak RSS MiB (largest process) |")
-        print("|---|---|---|---|---|---|---|")
+        print("| stage | workers | items | seconds | items/s | speed-up | CPU s per item | peak RSS MiB (largest process) |")
+        print("|---|---|---|---|---|---|---|---|")
         for part in stages:
             base = None
             for w in (1, 2):
@@ -342,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                 rate = rec["items"] / rec["seconds"]
                 base = base or rate
                 extra = f" ({rec['cubes'] / rec['seconds']:.0f} cubes/s)" if "cubes" in rec else ""
-                print(f"| {part} | {w} | {rec['items']} {unit[part]} | {rec['seconds']:.2f} | {rate:.2f}{extra} | {rate / base:.2f}× | {rec['peak_rss_mb']:.0f} |", flush=True)
+                print(f"| {part} | {w} | {rec['items']} {unit[part]} | {rec['seconds']:.2f} | {rate:.2f}{extra} | {rate / base:.2f}× | {rec['cpu_s'] / rec['items']:.3f} | {rec['peak_rss_mb']:.0f} |", flush=True)
     print(f"\nload average (1 min) before/after: {load0:.2f} / {os.getloadavg()[0]:.2f}")
     return 0
 
