@@ -32,7 +32,7 @@ def test_engine_ray_without_ray_is_one_clear_error(tmp_path):
     """With Ray not importable, ``engine: ray`` is one error line naming the extra, no traceback."""
     fake = tmp_path / "fake" / "ray"
     fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'ray'\")\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake")}
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "validate", CONFIG, "--set", "run.engine=ray"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -40,9 +40,6 @@ def test_engine_ray_without_ray_is_one_clear_error(tmp_path):
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "pip install medanomaly[ray]" in lines[0], proc.stderr
-
-
-ray = pytest.importorskip("ray", reason="Ray is not installed (pip install medanomaly[ray]); the Ray engine test needs it")
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +72,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_ray():
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install medanomaly[ray]); the Ray engine test needs it", exc_type=ImportError)
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
     print(f"ray.init: {time.perf_counter() - t0:.1f} s")
@@ -82,7 +80,7 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_engine_matches_local_engine(new_data, model_dir, local_ray, tmp_path):
+def test_ray_engine_matches_local_engine(local_ray, new_data, model_dir, tmp_path):
     from pipeline.cli import main
 
     args = ["score", "--model", str(model_dir), "--input", str(new_data), "--nodules", str(NODULES), "--set", "score.mc_samples=8",
