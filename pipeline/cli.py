@@ -187,8 +187,7 @@ def _train_ddp(cfg, run_dir: Path) -> int:
         if not distributed.is_main():
             train(cfg, run_dir)
             return 0
-        rank, world = distributed.rank_world()
-        print(f"run directory: {run_dir} (DDP, {world} processes)", file=sys.stderr)
+        print(f"run directory: {run_dir} (DDP, {distributed.rank_world()[1]} processes)", file=sys.stderr)
         manifest = run_stages(cfg, run_dir, ["train"], force=True, log=lambda m: print(m, file=sys.stderr))
         return _finish(manifest, cfg, run_dir, ["train"])
     finally:

@@ -32,8 +32,8 @@ def map_items(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 1, 
     """Yield ``(item key, ok, result-or-message)`` for every item, in input order for workers=1.
 
     ``fn`` must be a picklable top-level function when ``workers > 1`` or ``engine == "ray"``.
-    Memory stays bounded by the workers: each holds one item's data at a time, and only the
-    (small) results come back.
+    Memory stays bounded by the workers: each holds one item's data at a time (a series'
+    volume), and only its results come back (table rows; for extract, that series' cubes).
     """
     items = list(items)
     bar = tqdm(total=len(items), desc=desc, unit="item", leave=False, disable=None)
