@@ -151,8 +151,7 @@ class VAE(Detector):
     def score(self, x, mc_samples, generator):
         mu, logvar = self.net.encode_forward(x)
         scores = mc_scores(x, mu, logvar, self.nll, mc_samples, generator, self.params.decode_chunk)
-        residual = (x - self.decode_mean(mu)).abs()
-        return ScoreOutput(scores=scores, residual=residual)
+        return ScoreOutput.of(scores, x, self.decode_mean(mu))
 
 
 VAE2D, VAE3D = MODELS["vae2d"], MODELS["vae3d"]

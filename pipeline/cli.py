@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--model", type=Path, help="batch-score new data with this trained model folder (needs only the folder)")
             sp.add_argument("--input", type=Path, help="with --model: DICOM folder tree (or npz) to score")
             sp.add_argument("--nodules", type=Path, help="with --model: nodule CSV (patient coordinates, LPS mm)")
+            sp.add_argument("--labels", type=Path, help="with --model, for image folders: labels CSV (default: labels.csv inside --input)")
     return p
 
 
@@ -70,6 +71,9 @@ def _new_data_config(args):
     raw["ingest"]["input"] = str(args.input.resolve())
     if args.nodules:
         raw["extract"]["nodules"] = str(args.nodules.resolve())
+    if "images" in raw["ingest"]:  # the training run's labels CSV does not describe the new images
+        raw["ingest"]["images"]["labels"] = str(args.labels.resolve()) if args.labels else None
+        raw["ingest"]["images"]["split_column"] = None
     raw["extract"]["background"]["enabled"] = False
     raw["split"]["method"] = "test_only"
     raw["score"]["model"] = str(ckpt.resolve())
@@ -85,6 +89,10 @@ def input_paths(cfg) -> list[tuple[str, Path]]:
     paths = [("ingest.input", cfg.ingest.input)]
     if cfg.ingest.format == "dicom":
         paths.append(("extract.nodules", cfg.extract.nodules))
+    if cfg.ingest.format == "images":
+        from preprocessing.labels import labels_path
+
+        paths.append(("ingest.images.labels", labels_path(cfg)))
     if cfg.score.model is not None:
         paths.append(("score.model", cfg.score.model))
     return paths
