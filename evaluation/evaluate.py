@@ -138,6 +138,7 @@ def write_png_overlays(cfg: Config, run_dir: Path, test, score_col: str, patches
 
 def safe_name(text: str) -> str:
     """A file-name-safe version of a sample ID (IDs of image files may hold path separators)."""
+    text = re.sub(r"\.(png|jpe?g|tiff?|dcm)$", "", text, flags=re.IGNORECASE)
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "sample"
 
 
