@@ -37,7 +37,7 @@ def _isic_fixture(root, counts: dict[str, int], seed: int = 0) -> None:
     colour = {"NV": (120, 70, 40), "MEL": (40, 20, 30), "BCC": (200, 120, 160), "AKIEC": (190, 60, 50)}
     for cls, n in counts.items():
         for _ in range(n):
-            img = np.empty((48, 64, 3)) + np.array([225, 180, 160]) + rng.normal(0, 6, (48, 64, 3))
+            img = np.zeros((48, 64, 3)) + np.array([225, 180, 160]) + rng.normal(0, 6, (48, 64, 3))
             cy, cx = 24 + rng.normal(0, 2), 32 + rng.normal(0, 2)
             r = rng.uniform(9, 12) * (1 + (0.4 * np.sin(5 * np.arctan2(yy - cy, xx - cx)) if cls == "MEL" else 0))
             img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = colour[cls]
@@ -105,5 +105,6 @@ def test_dermatology_config_on_synthetic_isic_layout(tmp_path, one_thread):
     np.testing.assert_allclose(norm["mean"], raw[train_normals].mean(axis=(0, 2, 3)), rtol=1e-6)
     np.testing.assert_allclose(norm["std"], raw[train_normals].std(axis=(0, 2, 3)), rtol=1e-6)
     assert not np.allclose(norm["mean"], raw.mean(axis=(0, 2, 3)), rtol=1e-3)  # anomalies and test data did not leak in
+    assert "Per-class AUROC" in (run / "report.html").read_text()
     overlays = sorted(p.name for p in (run / "overlays").glob("*.png"))
     assert len(overlays) == 6 and overlays[0].startswith("normal01_ISIC_") and overlays[-1].startswith("top03_ISIC_")
