@@ -231,3 +231,44 @@ def test_known_spacing_resamples_to_expected_size(tmp_path):
     table = pd.read_csv(tmp_path / "run" / "arrays.csv")
     assert table["spacing_source"].tolist() == ["config", "PixelSpacing", "config"]
     assert table["spacing_mm"].tolist() == ["2 2", "0.25 0.5", "2 2"]
+
+
+def test_images_config_is_validated_with_suggestions(tmp_path):
+    from pipeline.errors import ConfigError
+
+    base = {"ingest": {"format": "images", "input": "img"}, "model": {"name": "vae2d"}}
+    with pytest.raises(ConfigError, match=r"ingest.images.label_colum: unknown key \(did you mean 'label_column'\?\)"):
+        validate({**base, "ingest": {**base["ingest"], "images": {"label_colum": "x"}}}, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="either label_column .* or class_columns"):
+        validate({**base, "ingest": {**base["ingest"], "images": {"class_columns": ["MEL", "NV"]}}}, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"ingest.images.channels: 2 is not one of 1, 3"):
+        validate({**base, "ingest": {**base["ingest"], "images": {"channels": 2}}}, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="extract.normalise: 'zscor' is not one of .* \\(did you mean 'zscore'\\?\\)"):
+        validate({**base, "extract": {"normalise": "zscor"}}, base_dir=tmp_path)
+    cfg = validate({**base, "ingest": {**base["ingest"], "images": {"normal_classes": [0, "NV", 1.5]}}}, base_dir=tmp_path)
+    assert [canonical_class(v) for v in cfg.ingest.images.normal_classes] == ["0", "NV", "1.5"]
+    assert cfg.ingest.antialias_on and not validate({"model": {"name": "vae3d"}}, base_dir=tmp_path).ingest.antialias_on
+
+
+def test_labels_csv_with_missing_columns_names_them(tmp_path):
+    from pipeline.errors import StageError
+
+    (tmp_path / "img").mkdir()
+    pd.DataFrame({"filename": ["a.png"], "diagnosis": ["x"]}).to_csv(tmp_path / "img" / "labels.csv", index=False)
+    with pytest.raises(StageError, match=r"ingest.images.id_column: no column 'image'.*ingest.images.label_column: no column 'label' \(columns: filename, diagnosis\)"):
+        ingest(_images_cfg(tmp_path, {}), tmp_path / "run")
+
+
+def test_one_hot_rows_must_hold_exactly_one_class(tmp_path):
+    img = tmp_path / "img"
+    img.mkdir()
+    for name in ("ISIC_1", "ISIC_2", "ISIC_3"):
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(img / f"{name}.jpg")
+    pd.DataFrame({"image": ["ISIC_1", "ISIC_2", "ISIC_3"], "MEL": [1.0, 1.0, 0.0], "NV": [0.0, 1.0, 0.0]}).to_csv(img / "gt.csv", index=False)
+    cfg = _images_cfg(tmp_path, {"labels": str(img / "gt.csv"), "class_columns": ["MEL", "NV"], "label_column": None, "normal_classes": ["NV"],
+                                 "channels": 3, "extensions": [".jpg"]})
+    res = ingest(cfg, tmp_path / "run")
+    assert [e[0] for e in res.errors] == ["image ISIC_2", "image ISIC_3"]
+    assert "gt.csv line 3: one-hot columns MEL, NV must hold exactly one 1" in res.errors[0][1]
+    table = pd.read_csv(tmp_path / "run" / "arrays.csv")
+    assert table[["sample_id", "class", "label"]].values.tolist() == [["ISIC_1", "MEL", 1]]
