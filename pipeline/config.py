@@ -73,7 +73,7 @@ class ImagesConfig:
     with ``extensions``) and its class, either in ``label_column`` or as one-hot ``class_columns``.
     """
 
-    labels: Optional[Path] = None  # labels CSV; default: labels.csv inside ingest.input
+    labels: Optional[Path] = None  # labels CSV (relative to the config file, like every path); default: labels.csv inside ingest.input
     id_column: str = "image"  # image path relative to ingest.input, or an ID (ISIC 2018: 'image')
     extensions: list[str] = field(default_factory=lambda: [".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff"])  # tried when the ID is not a file
     patient_column: Optional[str] = None  # patient (or lesion) ID for grouped splits; default: each image is its own patient

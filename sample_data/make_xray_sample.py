@@ -40,7 +40,7 @@ def export(npz: Path, out: Path, train: int, val: int, test_normal: int, test_pn
             for idx in np.sort(rng.choice(pool, n, replace=False)):
                 name = f"images/{split}_{idx:04d}.png"
                 (out / name).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(images[idx].astype(np.uint8), mode="L").save(out / name, optimize=True)
+                Image.fromarray(images[idx].astype(np.uint8)).save(out / name, optimize=True)
                 rows.append({"image": name, "patient_id": f"{split}_{idx:04d}", "label": NAMES[label], "split": split})
     table = pd.DataFrame(rows)
     table.to_csv(out / "labels.csv", index=False)
