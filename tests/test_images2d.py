@@ -126,6 +126,8 @@ def test_dicom_defects_are_item_errors_naming_the_file(tmp_path):
         read_image(get_testdata_file("rtplan.dcm"))
     with pytest.raises(ItemError, match="multi-frame"):
         read_image(get_testdata_file("SC_rgb_rle_2frame.dcm"))
+    with pytest.raises(ItemError, match=r"JPEG-lossy.dcm: cannot decode pixel data \(JPEG Extended .*12-bit"):
+        read_image(get_testdata_file("JPEG-lossy.dcm"))  # needs the GPL-3.0 libjpeg plugin, deliberately not a dependency
     (tmp_path / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI")
     with pytest.raises(ItemError, match="broken.dcm"):
         read_image(tmp_path / "broken.dcm")
