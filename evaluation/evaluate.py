@@ -28,6 +28,7 @@ from pipeline.config import Config
 from pipeline.errors import StageError
 from pipeline.results import StageResult
 from preprocessing.extract import load_cubes, load_samples
+from preprocessing.intensity import denormalise
 from preprocessing.ingest import volume_path
 
 META_COLS = {"sample_id", "patient_id", "series_uid", "kind", "label", "class", "split", "p_value", "flagged"}
@@ -88,7 +89,8 @@ class ScoredPatches:
             self.residual, ids = z["residual"], z["sample_id"]
             self.reconstruction = z["reconstruction"] if "reconstruction" in z.files else None
         self.row = {s: i for i, s in enumerate(ids)}
-        cube_ids, self.cubes = load_cubes(run_dir, read_normalisation(model_path(cfg, run_dir)))
+        self.norm = read_normalisation(model_path(cfg, run_dir))
+        cube_ids, self.cubes = load_cubes(run_dir, self.norm)
         self.cube_row = {s: i for i, s in enumerate(cube_ids)}
         self.patch = self.residual.shape[-1]
 
@@ -118,7 +120,9 @@ def write_galleries(cfg: Config, run_dir: Path, test, score_col: str, patches: S
 
 def write_png_overlays(cfg: Config, run_dir: Path, test, score_col: str, patches: ScoredPatches) -> list[Path]:
     """2D inputs: ``overlays/<rank>_<sample>.png`` (image | reconstruction | residual heatmap) for the
-    ``overlay_top_n`` most anomalous test cases and as many normal test cases drawn at random."""
+    ``overlay_top_n`` most anomalous test cases and as many normal test cases drawn at random.
+    Image and reconstruction are shown in stored units (z-scores undone, so RGB keeps its colours);
+    the residual is in model units, as in ``residuals.npz``."""
     n = cfg.evaluate.overlay_top_n
     top = test.sort_values(score_col, ascending=False).head(n)
     normals = test[test["label"] == 0]
@@ -131,7 +135,9 @@ def write_png_overlays(cfg: Config, run_dir: Path, test, score_col: str, patches
             cls = f", class {getattr(row, 'class_')}" if hasattr(row, "class_") else ""
             title = f"{sid}: {what}{cls}, {score_col} = {getattr(row, score_col):.4g}"
             path = run_dir / "overlays" / f"{tag}{rank:02d}_{safe_name(sid)}.png"
-            plot_overlay_2d(patches.image(sid), patches.reconstruction_of(sid), patches.residual_of(sid), title, path)
+            recon = patches.reconstruction_of(sid)
+            plot_overlay_2d(denormalise(patches.image(sid), patches.norm), None if recon is None else denormalise(recon, patches.norm),
+                            patches.residual_of(sid), title, path)
             written.append(path)
     return written
 

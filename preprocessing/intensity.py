@@ -50,3 +50,19 @@ def normalise(raw: np.ndarray, norm: dict) -> np.ndarray:
             raise ValueError(f"zscore normalisation has {mean.shape[1]} channel(s), data have {x.shape[1]}")
         return (x - mean) / std
     raise ValueError(f"unknown normalisation mode {mode!r}; expected one of {', '.join(MODES)}")
+
+
+def denormalise(x: np.ndarray, norm: dict) -> np.ndarray:
+    """One sample ``(C, *spatial)`` back from model range to stored units, for display.
+
+    Exact for ``zscore`` (per channel, so RGB keeps its colours), ``window`` (inside the window)
+    and ``none``; ``minmax`` stays in [0, 1] (the per-sample scale is not kept).
+    """
+    x = np.asarray(x, np.float32)
+    if norm["mode"] == "zscore":
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return x * np.asarray(norm["std"], np.float32).reshape(shape) + np.asarray(norm["mean"], np.float32).reshape(shape)
+    if norm["mode"] == "window":
+        lo, hi = norm["hu_window"]
+        return x * (hi - lo) + lo
+    return x

@@ -274,3 +274,20 @@ def test_one_hot_rows_must_hold_exactly_one_class(tmp_path):
     assert "gt.csv line 3: one-hot columns MEL, NV must hold exactly one 1" in res.errors[0][1]
     table = pd.read_csv(tmp_path / "run" / "arrays.csv")
     assert table[["sample_id", "class", "label"]].values.tolist() == [["ISIC_1", "MEL", 1]]
+
+
+def test_normalisation_modes():
+    from preprocessing.intensity import denormalise, fit_normalisation, normalise
+
+    rng = np.random.default_rng(0)
+    train = rng.normal([[[[10.0]], [[50.0]], [[200.0]]]], [[[[2.0]], [[5.0]], [[20.0]]]], (40, 3, 8, 8))
+    norm = fit_normalisation("zscore", (0, 1), 8, train)
+    z = normalise(train, norm)
+    np.testing.assert_allclose(z.mean(axis=(0, 2, 3)), 0, atol=1e-4)
+    np.testing.assert_allclose(z.std(axis=(0, 2, 3)), 1, atol=1e-4)
+    np.testing.assert_allclose(denormalise(z[3], norm), train[3], rtol=1e-5)  # RGB colours come back for display
+    mm = normalise(train, fit_normalisation("minmax", (0, 1), 8))
+    assert np.allclose(mm.min(axis=(1, 2, 3)), 0) and np.allclose(mm.max(axis=(1, 2, 3)), 1)
+    w = fit_normalisation("window", (0, 100), 8)
+    np.testing.assert_allclose(normalise(np.array([[[[-5.0, 50.0, 150.0]]]]), w), [[[[0, 0.5, 1]]]])
+    np.testing.assert_allclose(denormalise(np.array([[[0.25]]]), w), [[[25.0]]])
