@@ -70,7 +70,7 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     if ec.overlays and cfg.ingest.format == "dicom":
         outputs += write_overlays(run_dir, table, ec.score, result, samples)
     elif ec.overlays and patches.cubes.ndim == 4 and ec.overlay_top_n > 0:
-        outputs += write_png_overlays(cfg, run_dir, test.rename(columns={"class": "class_"}), ec.score, patches)
+        outputs += write_png_overlays(cfg, run_dir, test, ec.score, patches)
     curves = (model_path(cfg, run_dir).parent / "curves.png")
     figures = [(run_dir / "roc.png", "ROC curves, all scores"), (run_dir / "roc_band.png", "ROC of the primary score with its 95% bootstrap band"),
                (run_dir / "pr.png", "precision-recall"), (run_dir / "score_density.png", "score densities by class"), (curves, "training curves"),
@@ -129,11 +129,10 @@ def write_png_overlays(cfg: Config, run_dir: Path, test, score_col: str, patches
     normals = normals.sample(min(n, len(normals)), random_state=cfg.run.seed).sort_values(score_col, ascending=False)
     written = []
     for tag, part in (("top", top), ("normal", normals)):
-        for rank, row in enumerate(part.itertuples(), 1):
-            sid = str(row.sample_id)
-            what = "anomaly" if row.label else "normal"
-            cls = f", class {getattr(row, 'class_')}" if hasattr(row, "class_") else ""
-            title = f"{sid}: {what}{cls}, {score_col} = {getattr(row, score_col):.4g}"
+        for rank, row in enumerate(part.to_dict("records"), 1):
+            sid = str(row["sample_id"])
+            cls = f", class {row['class']}" if "class" in row else ""
+            title = f"{sid}: {'anomaly' if row['label'] else 'normal'}{cls}, {score_col} = {row[score_col]:.4g}"
             path = run_dir / "overlays" / f"{tag}{rank:02d}_{safe_name(sid)}.png"
             recon = patches.reconstruction_of(sid)
             plot_overlay_2d(denormalise(patches.image(sid), patches.norm), None if recon is None else denormalise(recon, patches.norm),

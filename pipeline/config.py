@@ -335,10 +335,8 @@ def _cross_checks(cfg: Config) -> list[str]:
                         if ic.class_columns else "ingest.images.label_column: needed unless class_columns lists one-hot columns")
         if not ic.normal_classes:
             errs.append("ingest.images.normal_classes: list at least one normal class")
-        for key in ("pixel_spacing_mm",):
-            v = getattr(ic, key)
-            if v is not None and v <= 0:
-                errs.append(f"ingest.images.{key}: must be > 0 mm")
+        if ic.pixel_spacing_mm is not None and ic.pixel_spacing_mm <= 0:
+            errs.append("ingest.images.pixel_spacing_mm: must be > 0 mm")
     if cfg.ingest.spacing_mm <= 0:
         errs.append("ingest.spacing_mm: must be > 0")
     if cfg.evaluate.overlay_top_n < 0:
