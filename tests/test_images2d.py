@@ -73,18 +73,18 @@ def test_real_radiograph_jpeg2000_decodes_like_the_uncompressed_file():
 @pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm"])
 def test_lossless_compressed_files_equal_the_uncompressed_one(name):
     """pydicom's bundled files: the same image stored RLE, JPEG-LS and JPEG 2000 lossless."""
-    ref = read_image(get_testdata_file("MR_small.dcm"))
-    img = read_image(get_testdata_file(name))
+    ref = read_image(_testfile("MR_small.dcm"))
+    img = read_image(_testfile(name))
     np.testing.assert_array_equal(img.pixels, ref.pixels)
     assert img.spacing_mm == (0.3125, 0.3125) and img.spacing_source == "PixelSpacing"
 
 
 def test_jpeg_lossless_process14_and_colour_dicom():
-    img = read_image(get_testdata_file("JPGLosslessP14SV1_1s_1f_8b.dcm") or _testfile("JPGLosslessP14SV1_1s_1f_8b.dcm"))
+    img = read_image(_testfile("JPGLosslessP14SV1_1s_1f_8b.dcm"))
     assert img.pixels.shape == (1, 768, 1024)
-    rgb = read_image(get_testdata_file("SC_rgb_jpeg.dcm"))  # JPEG baseline, YBR → RGB by pydicom
+    rgb = read_image(_testfile("SC_rgb_jpeg.dcm"))  # JPEG baseline, YBR → RGB by pydicom
     assert rgb.pixels.shape == (3, 256, 256)
-    plain = read_image(get_testdata_file("SC_rgb.dcm"))
+    plain = read_image(_testfile("SC_rgb.dcm"))
     np.testing.assert_allclose(plain.pixels[:, 5, 5], [1.0, 0.0, 0.0])  # the top band of SC_rgb is pure red
     assert plain.spacing_mm == (1.0, 1.0)
 
@@ -111,8 +111,8 @@ def test_rescale_then_window_and_imager_spacing(tmp_path):
 
 
 def test_voi_lut_sequence_is_applied():
-    img = read_image(get_testdata_file("vlut_04.dcm"))
-    ds = pydicom.dcmread(get_testdata_file("vlut_04.dcm"))
+    img = read_image(_testfile("vlut_04.dcm"))
+    ds = pydicom.dcmread(_testfile("vlut_04.dcm"))
     from pydicom.pixels import apply_voi_lut
 
     lut = np.asarray(apply_voi_lut(ds.pixel_array, ds), float)
@@ -123,11 +123,11 @@ def test_voi_lut_sequence_is_applied():
 
 def test_dicom_defects_are_item_errors_naming_the_file(tmp_path):
     with pytest.raises(ItemError, match="no pixel data"):
-        read_image(get_testdata_file("rtplan.dcm"))
+        read_image(_testfile("rtplan.dcm"))
     with pytest.raises(ItemError, match="multi-frame"):
-        read_image(get_testdata_file("SC_rgb_rle_2frame.dcm"))
+        read_image(_testfile("SC_rgb_rle_2frame.dcm"))
     with pytest.raises(ItemError, match=r"JPEG-lossy.dcm: cannot decode pixel data \(JPEG Extended .*12-bit"):
-        read_image(get_testdata_file("JPEG-lossy.dcm"))  # needs the GPL-3.0 libjpeg plugin, deliberately not a dependency
+        read_image(_testfile("JPEG-lossy.dcm"))  # needs the GPL-3.0 libjpeg plugin, deliberately not a dependency
     (tmp_path / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI")
     with pytest.raises(ItemError, match="broken.dcm"):
         read_image(tmp_path / "broken.dcm")
@@ -193,7 +193,7 @@ def test_bad_inputs_are_per_file_errors_and_the_rest_go_on(tmp_path):
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(img / "colour.png")
     (img / "junk.png").write_bytes(b"garbage")
     write_dx(img / "c.dcm", np.arange(400).reshape(20, 20))
-    pydicom.dcmread(get_testdata_file("rtplan.dcm")).save_as(img / "plan.dcm")
+    pydicom.dcmread(_testfile("rtplan.dcm")).save_as(img / "plan.dcm")
     pd.DataFrame({"image": ["a.png", "b", "c", "dup.png", "dup.png", "gone.png", "junk.png", "colour.png", "plan.dcm", "small.png", "x.png"],
                   "label": ["normal", "normal", "effusion", "normal", "normal", "normal", "normal", "normal", "normal", "normal", "other"]}
                  ).to_csv(img / "labels.csv", index=False)
