@@ -59,26 +59,33 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     }
     io.write_json(run_dir / "metrics.json", metrics)
     outputs = [run_dir / "metrics.json"]
+    result = StageResult(counts={"evaluated": len(test), "anomalous": int(test["label"].sum())}, extra={"auroc": per_score[ec.score].get("auroc")})
+    if ec.overlays and cfg.ingest.format == "dicom":
+        outputs += write_overlays(run_dir, table, ec.score, result, samples)
+    if ec.figures:
+        outputs += write_figures_and_report(cfg, run_dir, table, test, score_cols, per_score, metrics)
+    result.outputs = outputs
+    return result
+
+
+def write_figures_and_report(cfg: Config, run_dir: Path, table, test, score_cols: list[str], per_score: dict, metrics: dict) -> list[Path]:
+    """ROC, ROC band, precision-recall, density, galleries and ``report.html``."""
+    ec = cfg.evaluate
     plot_roc(test, [ec.score] + [c for c in score_cols if c != ec.score], per_score, run_dir / "roc.png", f"ROC on {ec.split} split (n={len(test)})")
     plot_density(test, ec.score, run_dir / "score_density.png")
     plot_roc_band(test, ec.score, per_score, run_dir / "roc_band.png", min(ec.bootstrap, 500) or 100, cfg.run.seed)
     plot_pr(test, [ec.score] + [c for c in score_cols if c != ec.score], per_score, run_dir / "pr.png")
-    outputs += [run_dir / n for n in ("roc.png", "score_density.png", "roc_band.png", "pr.png")]
+    outputs = [run_dir / n for n in ("roc.png", "score_density.png", "roc_band.png", "pr.png")]
     patches = ScoredPatches(cfg, run_dir)
     outputs += write_galleries(cfg, run_dir, test, ec.score, patches)
-    result = StageResult(counts={"evaluated": len(test), "anomalous": int(test["label"].sum())})
-    if ec.overlays and cfg.ingest.format == "dicom":
-        outputs += write_overlays(run_dir, table, ec.score, result, samples)
-    elif ec.overlays and patches.cubes.ndim == 4 and ec.overlay_top_n > 0:
+    if ec.overlays and patches.cubes.ndim == 4 and ec.overlay_top_n > 0:  # 2D inputs: PNG overlays
         outputs += write_png_overlays(cfg, run_dir, test, ec.score, patches)
     curves = (model_path(cfg, run_dir).parent / "curves.png")
     figures = [(run_dir / "roc.png", "ROC curves, all scores"), (run_dir / "roc_band.png", "ROC of the primary score with its 95% bootstrap band"),
                (run_dir / "pr.png", "precision-recall"), (run_dir / "score_density.png", "score densities by class"), (curves, "training curves"),
                (run_dir / "gallery_most_anomalous.png", "gallery: most anomalous test cases"), (run_dir / "gallery_least_anomalous.png", "gallery: least anomalous test cases")]
     outputs.append(write_report(run_dir, cfg.to_dict(), metrics, table, figures))
-    result.outputs = outputs
-    result.extra["auroc"] = per_score[ec.score].get("auroc")
-    return result
+    return outputs
 
 
 class ScoredPatches:

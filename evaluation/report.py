@@ -2,7 +2,8 @@
 
 Sections: headline metric, data summary (patients, samples and labels per split; errors from
 ingest and extract), metrics with CIs for every score, figures, galleries of the most and least
-anomalous test cases, the most anomalous samples, the config and the manifest. A small inline
+anomalous test cases, the most anomalous samples, the config and the manifest
+(without its times, so equal runs give byte-identical pages; the run folder is named, not its path). A small inline
 script counts images that failed to decode and records it on ``<body data-broken-images>``, so a
 headless browser test can check the page as a user sees it.
 """
@@ -18,6 +19,7 @@ import pandas as pd
 import yaml
 
 from pipeline import io
+from pipeline.manifest import stable_view
 
 
 def _img(path: Path, alt: str) -> str:
@@ -83,7 +85,7 @@ def write_report(run_dir: Path, cfg_dict: dict, metrics: dict, scores: pd.DataFr
     top_cols = [c for c in ("sample_id", "patient_id", "kind", "label", primary, "p_value", "flagged") if c in top.columns]
     body = f"""
 <h1>medanomaly report</h1>
-<p class=meta>Run <code>{html.escape(str(run_dir))}</code> · model <b>{html.escape(str(cfg_dict.get('model', {}).get('name')))}</b> · primary score <b>{html.escape(primary)}</b> on the <b>{html.escape(metrics['split'])}</b> split</p>
+<p class=meta>Run <code>{html.escape(run_dir.name)}</code> · model <b>{html.escape(str(cfg_dict.get('model', {}).get('name')))}</b> · primary score <b>{html.escape(primary)}</b> on the <b>{html.escape(metrics['split'])}</b> split</p>
 <p class=headline id=headline>{headline}</p>
 <h2>Data</h2>{_split_summary(scores)}
 <h3>Errors from ingest and extract</h3>{_errors(manifest)}
@@ -92,7 +94,7 @@ def write_report(run_dir: Path, cfg_dict: dict, metrics: dict, scores: pd.DataFr
 <h2>Galleries</h2><div class=figs>{''.join(_img(p, alt) for p, alt in figures if 'gallery' in p.name)}</div>
 <h2>Most anomalous {html.escape(metrics['split'])} samples</h2>{top[top_cols].to_html(index=False, border=0, float_format=lambda v: f'{v:.4g}')}
 <h2>Config</h2><pre>{html.escape(yaml.safe_dump(cfg_dict, sort_keys=False))}</pre>
-<h2>Manifest</h2><details><summary>manifest.json</summary><pre>{html.escape(json.dumps(manifest, indent=1)[:200000])}</pre></details>
+<h2>Manifest</h2><details><summary>manifest.json (without times, which are in the file)</summary><pre>{html.escape(json.dumps(stable_view(manifest), indent=1)[:200000])}</pre></details>
 """
     page = f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>medanomaly report</title>

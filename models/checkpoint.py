@@ -40,7 +40,7 @@ def save_checkpoint(path: Path, model: Detector, normalisation: dict, extra: dic
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
-    io.write_with(path, lambda tmp: torch.save(payload, tmp))
+    io.write_torch(path, payload)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[Detector, dict]:

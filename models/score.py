@@ -73,10 +73,12 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     model, payload = load_checkpoint(model_path(cfg, run_dir), device)
     norm = payload["normalisation"]
     ids, cubes = load_cubes(run_dir, norm)
+    splits = load_splits(run_dir).set_index("sample_id").loc[ids]
+    chosen = splits["split"].isin(cfg.score.splits).to_numpy()
+    ids, cubes, splits = ids[chosen], cubes[chosen], splits[chosen]
     patch = payload["patch_size"]
     scores, residual, recon = score_array(model, centre_patch(cubes, patch), cfg.score.mc_samples, cfg.score.batch_size, cfg.run.seed, device)
     samples = load_samples(run_dir).set_index("sample_id").loc[ids]
-    splits = load_splits(run_dir).set_index("sample_id").loc[ids]
     table = pd.DataFrame({
         "sample_id": ids,
         "patient_id": samples["patient_id"].to_numpy(),

@@ -80,6 +80,7 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
         save_checkpoint(ckpt_path, model, normalisation, {"epoch": 0, "val_loss": val, "seed": seed, "config": cfg.to_dict()})
         return {"best_epoch": 0, "best_val_loss": val, "epochs_run": 1, "stop_reason": "closed-form fit", "train_seconds": time.perf_counter() - t0, "diverged": False}
     history, best, best_epoch, start, bad_epochs, stop_reason = [], math.inf, -1, 0, 0, "max epochs"
+    end = tc.epochs
     optimizers = model.configure_optimizers(tc.lr)
     if state_path.exists():  # resume a killed run
         st = torch.load(state_path, map_location="cpu", weights_only=False)
@@ -88,15 +89,16 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
             for opt, s in zip(optimizers, st["optimizers"]):
                 opt.load_state_dict(s)
             history, best, best_epoch, start, bad_epochs = st["history"], st["best"], st["best_epoch"], st["epoch"] + 1, st["bad_epochs"]
+            if len(val_x) and bad_epochs >= tc.patience:  # killed after early stopping: do not train on
+                end, stop_reason = start, f"early stop: validation loss did not improve for {tc.patience} epochs"
     t0 = time.perf_counter()
     epoch = start - 1
-    bar = tqdm(range(start, tc.epochs), desc="train", unit="epoch", leave=False, disable=None)
+    bar = tqdm(range(start, end), desc="train", unit="epoch", leave=False, disable=None)
     for epoch in bar:
         _seed_epoch(t_train, seed, epoch)
         model.on_epoch_start(epoch, tc.epochs)
         loader = _loader(train_x, t_train, tc.batch_size, True, seed * 1000 + epoch)
         terms: dict[str, list[float]] = {}
-        te = time.perf_counter()
         for batch in loader:
             step = model.training_step(batch[KEY].to(device), optimizers, tc.max_grad_norm)
             for k, v in step.items():
@@ -106,7 +108,7 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
             stop_reason = f"non-finite training loss at epoch {epoch} ({row}); kept the checkpoint of epoch {best_epoch}"
             break
         val = _validate(model, val_loader, device, seed) if len(val_x) else float("nan")
-        row.update(val_loss=val, seconds=time.perf_counter() - te)
+        row["val_loss"] = val  # no wall time here: curves.csv is identical for identical runs
         bar.set_postfix(loss=f"{row['train_loss']:.1f}", val=f"{val:.1f}")
         history.append(row)
         if not model.selection_active():  # e.g. a GAN phase before the encoder phase: keep the latest
@@ -117,7 +119,7 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
             save_checkpoint(ckpt_path, model, normalisation, {"epoch": epoch, "val_loss": val, "seed": seed, "config": cfg.to_dict()})
         else:
             bad_epochs += 1
-        _write_curves(out_dir, history)
+        _write_curves(out_dir, history, plot=False)
         io.write_with(state_path, lambda tmp: torch.save({
             "fingerprint": fingerprint, "model": model.state_dict(),
             "optimizers": [o.state_dict() for o in optimizers], "history": history, "best": best,
@@ -126,6 +128,7 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
             stop_reason = f"early stop: validation loss did not improve for {tc.patience} epochs"
             break
     bar.close()
+    _write_curves(out_dir, history)
     if not ckpt_path.exists():
         raise StageError(f"train: no usable checkpoint ({stop_reason})")
     state_path.unlink(missing_ok=True)
@@ -133,7 +136,8 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
             "train_seconds": time.perf_counter() - t0, "diverged": stop_reason.startswith("non-finite")}
 
 
-def _write_curves(out_dir: Path, history: list[dict]) -> None:
+def _write_curves(out_dir: Path, history: list[dict], plot: bool = True) -> None:
+    """``curves.csv`` (every epoch, so a killed run keeps it) and ``curves.png`` (at the end: a figure per epoch costs more than a small model's epoch)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,6 +145,8 @@ def _write_curves(out_dir: Path, history: list[dict]) -> None:
 
     df = pd.DataFrame(history)
     io.write_csv(out_dir / "curves.csv", df)
+    if not plot or df.empty:
+        return
     cols = [c for c in df.columns if c.startswith("train_") or c == "val_loss"]
     fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 2.8), squeeze=False)
     for ax, c in zip(axes[0], cols):

@@ -41,6 +41,7 @@ class VAEParams:
     channels: list[int] = field(default_factory=lambda: [8, 16, 32])  # sized for ≥10 cubes/s at K=100 on 2 CPU cores
     strides: list[int] = field(default_factory=lambda: [2, 2, 1])  # product must divide the patch size
     num_res_units: int = 0
+    norm: Literal["instance", "batch", "none"] = "instance"  # instance norm hides each image's overall intensity from the layers after it
     decoder: Literal["gaussian", "bernoulli"] = "gaussian"
     sigma: float = 0.7071067811865476  # Gaussian decoder σ (seeds: 1/√2)
     beta: float = 1.0  # KL weight in the training loss (seed 004: 0.01); scores always use β = 1
@@ -114,6 +115,7 @@ class VAE(Detector):
             channels=tuple(params.channels),
             strides=tuple(params.strides),
             num_res_units=params.num_res_units,
+            norm=None if params.norm == "none" else params.norm.upper(),
             use_sigmoid=False,
         )
 

@@ -36,6 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, help="run directory (default: run.out, else ./runs/<config name>)")
     sp.add_argument("--force", action="store_true", help="re-run stages even when up to date")
     sp.add_argument("--from", dest="start", choices=STAGE_NAMES, help="first stage to run")
+    sp = sub.add_parser("bench", help="run benchmark protocols (configs/bench/*.yaml) and write BENCHMARKS.md")
+    sp.add_argument("configs", nargs="+", type=Path, help="protocol configs, e.g. configs/bench/*.yaml")
+    sp.add_argument("--data-root", type=Path, help="folder holding the benchmark data (e.g. ../shared/data); paths in bench.data are relative to it")
+    sp.add_argument("--quick", action="store_true", help="every protocol at reduced size (minutes), written to runs/bench_quick/ unless --out is given")
+    sp.add_argument("--out", type=Path, help="where BENCHMARKS.md and bench/*.png|json go (default: docs/, or runs/bench_quick with --quick)")
+    sp.add_argument("--runs", type=Path, help="run directories (default: runs/bench, or runs/bench_quick/runs with --quick)")
+    sp.add_argument("--jobs", type=int, default=1, help="detectors trained at the same time (each with one thread); times are then per-job")
+    sp.add_argument("--only", action="append", metavar="LABEL", help="only the detector(s) with this label (repeatable)")
+    sp.add_argument("--debug", action="store_true")
     sp = sub.add_parser("compare", help="one table and overlaid ROC curves across finished runs")
     sp.add_argument("runs", nargs="+", type=Path, help="run directories")
     sp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
@@ -84,18 +93,30 @@ def _new_data_config(args):
     return cfg
 
 
-def input_paths(cfg) -> list[tuple[str, Path]]:
-    """The input files/folders a config reads (checked by ``pipeline validate``)."""
-    paths = [("ingest.input", cfg.ingest.input)]
-    if cfg.ingest.format == "dicom":
+def input_paths(cfg, stages=None) -> list[tuple[str, Path]]:
+    """The input files/folders that ``stages`` (default: all) read from outside the run directory."""
+    from pipeline.runner import STAGE_NAMES
+
+    stages = STAGE_NAMES if stages is None else stages
+    paths = [("ingest.input", cfg.ingest.input)] if "ingest" in stages else []
+    if cfg.ingest.format == "dicom" and "extract" in stages:
         paths.append(("extract.nodules", cfg.extract.nodules))
-    if cfg.ingest.format == "images":
+    if cfg.ingest.format == "images" and "ingest" in stages:
         from preprocessing.labels import labels_path
 
         paths.append(("ingest.images.labels", labels_path(cfg)))
-    if cfg.score.model is not None:
+    if cfg.score.model is not None and "score" in stages:
         paths.append(("score.model", cfg.score.model))
     return paths
+
+
+def check_inputs(path: Path, cfg, stages=None) -> None:
+    """One :class:`ConfigError` listing every missing input path (before any stage starts)."""
+    from pipeline.errors import ConfigError
+
+    missing = [f"{key}: {p} does not exist" for key, p in input_paths(cfg, stages) if not p.exists()]
+    if missing:
+        raise ConfigError(f"{path}: " + ("invalid config:\n  " + "\n  ".join(missing) if len(missing) > 1 else missing[0]))
 
 
 def _run_dir(cfg, args) -> Path:
@@ -131,6 +152,15 @@ def _dispatch(args) -> int:
     from pipeline.config import load_config, resolve_config_path
     from pipeline.errors import ConfigError
 
+    if args.command == "bench":
+        from pipeline.bench import run_bench
+
+        root = Path(__file__).resolve().parent.parent
+        out = (args.out or (Path("runs/bench_quick") if args.quick else root / "docs")).resolve()
+        runs = (args.runs or (out / "runs" if args.quick else Path("runs/bench"))).resolve()
+        md = run_bench(args.configs, args.data_root.resolve() if args.data_root else None, out, runs, args.quick, args.jobs, args.only)
+        print(f"wrote {md}")
+        return 0
     if args.command == "compare":
         from evaluation.compare import compare_runs
 
@@ -154,9 +184,7 @@ def _dispatch(args) -> int:
         print(f"using bundled config {path}", file=sys.stderr)
     cfg = load_config(path, args.overrides)
     if args.command == "validate":
-        missing = [f"{key}: {p} does not exist" for key, p in input_paths(cfg) if not p.exists()]
-        if missing:
-            raise ConfigError(f"{path}: " + ("invalid config:\n  " + "\n  ".join(missing) if len(missing) > 1 else missing[0]))
+        check_inputs(path, cfg)
         print(f"{path}: valid (model {cfg.model.name}, input {cfg.ingest.input})")
         return 0
     import models  # noqa: F401 - registers the built-in models
@@ -166,6 +194,7 @@ def _dispatch(args) -> int:
         names = list(STAGE_NAMES[STAGE_NAMES.index(args.start):] if args.start else STAGE_NAMES)
     else:
         names = [args.command]
+    check_inputs(path, cfg, names)
     run_dir = _run_dir(cfg, args)
     print(f"run directory: {run_dir}", file=sys.stderr)
     manifest = run_stages(cfg, run_dir, names, force=args.force, log=lambda m: print(m, file=sys.stderr))

@@ -178,6 +178,7 @@ class ScoreConfig:
     fpr: float = 0.05  # flag samples with p < fpr (the target false-positive rate)
     bh: bool = False  # Benjamini-Hochberg over the scored batch instead of a per-sample cut
     batch_size: int = 16
+    splits: list[str] = field(default_factory=lambda: ["train", "val", "test", "buffer", "unused"])  # which samples are scored (overlays paint what is scored)
 
 
 @dataclass
@@ -190,6 +191,56 @@ class EvaluateConfig:
     ci: float = 0.95
     overlays: bool = True
     overlay_top_n: int = 10  # 2D inputs: PNG overlays of the n most anomalous and n random normal cases
+    figures: bool = True  # ROC/PR/density plots, galleries and report.html (benchmarks turn them off: metrics.json only)
+
+
+@dataclass
+class BenchDetector:
+    """One detector row-group of a benchmark protocol: config overrides on top of the protocol config."""
+
+    label: str  # row label in docs/BENCHMARKS.md, e.g. "VAE (Bernoulli)"
+    set: dict = field(default_factory=dict)  # dotted key → value, applied like --set (model.name: vae2d, train.epochs: 30)
+    scores: Optional[list[str]] = None  # score columns reported as rows (default: every score of the model)
+    quick: bool = True  # included in --quick runs
+
+
+@dataclass
+class BenchReference:
+    """A figure reported by a seed study, printed beside ours."""
+
+    detector: str  # BenchDetector label it compares with
+    score: str
+    auroc: float
+    source: str  # e.g. "seed 000, MNIST 0-8 vs 9, VAE-ELBO"
+
+
+@dataclass
+class BenchView:
+    """An extra evaluation of the same runs on a subset of classes (e.g. malignancy 1-2 vs 4-5)."""
+
+    label: str
+    normal_classes: list[float] = field(default_factory=list)
+    anomaly_classes: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BenchConfig:
+    """A benchmark protocol (``pipeline bench``): detectors × repeats (× a sweep) through ``pipeline run``."""
+
+    protocol: str = ""  # title, e.g. "MNIST-9"
+    order: int = 0  # position of this protocol in docs/BENCHMARKS.md
+    description: str = ""  # what is normal, what is anomalous, where the split comes from
+    selection: str = ""  # the written hyper-parameter / epoch selection rule
+    data: dict = field(default_factory=dict)  # dotted config key → path under --data-root (e.g. ingest.input: mnist)
+    repeat: Literal["seeds", "folds"] = "seeds"  # seeds: run.seed = 0..n-1; folds: split.fold = 0..n-1
+    repeats: int = 3
+    sweep_key: Optional[str] = None  # e.g. split.contamination: every detector runs at each value
+    sweep_values: list[float] = field(default_factory=list)
+    detectors: list[BenchDetector] = field(default_factory=list)
+    references: list[BenchReference] = field(default_factory=list)
+    views: list[BenchView] = field(default_factory=list)
+    quick: dict = field(default_factory=dict)  # overrides for --quick (smaller data, fewer epochs)
+    quick_repeats: int = 1
 
 
 @dataclass
@@ -204,6 +255,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)  # read only by ``pipeline bench``; no stage fingerprint includes it
     source: Optional[Path] = None  # the YAML file this came from
 
     def section(self, name: str) -> dict:
@@ -250,16 +302,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def set_dotted(raw: dict, keys: list[str], value: Any) -> None:
+    """Set ``raw[k1][k2]...[kn] = value``, creating mappings on the way."""
+    node = raw
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = value
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``--set`` overrides to the raw mapping (before validation, so they are checked too)."""
     for text in overrides:
-        keys, value = parse_override(text)
-        node = raw
-        for k in keys[:-1]:
-            if not isinstance(node.get(k), dict):
-                node[k] = {}
-            node = node[k]
-        node[keys[-1]] = value
+        set_dotted(raw, *parse_override(text))
     return raw
 
 
@@ -323,6 +379,12 @@ def _cross_checks(cfg: Config) -> list[str]:
         errs.append(f"split.fold: {cfg.split.fold} is not in 0..{cfg.split.n_folds - 1}")
     if cfg.model is not None and hasattr(cfg.model, "check"):
         errs.extend(cfg.model.check(cfg))
+    if cfg.model is not None:
+        from models.registry import MODELS
+
+        names = MODELS[cfg.model.name].score_names
+        if names and cfg.evaluate.score not in names:
+            errs.append(f"evaluate.score: {cfg.evaluate.score!r} is not a score of model {cfg.model.name}{_suggest(cfg.evaluate.score, names)}; its scores: {', '.join(names)}")
     for name in ("epochs", "batch_size", "patch_size"):
         if getattr(cfg.train, name) < 1:
             errs.append(f"train.{name}: must be ≥ 1")
@@ -341,6 +403,11 @@ def _cross_checks(cfg: Config) -> list[str]:
         errs.append("ingest.spacing_mm: must be > 0")
     if cfg.evaluate.overlay_top_n < 0:
         errs.append("evaluate.overlay_top_n: must be ≥ 0")
+    unknown = sorted(set(cfg.score.splits) - {"train", "val", "test", "buffer", "unused"})
+    if unknown:
+        errs.append(f"score.splits: unknown split(s) {unknown}; choose from train, val, test, buffer, unused")
+    if cfg.evaluate.split not in cfg.score.splits:
+        errs.append(f"evaluate.split: {cfg.evaluate.split!r} is not scored (add it to score.splits)")
     return errs
 
 
@@ -372,11 +439,11 @@ def _build(cls, raw: Any, prefix: str, base_dir: Path, errors: list[str], skip: 
         if key not in fields:
             continue
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", base_dir, errors)
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required field is missing
-        errors.append(f"{prefix.rstrip('.')}: {exc}")
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in kwargs and n not in raw]
+    if required:
+        errors.append(f"{prefix.rstrip('.') or 'config'}: missing required key(s) {', '.join(map(repr, required))}")
         return None
+    return cls(**kwargs)
 
 
 def _coerce(value: Any, tp: Any, key: str, base_dir: Path, errors: list[str]) -> Any:
@@ -420,6 +487,10 @@ def _coerce(value: Any, tp: Any, key: str, base_dir: Path, errors: list[str]) ->
     if tp is str:
         if not isinstance(value, str):
             errors.append(f"{key}: expected a string, got {value!r}")
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{key}: expected a mapping, got {value!r}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):

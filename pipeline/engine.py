@@ -1,7 +1,8 @@
 """Map a function over independent items (series, nodule groups) with per-item error capture.
 
 The default engine runs items in the current process (``workers: 1``) or in a local process pool.
-An item that raises never stops the others: its exception becomes an ``(item, message)`` error.
+An item that raises never stops the others: its exception becomes an ``(item, message)`` error,
+except a full or read-only output file system (:data:`pipeline.io.FATAL_ERRNOS`), which stops the run.
 :class:`~pipeline.errors.ItemError` messages are shown as they are; an unexpected exception is
 reported with its type so a bug is still visible without a traceback.
 """
@@ -14,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator
 from tqdm import tqdm
 
 from pipeline.errors import MedAnomalyError
+from pipeline.io import FATAL_ERRNOS
 
 
 def _call(fn: Callable, item: Any) -> tuple[bool, Any]:
@@ -21,6 +23,10 @@ def _call(fn: Callable, item: Any) -> tuple[bool, Any]:
         return True, fn(item)
     except MedAnomalyError as exc:
         return False, str(exc)
+    except OSError as exc:
+        if exc.errno in FATAL_ERRNOS:  # full or read-only output: stop the run, it is not this item's fault
+            raise
+        return False, f"unexpected {type(exc).__name__}: {exc}"
     except Exception as exc:  # noqa: BLE001 - one bad item must not stop the batch
         return False, f"unexpected {type(exc).__name__}: {exc}"
 

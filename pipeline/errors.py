@@ -16,7 +16,15 @@ class ConfigError(MedAnomalyError):
 
 
 class StageError(MedAnomalyError):
-    """A whole stage cannot run (e.g. a required upstream output is missing)."""
+    """A whole stage cannot run (e.g. a required upstream output is missing).
+
+    ``item_errors`` carries the per-item ``(item, message)`` errors found before the stage gave
+    up (e.g. every file of the input was unreadable), so they still reach ``errors.csv``.
+    """
+
+    def __init__(self, message: str, item_errors: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.item_errors = list(item_errors or [])
 
 
 class ItemError(MedAnomalyError):

@@ -1,17 +1,34 @@
-"""Atomic file output and content hashing.
+"""Atomic, deterministic file output and content hashing.
 
 Every output is written to a temporary file in the destination folder and then renamed over the
 final name (``os.replace`` is atomic on POSIX), so a killed run never leaves a half-written file
-under a final name. Readers therefore see either the old file or the complete new one.
+under a final name. Readers therefore see either the old file or the complete new one; temporary
+files left by a killed process are removed by :func:`remove_stale_temps` when the run resumes.
+
+A full disk must never pass silently: SimpleITK's NIfTI writer only prints ``NWAD: wrote only 0
+of N bytes`` and returns, torch raises a ``RuntimeError``. So a library writer's temporary file
+is checked before it is renamed (a ``.gz`` must decompress to its end), and any failure while
+the destination file system is full becomes ``OSError(ENOSPC)``, which stops the run (see
+:data:`FATAL_ERRNOS`) instead of being recorded as a bad item.
+
+Outputs are byte-for-byte reproducible: ``npz`` members carry a fixed zip timestamp and torch
+archives are serialised in memory (``torch.save`` to a path names the archive after the random
+temporary file).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import gzip
 import hashlib
+import io as _io
 import json
 import os
+import shutil
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -28,15 +45,58 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix if suffix is not None else "".join(dest.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f"{TEMP_MARK}{suffix}", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
+    except OSError as exc:
+        if exc.filename is None:  # a failed write() names no file: name the output
+            raise OSError(exc.errno, exc.strerror, str(dest)) from exc
+        raise
+    except Exception as exc:  # a library writer that failed on a full disk says so in its own words
+        if disk_full(dest.parent):
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({type(exc).__name__} while writing)", str(dest)) from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+TEMP_MARK = ".tmp"
+# Errors of the output side: the whole run stops (finished work is kept) rather than one item failing.
+FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def disk_full(folder: Path) -> bool:
+    """True when the file system holding ``folder`` has no free block left."""
+    try:
+        return shutil.disk_usage(folder).free == 0
+    except OSError:
+        return False
+
+
+def remove_stale_temps(root: Path) -> list[Path]:
+    """Delete temporary files that a killed process left under ``root``; returns them."""
+    stale = [p for p in root.rglob(f".*{TEMP_MARK}*") if p.is_file() and TEMP_MARK in p.name]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def _check_written(tmp: Path, dest: Path) -> None:
+    """Catch a library writer that returned without error after a short write (full disk)."""
+    try:
+        if tmp.name.endswith(".gz"):
+            with gzip.open(tmp, "rb") as f:
+                while f.read(1 << 20):
+                    pass
+    except (EOFError, OSError, zlib.error) as exc:
+        code = errno.ENOSPC if disk_full(dest.parent) else errno.EIO
+        raise OSError(code, f"{os.strerror(code)}: the written file is incomplete ({exc})", str(dest)) from None
+    if disk_full(dest.parent):
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (the file system filled up while writing)", str(dest))
 
 
 def write_bytes(dest: str | Path, data: bytes) -> None:
@@ -57,15 +117,38 @@ def write_csv(dest: str | Path, df: pd.DataFrame) -> None:
         df.to_csv(tmp, index=False, float_format="%.6g")
 
 
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
 def write_npz(dest: str | Path, **arrays: np.ndarray) -> None:
+    """``np.savez_compressed`` with a fixed member timestamp, so equal arrays give equal bytes."""
     with atomic_path(dest, suffix=".npz") as tmp:
-        np.savez_compressed(tmp, **arrays)
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name, arr in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_EPOCH)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with zf.open(info, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+
+
+def write_torch(dest: str | Path, obj: Any) -> None:
+    """``torch.save`` serialised in memory first: the archive's bytes do not depend on the file name."""
+    import torch
+
+    buf = _io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(dest, buf.getvalue())
 
 
 def write_with(dest: str | Path, writer: Callable[[Path], None]) -> None:
-    """Atomically write ``dest`` with a library writer that takes a path (SimpleITK, torch, matplotlib)."""
+    """Atomically write ``dest`` with a library writer that takes a path (SimpleITK, matplotlib).
+
+    The temporary file is checked (:func:`_check_written`) before it replaces ``dest``.
+    """
+    dest = Path(dest)
     with atomic_path(dest) as tmp:
         writer(tmp)
+        _check_written(tmp, dest)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -34,6 +34,20 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+# Fields that differ between two runs of the same config (clock, machine load); everything else
+# in the manifest is a function of the config, the inputs and the code.
+VOLATILE = frozenset({"created", "updated", "started", "finished", "last_skipped", "wall_time_s", "peak_rss_mb", "train_seconds"})
+
+
+def stable_view(obj):
+    """The manifest without its :data:`VOLATILE` fields (for the report and for comparing runs)."""
+    if isinstance(obj, dict):
+        return {k: stable_view(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [stable_view(v) for v in obj]
+    return obj
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

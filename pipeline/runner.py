@@ -55,7 +55,10 @@ def tree_digest(root: Path) -> str:
         dirnames.sort()
         for name in sorted(filenames):
             p = Path(dirpath) / name
-            st = p.stat()
+            try:
+                st = p.stat()
+            except OSError:  # a dangling link: ingest reports it; digest the link itself
+                st = p.lstat()
             entries.append((str(p.relative_to(root)), st.st_size, st.st_mtime_ns))
     return io.sha256_json(entries)
 
@@ -119,6 +122,9 @@ def peak_rss_mb() -> float:
 def run_stages(cfg: Config, run_dir: Path, names: list[str], force: bool = False, log: Callable[[str], None] = print) -> Manifest:
     """Run the named stages in pipeline order; returns the manifest. Raises on a stage failure."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    stale = io.remove_stale_temps(run_dir)
+    if stale:
+        log(f"removed {len(stale)} temporary file(s) left by an interrupted run")
     manifest = Manifest(run_dir)
     manifest.data["config_file"] = str(cfg.source) if cfg.source else None
     manifest.data["config"] = cfg.to_dict()
@@ -141,7 +147,8 @@ def run_stages(cfg: Config, run_dir: Path, names: list[str], force: bool = False
         try:
             result = stage.function()(cfg, run_dir)
         except MedAnomalyError as exc:
-            manifest.stages[stage.name].update(status="failed", finished=now(), wall_time_s=round(time.perf_counter() - t0, 3), errors=[(stage.name, str(exc))])
+            errors = [*getattr(exc, "item_errors", []), (stage.name, str(exc))]
+            manifest.stages[stage.name].update(status="failed", finished=now(), wall_time_s=round(time.perf_counter() - t0, 3), errors=errors)
             manifest.save()
             raise
         record = {

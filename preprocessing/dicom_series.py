@@ -1,8 +1,12 @@
 """DICOM discovery, series grouping, validation and reading (pydicom headers, SimpleITK pixels).
 
-Headers are read with ``stop_before_pixels`` so scanning a large archive stays cheap in memory;
-pixels are read only for series that pass validation, by SimpleITK (GDCM), which also applies
-Rescale Slope/Intercept, giving Hounsfield units for CT.
+Headers are read with ``stop_before_pixels``, only the tags listed in :data:`HEADER_TAGS`, and
+large values deferred, so scanning an archive of any size keeps a few hundred bytes per file
+(``benchmarks/bench_headers.py``) and never reads a patient's name. Pixels are read only for
+series that pass validation, by SimpleITK (GDCM), which also applies Rescale Slope/Intercept,
+giving Hounsfield units for CT. A series whose transfer syntax GDCM cannot decode
+(:data:`DECODABLE_TRANSFER_SYNTAXES`) is rejected before reading: GDCM's own error for it is
+"Unable to determine ImageIO reader".
 
 Slices are ordered by their position along the slice normal (row × column direction cosines),
 never by InstanceNumber, which scanners do not always assign in spatial order.
@@ -13,16 +17,42 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.encaps import parse_fragments
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from pipeline.errors import DicomReadError, InvalidSeriesError
 
+IMPLICIT_LE, EXPLICIT_LE, DEFLATED_LE, EXPLICIT_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"
 # Transfer syntaxes whose pixel data are stored uncompressed (size is predictable).
-_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+_UNCOMPRESSED = {IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_BE}
+# Transfer syntaxes SimpleITK's GDCM decodes; tests/test_dicom_series.py reads a real file of each
+# one that pydicom ships. Anything else (JPEG XL, video, Deflated Image Frame Compression, private
+# syntaxes) has no decoder here.
+DECODABLE_TRANSFER_SYNTAXES = frozenset({
+    IMPLICIT_LE, EXPLICIT_LE, DEFLATED_LE, EXPLICIT_BE,
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",  # JPEG
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",  # JPEG-LS
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",  # JPEG 2000, HTJ2K lossless
+})
+# Names of transfer syntaxes newer than pydicom's dictionary.
+_TS_NAMES = {"1.2.840.10008.1.2.8.1": "Deflated Image Frame Compression", "1.2.840.10008.1.2.4.110": "JPEG XL Lossless",
+             "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression", "1.2.840.10008.1.2.4.112": "JPEG XL"}
+# The only tags read from a header: nothing else (no names, dates) is parsed into memory.
+HEADER_TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Modality", "ImagePositionPatient", "ImageOrientationPatient",
+               "PixelSpacing", "Rows", "Columns", "InstanceNumber", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames")
+_SEQ_END = b"\xfe\xff\xdd\xe0"  # (FFFE,E0DD) little endian
+
+
+def transfer_syntax_name(uid: str) -> str:
+    name = _TS_NAMES.get(uid) or UID(uid).name
+    return f"{name} ({uid})" if name != uid else uid
 
 
 @dataclass(frozen=True)
@@ -40,6 +70,7 @@ class SliceHeader:
     rows: int
     columns: int
     instance_number: int | None
+    transfer_syntax: str = EXPLICIT_LE
 
 
 @dataclass
@@ -64,30 +95,28 @@ class SeriesInfo:
 
 def read_header(path: Path) -> SliceHeader:
     """Read one file's header (no pixels). Raises :class:`DicomReadError` with the reason."""
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+    except OSError as exc:  # a dangling link, a file removed during the scan, no permission
+        raise DicomReadError(f"{path}: cannot be read ({exc.strerror})") from None
     if size == 0:
         raise DicomReadError(f"{path}: empty file (0 bytes)")
     try:
         with open(path, "rb") as fp:
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_TAGS), defer_size=1024)
             pixel_offset = fp.tell()  # pydicom rewinds to the start of the Pixel Data element
+            missing = [k for k in ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns") if k not in ds]
+            if missing:
+                raise DicomReadError(f"{path}: not a cross-sectional image slice (missing {', '.join(missing)})")
+            tsyntax = str(getattr(ds.file_meta, "TransferSyntaxUID", IMPLICIT_LE))
+            if tsyntax != DEFLATED_LE:  # a deflated data set has no file offsets to check
+                _check_pixel_data(path, fp, ds, tsyntax, pixel_offset, size)
+    except DicomReadError:
+        raise
     except InvalidDicomError:
         raise DicomReadError(f"{path}: not a DICOM file (no DICM preamble)") from None
     except Exception as exc:  # pydicom raises many types on damaged headers
         raise DicomReadError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from None
-    missing = [k for k in ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns") if k not in ds]
-    if missing:
-        raise DicomReadError(f"{path}: not a cross-sectional image slice (missing {', '.join(missing)})")
-    tsyntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2"))
-    if pixel_offset >= size:
-        raise DicomReadError(f"{path}: no pixel data (file ends after the header)")
-    if tsyntax in _UNCOMPRESSED:
-        # element header: tag(4) + length(4) implicit VR; tag(4) + VR(2) + reserved(2) + length(4) explicit VR
-        element_header = 8 if tsyntax == "1.2.840.10008.1.2" else 12
-        n_pixel = int(ds.Rows) * int(ds.Columns) * int(ds.get("BitsAllocated", 16)) // 8 * int(ds.get("SamplesPerPixel", 1)) * int(ds.get("NumberOfFrames", 1) or 1)
-        expected = pixel_offset + element_header + n_pixel
-        if size < expected:
-            raise DicomReadError(f"{path}: truncated file ({size} bytes; its header and pixel data need {expected})")
     try:
         return SliceHeader(
             path=path,
@@ -101,9 +130,40 @@ def read_header(path: Path) -> SliceHeader:
             rows=int(ds.Rows),
             columns=int(ds.Columns),
             instance_number=int(ds.InstanceNumber) if ds.get("InstanceNumber") not in (None, "") else None,
+            transfer_syntax=tsyntax,
         )
     except (ValueError, TypeError) as exc:
         raise DicomReadError(f"{path}: malformed geometry tags ({exc})") from None
+
+
+def _check_pixel_data(path: Path, fp: BinaryIO, ds, tsyntax: str, pixel_offset: int, size: int) -> None:
+    """Check, without reading them, that the pixel data are all in the file (not truncated).
+
+    Native pixel data must be Rows × Columns × ... bytes long; encapsulated (compressed) data must
+    end with the sequence delimiter after its last fragment (pydicom locates the fragments).
+    """
+    if pixel_offset >= size:
+        raise DicomReadError(f"{path}: no pixel data (file ends after the header)")
+    # element header: tag(4) + length(4) implicit VR; tag(4) + VR(2) + reserved(2) + length(4) explicit VR
+    element_header = 8 if tsyntax == IMPLICIT_LE else 12
+    if tsyntax in _UNCOMPRESSED:
+        n_pixel = int(ds.Rows) * int(ds.Columns) * int(ds.get("BitsAllocated", 16)) // 8 * int(ds.get("SamplesPerPixel", 1)) * int(ds.get("NumberOfFrames", 1) or 1)
+        expected = pixel_offset + element_header + n_pixel
+        if size < expected:
+            raise DicomReadError(f"{path}: truncated file ({size} bytes; its header and pixel data need {expected})")
+        return
+    fp.seek(pixel_offset + element_header)
+    try:
+        n, offsets = parse_fragments(fp)  # the basic offset table is item 0
+    except ValueError as exc:
+        raise DicomReadError(f"{path}: truncated or damaged compressed pixel data ({exc})") from None
+    if n < 2:
+        raise DicomReadError(f"{path}: no pixel data (no compressed frame after the offset table)")
+    fp.seek(offsets[-1] + 4)
+    end = offsets[-1] + 8 + int.from_bytes(fp.read(4), "little")
+    fp.seek(end)
+    if end > size or fp.read(4) != _SEQ_END:
+        raise DicomReadError(f"{path}: truncated file ({size} bytes; its compressed pixel data end at {end} bytes without the closing delimiter)")
 
 
 def discover(root: Path) -> tuple[dict[str, list[SliceHeader]], list[tuple[str, str]]]:
@@ -144,6 +204,11 @@ def validate_series(slices: list[SliceHeader], min_slices: int = 8, spacing_tole
     """
     uid = slices[0].series_uid
     tag = f"series {uid}"
+    undecodable = sorted({s.transfer_syntax for s in slices} - DECODABLE_TRANSFER_SYNTAXES)
+    if undecodable:
+        n = sum(s.transfer_syntax in undecodable for s in slices)
+        raise InvalidSeriesError(f"{tag}: unsupported transfer syntax {', '.join(map(transfer_syntax_name, undecodable))} in {n} of {len(slices)} file(s): "
+                                 "no decoder for it is installed (SimpleITK/GDCM); convert the files to an uncompressed transfer syntax first")
     if len(slices) < min_slices:
         raise InvalidSeriesError(f"{tag}: only {len(slices)} slice(s), need at least {min_slices} (ingest.min_slices)")
     o0 = np.asarray(slices[0].orientation)

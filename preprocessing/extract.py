@@ -143,7 +143,7 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
         rows.extend(res["rows"])
         cubes.append(res["cubes"])
     if not rows:
-        raise StageError("extract: no cubes were extracted; see errors.csv")
+        raise StageError("extract: no cubes were extracted; see errors.csv", result.errors)
     table = pd.DataFrame(rows)
     order = np.argsort(table["sample_id"].to_numpy(), kind="stable")
     table = table.iloc[order].reset_index(drop=True)

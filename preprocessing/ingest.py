@@ -96,8 +96,10 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     groups, file_errors = discover(root)
     for item, msg in file_errors:
         result.fail(item, msg)
+    if not groups and not file_errors:
+        raise StageError(f"ingest.input: folder {root} holds no files (hidden files and DICOMDIR are ignored)")
     if not groups:
-        raise StageError(f"ingest.input: no readable DICOM image series under {root} ({len(file_errors)} unreadable file(s))")
+        raise StageError(f"ingest.input: no readable DICOM image series under {root} ({len(file_errors)} unreadable file(s); see errors.csv)", result.errors)
     jobs = []
     for uid, slices in groups.items():
         try:
@@ -114,7 +116,7 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
         else:
             result.fail(item, res)
     if not rows:
-        raise StageError(f"ingest: none of the {len(groups)} series under {root} could be ingested; see errors.csv")
+        raise StageError(f"ingest: none of the {len(groups)} series under {root} could be ingested; see errors.csv", result.errors)
     table = pd.DataFrame(rows).drop(columns=["key"]).sort_values("series_uid").reset_index(drop=True)
     io.write_csv(run_dir / SERIES_CSV, table)
     result.counts = {"files_unreadable": len(file_errors), "series_found": len(groups), "series_ingested": len(rows), "series_failed": len(groups) - len(rows)}

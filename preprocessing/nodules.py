@@ -20,7 +20,9 @@ def read_nodules(path: Path, series: pd.DataFrame) -> tuple[pd.DataFrame, list[t
     """Read and check the table; attach each nodule to an ingested series.
 
     Returns ``(nodules, errors)``; a nodule whose series was not ingested or whose coordinates
-    are not finite becomes an ``(item, message)`` error and is dropped.
+    are not finite numbers, or whose patient has no single ingested series, becomes an
+    ``(item, message)`` error and is dropped. A table without the coordinate columns, or with
+    neither ``series_uid`` nor ``patient_id``, is unusable: :class:`StageError` naming the columns.
     """
     if not path.exists():
         raise StageError(f"extract.nodules: file {path} does not exist")
@@ -35,20 +37,34 @@ def read_nodules(path: Path, series: pd.DataFrame) -> tuple[pd.DataFrame, list[t
         raise StageError(f"{path}: missing column(s) {', '.join(missing)}; have {', '.join(table.columns)}")
     if "nodule_id" not in table.columns:
         table["nodule_id"] = [f"nodule{i:04d}" for i in range(len(table))]
-    if "series_uid" not in table.columns:
-        per_patient = series.groupby("patient_id")["series_uid"].agg(list)
-        table["series_uid"] = [per_patient.get(p, [None])[0] if len(per_patient.get(p, [])) == 1 else None for p in table["patient_id"]]
+    for col in ("series_uid", "patient_id"):
+        if col not in table.columns:
+            table[col] = None
     known = dict(zip(series["series_uid"], series["patient_id"]))
-    errors, keep = [], []
+    per_patient = series.groupby("patient_id")["series_uid"].agg(list).to_dict()
+    errors, keep, uids = [], [], []
     for i, row in table.iterrows():
         item = f"nodule {row['nodule_id']}"
-        xyz = row[list(REQUIRED)].to_numpy(dtype=float)
+        try:
+            xyz = row[list(REQUIRED)].to_numpy(dtype=float)
+        except ValueError:
+            xyz = np.full(3, np.nan)
+        uid, patient = row["series_uid"], row["patient_id"]
+        if pd.isna(uid):  # no series given: the patient's only ingested series
+            uid = per_patient[patient][0] if len(per_patient.get(patient, [])) == 1 else None
         if not np.all(np.isfinite(xyz)):
-            errors.append((item, f"{path}: {item} has non-finite coordinates {xyz.tolist()}"))
-        elif row["series_uid"] not in known:
-            errors.append((item, f"{path}: {item} refers to series {row['series_uid']}, which was not ingested"))
+            errors.append((item, f"{path}: {item} has non-numeric or non-finite coordinates {row[list(REQUIRED)].tolist()}"))
+        elif uid is None and pd.isna(patient):
+            errors.append((item, f"{path}: {item} names neither a series_uid nor a patient_id"))
+        elif uid is None:
+            n = len(per_patient.get(patient, []))
+            errors.append((item, f"{path}: {item} has no series_uid and patient {patient} has {n} ingested series" + ("" if n else " (unknown patient ID)") + "; give its series_uid"))
+        elif uid not in known:
+            errors.append((item, f"{path}: {item} refers to series {uid}, which is not among the ingested series (unknown ID, or the series failed ingest)"))
         else:
             keep.append(i)
+            uids.append(uid)
     table = table.loc[keep].copy()
-    table["patient_id"] = [known[s] for s in table["series_uid"]] if "patient_id" not in table.columns else table["patient_id"].fillna(table["series_uid"].map(known))
+    table["series_uid"] = uids
+    table["patient_id"] = table["patient_id"].fillna(table["series_uid"].map(known))
     return table.reset_index(drop=True), errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,3 +241,68 @@ def test_read_header_fields(tmp_path):
     assert (h0.rows, h0.columns) == (ROWS, COLS)
     assert h0.instance_number == 5 and h1.instance_number is None
     assert h0.series_uid == s["series_uid"] and h0.modality == "CT"
+
+
+# ---------------------------------------------------------------- transfer syntaxes and compressed files
+
+
+def _pydicom_files_by_syntax() -> dict[str, str]:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    out = {}
+    for name in ("MR_small_implicit.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm",
+                 "JPGExtended.dcm", "SC_rgb_jpeg_gdcm.dcm", "MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_16.dcm", "MR_small_jp2klossless.dcm", "JPEG2000.dcm"):
+        path = get_testdata_file(name)
+        out[str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)] = path
+    return out
+
+
+def test_every_decodable_transfer_syntax_with_a_pydicom_sample_is_read_by_simpleitk():
+    from preprocessing.dicom_series import DECODABLE_TRANSFER_SYNTAXES
+
+    files = _pydicom_files_by_syntax()
+    assert len(files) >= 11  # all but 4.57 and HTJ2K have a pydicom sample
+    for ts, path in files.items():
+        assert ts in DECODABLE_TRANSFER_SYNTAXES
+        assert sitk.GetArrayFromImage(sitk.ReadImage(path)).size > 0, ts
+
+
+def test_undecodable_transfer_syntax_rejects_the_series_before_reading(tmp_path):
+    from corpus import _deflate_frames, copy_series, sample_files
+
+    files = sample_files()[:8]
+    uid = copy_series(files, tmp_path / "s", _deflate_frames)
+    first = sorted((tmp_path / "s").glob("*.dcm"))[0]
+    with pytest.raises(RuntimeError):  # what SimpleITK would do with it
+        sitk.ReadImage(str(first))
+    headers = headers_of(tmp_path / "s")
+    assert headers[0].transfer_syntax == "1.2.840.10008.1.2.8.1"
+    with pytest.raises(InvalidSeriesError, match="unsupported transfer syntax Deflated Image Frame Compression") as exc:
+        validate_series(headers)
+    assert uid in str(exc.value) and "8 of 8 file(s)" in str(exc.value)
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"])
+def test_truncated_compressed_file_is_reported(tmp_path, name):
+    from pydicom.data import get_testdata_file
+
+    data = open(get_testdata_file(name), "rb").read()
+    assert read_header(Path(get_testdata_file(name))).transfer_syntax  # the intact file passes
+    end = data.rindex(b"\xfe\xff\xdd\xe0")  # the closing delimiter of the pixel data (other elements may follow)
+    for cut in (end, end - 10, end - len(data) // 3):
+        bad = tmp_path / f"cut{cut}.dcm"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(DicomReadError, match="truncated"):
+            read_header(bad)
+
+
+def test_header_read_never_parses_patient_name(tmp_path):
+    import pydicom
+
+    s = make_ct_series(tmp_path / "ct", 1)
+    with open(s["paths"][0], "rb") as fp:
+        from preprocessing.dicom_series import HEADER_TAGS
+
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
+    assert "PatientName" not in ds and "SeriesInstanceUID" in ds

@@ -1,0 +1,120 @@
+"""``pipeline bench``: protocol planning, shared data stages, resumption and the published tables.
+
+Uses a tiny synthetic array dataset and the closed-form baselines (seconds), so it tests the
+machinery, not detection quality (that is what the benchmark itself measures, on real data).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.bench import plan, run_bench, variant
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+
+
+def _data(path, n: int = 80, size: int = 12, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 4 == 0).astype(int)
+    images = rng.normal(100, 10, (n, size, size))
+    images[labels == 1, 3:8, 3:8] += 80  # anomalies carry a bright square
+    np.savez(path, images=np.clip(images, 0, 255).astype(np.uint8), labels=labels, patient=np.array([f"p{i // 2}" for i in range(n)]))
+
+
+def _protocol(tmp_path, **bench) -> object:
+    _data(tmp_path / "data" / "toy.npz") if (tmp_path / "data").mkdir(exist_ok=True) is None else None
+    cfg = {
+        "bench": {"protocol": "Toy", "description": "squares vs noise", "selection": "none needed", "data": {"ingest.input": "toy.npz"},
+                  "repeat": "seeds", "repeats": 2,
+                  "detectors": [{"label": "PCA", "set": {"model.name": "pca2d", "model.n_components": 4}},
+                                {"label": "mean intensity", "set": {"model.name": "intensity2d", "model.distance": "upper"}, "quick": False}],
+                  "references": [{"detector": "PCA", "score": "pca_recon", "auroc": 0.7, "source": "made up for the test"}],
+                  "quick": {"split.val_fraction": 0.25}, **bench},
+        "run": {"seed": 0, "threads": 1},
+        "ingest": {"format": "arrays", "input": "does/not/exist.npz", "arrays": {"patient_id": "patient"}},
+        "extract": {"cube_size": 12, "hu_window": [0, 255]},
+        "split": {"method": "holdout", "test_fraction": 0.3, "val_fraction": 0.2},
+        "model": {"name": "vae2d", "channels": [4, 8], "strides": [2, 2]},
+        "train": {"patch_size": 8, "epochs": 1},
+        "score": {"splits": ["val", "test"], "mc_samples": 2},
+        "evaluate": {"score": "elbo", "bootstrap": 50},
+    }
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_variant_layers_detector_quick_repeat_and_a_new_model_section(tmp_path):
+    path = _protocol(tmp_path)
+    cfg = load_config(path)
+    raw = yaml.safe_load(path.read_text())
+    out = variant(raw, cfg.bench.detectors[0], cfg.bench, quick=True, repeat=1, sweep=None)
+    assert out["model"] == {"name": "pca2d", "n_components": 4}  # the VAE's parameters do not leak into PCA
+    assert out["run"]["seed"] == 1 and out["split"]["val_fraction"] == 0.25 and out["evaluate"]["overlays"] is False
+    assert "bench" not in out
+
+
+def test_plan_validates_every_detector_before_running(tmp_path):
+    path = _protocol(tmp_path, detectors=[{"label": "bad", "set": {"model.name": "pca2d", "model.n_component": 3}}])
+    with pytest.raises(ConfigError, match=r"detector 'bad'.*n_component: unknown key \(did you mean 'n_components'\?\)"):
+        plan(path, tmp_path / "data", tmp_path / "runs", quick=False)
+
+
+def test_plan_folds_and_sweep(tmp_path):
+    path = _protocol(tmp_path, repeat="folds", repeats=3, sweep_key="split.contamination", sweep_values=[0.0, 0.05])
+    cfg, specs = plan(path, tmp_path / "data", tmp_path / "runs", quick=False)
+    assert len(specs) == 2 * 3 * 2
+    assert {(s.raw["split"]["method"], s.raw["split"]["fold"]) for s in specs} == {("kfold", 0), ("kfold", 1), ("kfold", 2)}
+    assert {s.raw["split"]["contamination"] for s in specs} == {0.0, 0.05}
+    assert all(s.raw["ingest"]["input"] == str((tmp_path / "data" / "toy.npz").resolve()) for s in specs)
+    # one data directory per (sweep value, fold), shared by both detectors
+    assert len({s.data_dir for s in specs}) == 6 and len({s.run_dir for s in specs}) == 12
+
+
+def test_bench_runs_publishes_and_resumes(tmp_path):
+    path = _protocol(tmp_path)
+    out, runs = tmp_path / "docs", tmp_path / "runs"
+    md = run_bench([path], tmp_path / "data", out, runs, quick=False, jobs=0, only=None)
+    text = md.read_text()
+    assert "## Toy" in text and "| PCA | pca_recon |" in text and "| mean intensity | intensity |" in text
+    assert "0.70 (made up for the test)" in text
+    assert (out / "bench" / "toy_roc.png").stat().st_size > 1000 and (out / "bench" / "toy_density.png").stat().st_size > 1000
+    doc = json.loads((out / "bench" / "toy.json").read_text())
+    assert doc["commit"] and "run_bench" not in doc["command"]
+    row = next(r for r in doc["rows"] if r["detector"] == "mean intensity" and r["score"] == "intensity")
+    # the published AUROCs are those of the runs' own metrics.json
+    per_run = [json.loads((runs / "toy" / "mean_intensity" / f"seed{k}" / "metrics.json").read_text())["scores"]["intensity"]["auroc"] for k in range(2)]
+    assert row["auroc_each"] == [round(a, 4) for a in per_run]
+    assert row["auroc_mean"] == pytest.approx(np.mean(per_run))
+    assert row["auroc_mean"] > 0.9  # a bright square is exactly what a mean-intensity score sees
+    # data stages were shared: the second detector's cubes are the first detector's file
+    a, b = runs / "toy" / "pca" / "seed1" / "cubes.npz", runs / "toy" / "mean_intensity" / "seed1" / "cubes.npz"
+    assert os.stat(a).st_ino == os.stat(b).st_ino
+    m = json.loads((b.parent / "manifest.json").read_text())
+    assert "last_skipped" in m["stages"]["extract"]
+    # a second run resumes: every stage of every run is skipped
+    run_bench([path], tmp_path / "data", out, runs, quick=False, jobs=0, only=None)
+    m2 = json.loads((runs / "toy" / "pca" / "seed0" / "manifest.json").read_text())
+    assert all("last_skipped" in m2["stages"][s] for s in ("train", "score", "evaluate"))
+
+
+def test_quick_mode_drops_detectors_marked_not_quick(tmp_path):
+    path = _protocol(tmp_path)
+    cfg, specs = plan(path, tmp_path / "data", tmp_path / "runs", quick=True)
+    assert {s.detector for s in specs} == {"PCA"} and len(specs) == 1
+
+
+def test_views_restrict_classes(tmp_path):
+    path = _protocol(tmp_path, views=[{"label": "class 0 vs 1 only", "normal_classes": [0], "anomaly_classes": [1]}])
+    md = run_bench([path], tmp_path / "data", tmp_path / "docs", tmp_path / "runs", quick=True, jobs=1, only=None).read_text()
+    assert "### View: class 0 vs 1 only" in md
+    doc = json.loads((tmp_path / "docs" / "bench" / "toy.json").read_text())
+    assert doc["rows"][0]["peak_rss_mb"] > 100  # the detector's own process (torch and MONAI alone take more)
+    scores = pd.read_csv(tmp_path / "runs" / "toy" / "pca" / "seed0" / "scores.csv")
+    assert set(scores["split"]) == {"val", "test"}  # score.splits: train samples were not scored
