@@ -180,7 +180,7 @@ def test_unreadable_and_truncated_pictures(tmp_path):
 def _images_cfg(tmp_path, images: dict, cube: int = 8, **ingest_extra):
     return validate({"ingest": {"format": "images", "input": str(tmp_path / "img"), "images": images, **ingest_extra},
                      "extract": {"cube_size": cube, "normalise": "minmax"}, "train": {"patch_size": min(cube, 8)},
-                     "model": {"name": "pca2d"}}, base_dir=tmp_path)
+                     "model": {"name": "pca2d"}, "evaluate": {"score": "pca_recon"}}, base_dir=tmp_path)
 
 
 def test_bad_inputs_are_per_file_errors_and_the_rest_go_on(tmp_path):
