@@ -185,7 +185,7 @@ class ScoreConfig:
 class EvaluateConfig:
     """Metrics and overlays on the test split."""
 
-    score: str = "elbo"  # primary score column (higher = more anomalous)
+    score: str = "elbo"  # primary score column (higher = more anomalous); unset: the model's first score
     split: str = "test"
     bootstrap: int = 1000
     ci: float = 0.95
@@ -342,6 +342,11 @@ def validate(raw: dict, base_dir: Path, source: Path | None = None) -> Config:
     cfg = _build(Config, rest, "", base_dir, errors, skip={"model", "source"})
     cfg.source = source
     cfg.model = _build_model(model_raw, base_dir, errors)
+    evaluate_raw = raw.get("evaluate")
+    if cfg.model is not None and not (isinstance(evaluate_raw, dict) and "score" in evaluate_raw):
+        from models.registry import MODELS
+
+        cfg.evaluate.score = (MODELS[cfg.model.name].score_names or (cfg.evaluate.score,))[0]  # unset: the model's first (primary) score
     if not errors:
         errors.extend(_cross_checks(cfg))
     if errors:

