@@ -78,6 +78,11 @@ class Detector(nn.Module):
         """Closed-form fit on all centre patches at once (only for ``sgd = False`` models)."""
         raise NotImplementedError
 
+    def fit_after_training(self, train_x: torch.Tensor) -> dict[str, float]:
+        """Fit post-hoc statistics on the normal training centre patches with the selected weights
+        (e.g. the density of the VAE's codes); called once by the train stage. Returns summary terms."""
+        return {}
+
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adam(self.parameters(), lr=lr)]
 

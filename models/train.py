@@ -131,9 +131,25 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
     _write_curves(out_dir, history)
     if not ckpt_path.exists():
         raise StageError(f"train: no usable checkpoint ({stop_reason})")
+    post = _fit_after_training(model, ckpt_path, train_x, tc.patch_size, device)
     state_path.unlink(missing_ok=True)
     return {"best_epoch": best_epoch, "best_val_loss": best, "epochs_run": epoch + 1, "stop_reason": stop_reason,
-            "train_seconds": time.perf_counter() - t0, "diverged": stop_reason.startswith("non-finite")}
+            "train_seconds": time.perf_counter() - t0, "diverged": stop_reason.startswith("non-finite"), **post}
+
+
+def _fit_after_training(model: Detector, ckpt_path: Path, train_x: np.ndarray, patch: int, device: torch.device) -> dict:
+    """Reload the selected checkpoint, let the model fit its post-hoc statistics on the training
+    centre patches (:meth:`Detector.fit_after_training`) and save the checkpoint again."""
+    from models.checkpoint import load_checkpoint
+    from models.score import centre_patch
+
+    best, payload = load_checkpoint(ckpt_path, device)
+    terms = best.fit_after_training(torch.from_numpy(np.ascontiguousarray(centre_patch(train_x, patch))).to(device))
+    if terms:
+        extra = {k: v for k, v in payload.items() if k not in ("model_name", "params", "in_channels", "patch_size", "normalisation", "state_dict")}
+        save_checkpoint(ckpt_path, best, payload["normalisation"], extra | {"post_fit": terms})
+    model.load_state_dict(best.state_dict())
+    return terms
 
 
 def _write_curves(out_dir: Path, history: list[dict], plot: bool = True) -> None:

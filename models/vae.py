@@ -9,7 +9,8 @@ are real bounds on log p(x) and can be compared:
 
 Scores (higher = more anomalous), with K samples z_k ~ q(z|x):
 ``recon`` = mean_k −log p(x|z_k); ``kl`` = KL(q‖p) (analytic); ``elbo`` = recon + kl (= −ELBO);
-``iwae`` = −log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x).
+``iwae`` = −log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x); ``latent`` = −log p_GMM(μ(x)), the density
+of the code under a Gaussian mixture fitted to the training codes (:mod:`models.latent_density`).
 
 MONAI pitfall: in eval mode ``VarAutoEncoder.forward`` uses z = μ + σ (MONAI #8413); we call
 ``encode_forward``/``decode_forward`` and sample ourselves. The encoder runs once per sample
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from monai.networks.nets import VarAutoEncoder
 
 from models import nets
+from models.latent_density import LatentGMM
 from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d
 
 LOG_2PI = math.log(2 * math.pi)
@@ -46,11 +48,14 @@ class VAEParams:
     sigma: float = 0.7071067811865476  # Gaussian decoder σ (seeds: 1/√2)
     beta: float = 1.0  # KL weight in the training loss (seed 004: 0.01); scores always use β = 1
     decode_chunk: int = 256  # decoder batch size when scoring K×B samples
+    latent_gmm: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # GMM sizes tried (by BIC on training codes) for the ``latent`` score; [] = off
 
     def check(self, cfg) -> list[str]:
         errs = nets.check_params(self, cfg)
         if self.sigma <= 0:
             errs.append("model.sigma: must be > 0")
+        if any(k < 1 for k in self.latent_gmm):
+            errs.append("model.latent_gmm: component counts must be ≥ 1")
         return errs
 
 
@@ -103,7 +108,7 @@ class VAE(Detector):
     """VAE on MONAI's VarAutoEncoder"""
 
     Params = VAEParams
-    score_names = ("elbo", "iwae", "recon", "kl")
+    score_names = ("elbo", "iwae", "recon", "kl", "latent")
 
     def __init__(self, params: VAEParams, in_channels: int, patch_size: int) -> None:
         super().__init__(params, in_channels, patch_size)
@@ -118,6 +123,7 @@ class VAE(Detector):
             norm=None if params.norm == "none" else params.norm.upper(),
             use_sigmoid=False,
         )
+        self.latent_density = LatentGMM(params.latent_dim, max(params.latent_gmm, default=1))
 
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder mean in data range (sigmoid of the network output)."""
@@ -150,9 +156,20 @@ class VAE(Detector):
         return rec + self.params.beta * kl
 
     @torch.inference_mode()
+    def fit_after_training(self, train_x):
+        if not self.params.latent_gmm:
+            return {}
+        was = self.training
+        self.eval()
+        codes = torch.cat([self.net.encode_forward(train_x[i : i + 256])[0] for i in range(0, len(train_x), 256)])
+        self.train(was)
+        return self.latent_density.fit(codes.cpu().numpy(), self.params.latent_gmm, seed=0)
+
+    @torch.inference_mode()
     def score(self, x, mc_samples, generator):
         mu, logvar = self.net.encode_forward(x)
         scores = mc_scores(x, mu, logvar, self.nll, mc_samples, generator, self.params.decode_chunk)
+        scores["latent"] = self.latent_density.nll(mu)
         return ScoreOutput.of(scores, x, self.decode_mean(mu))
 
 

@@ -83,11 +83,9 @@ def variant(raw: dict, det: BenchDetector, bench: BenchConfig, quick: bool, repe
     """Raw config of one run: protocol ← detector overrides ← quick overrides ← repeat ← sweep value."""
     out = {k: copy.deepcopy(v) for k, v in raw.items() if k not in ("bench", "_base_dir")}
     if "model.name" in det.set and det.set["model.name"] != out.get("model", {}).get("name"):
-        from models.registry import MODELS
-
         out["model"] = {}  # another model: the protocol's model parameters belong to its own model
-        if det.set["model.name"] in MODELS and "evaluate.score" not in det.set:  # its primary score: the model's first
-            set_dotted(out, ["evaluate", "score"], MODELS[det.set["model.name"]].score_names[0])
+        if "evaluate.score" not in det.set:  # and the protocol's primary score to it: unset → the model's first score
+            out.get("evaluate", {}).pop("score", None)
     layers = [det.set] + ([bench.quick] if quick else [])
     for layer in layers:
         for key, value in layer.items():

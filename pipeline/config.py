@@ -342,11 +342,10 @@ def validate(raw: dict, base_dir: Path, source: Path | None = None) -> Config:
     cfg = _build(Config, rest, "", base_dir, errors, skip={"model", "source"})
     cfg.source = source
     cfg.model = _build_model(model_raw, base_dir, errors)
-    evaluate_raw = raw.get("evaluate")
-    if cfg.model is not None and not (isinstance(evaluate_raw, dict) and "score" in evaluate_raw):
+    if cfg.model is not None and "score" not in (raw.get("evaluate") or {}):
         from models.registry import MODELS
 
-        cfg.evaluate.score = (MODELS[cfg.model.name].score_names or (cfg.evaluate.score,))[0]  # unset: the model's first (primary) score
+        cfg.evaluate.score = MODELS[cfg.model.name].score_names[0]  # unset: the model's own primary score
     if not errors:
         errors.extend(_cross_checks(cfg))
     if errors:
