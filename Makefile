@@ -14,7 +14,8 @@ $(BIN)/pipeline: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test]"
+	# the ray extra lets CI run the Ray engine test (~+100 MB of wheels: ray, pyarrow)
+	$(BIN)/pip install -q -e ".[test,ray]"
 	touch $@
 
 install: $(BIN)/pipeline

@@ -37,7 +37,7 @@ def write_overlay(reference: sitk.Image, volume_zyx: np.ndarray, path: Path) -> 
     """Write ``volume_zyx`` as NIfTI with exactly the geometry of ``reference``."""
     img = sitk.GetImageFromArray(volume_zyx.astype(np.float32))
     img.CopyInformation(reference)
-    io.write_with(path, lambda tmp: sitk.WriteImage(img, str(tmp), useCompression=True))
+    io.write_nifti(path, img)
 
 
 def nodule_mask(shape_zyx: tuple[int, int, int], centres_ijk: np.ndarray, radius_vox: int = 2) -> np.ndarray:

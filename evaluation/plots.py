@@ -77,9 +77,10 @@ def plot_pr(table: pd.DataFrame, score_cols: list[str], metrics: dict, path: Pat
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
     for col in score_cols:
         s = table[col].to_numpy(float)
-        if len(np.unique(y)) < 2:
+        ok = np.isfinite(s)  # e.g. the latent score of a model whose code density was never fitted
+        if len(np.unique(y[ok])) < 2:
             continue
-        prec, rec, _ = precision_recall_curve(y, s)
+        prec, rec, _ = precision_recall_curve(y[ok], s[ok])
         ax.plot(rec, prec, label=f"{col}: AP {metrics.get(col, {}).get('auprc', float('nan')):.3f}")
     ax.axhline(y.mean() if len(y) else 0, color="k", ls=":", lw=0.8)
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.01))

@@ -40,6 +40,7 @@ class LatentGMM(nn.Module):
     def fit(self, codes: np.ndarray, candidates: Sequence[int], seed: int = 0) -> dict[str, float]:
         """Fit on ``codes`` (N, dim); the component count minimises BIC. Returns what was chosen."""
         codes = np.asarray(codes, dtype=np.float64)
+        codes = codes[np.isfinite(codes).all(1)]  # a code with NaN carries no density information
         best, best_bic = None, math.inf
         for k in sorted(set(int(c) for c in candidates if 1 <= c <= min(len(codes), len(self.means)))):
             gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, n_init=1, random_state=seed).fit(codes)

@@ -90,12 +90,39 @@ class Detector(nn.Module):
         """One optimisation step on batch ``x``; returns the loss terms as floats."""
         raise NotImplementedError
 
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scalar training loss of batch ``x`` and its logged terms, for models trained with one
+        optimiser; such a model's ``training_step`` is :func:`sgd_step`, and it can train with DDP."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.loss(x)  # DistributedDataParallel runs forward(), so the loss goes through it
+
+    @classmethod
+    def single_loss(cls) -> bool:
+        """Whether the model trains on one :meth:`loss` with one optimiser (the models DDP supports)."""
+        return cls.loss is not Detector.loss
+
     def validation_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample loss on normal validation data (lower = better), shape (B,)."""
         raise NotImplementedError
 
     def score(self, x: torch.Tensor, mc_samples: int, generator: torch.Generator) -> ScoreOutput:
         raise NotImplementedError
+
+
+def sgd_step(module: nn.Module, x: torch.Tensor, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> dict[str, float]:
+    """One step on ``module(x) → (loss, terms)``: backward, clip the gradient norm, step.
+
+    ``module`` is the detector or its DistributedDataParallel wrapper; with DDP the gradients are
+    averaged over ranks during ``backward``, so clipping sees the global-batch gradient.
+    """
+    loss, terms = module(x)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
+    optimizer.step()
+    return {"loss": loss.item(), **{k: float(v.detach()) for k, v in terms.items()}}
 
 
 def register_2d_3d(base: str):

@@ -77,7 +77,14 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     chosen = splits["split"].isin(cfg.score.splits).to_numpy()
     ids, cubes, splits = ids[chosen], cubes[chosen], splits[chosen]
     patch = payload["patch_size"]
-    scores, residual, recon = score_array(model, centre_patch(cubes, patch), cfg.score.mc_samples, cfg.score.batch_size, cfg.run.seed, device)
+    if cfg.run.engine == "ray":  # Ray Data scoring carries no reconstructions: 2D overlays then show image and residual only
+        from models.ray_scoring import score_with_ray
+
+        scores, residual = score_with_ray(model_path(cfg, run_dir), centre_patch(cubes, patch), cfg.score.mc_samples, cfg.score.batch_size,
+                                          cfg.run.seed, device.type, cfg.run.threads, cfg.run.workers)
+        recon = None
+    else:
+        scores, residual, recon = score_array(model, centre_patch(cubes, patch), cfg.score.mc_samples, cfg.score.batch_size, cfg.run.seed, device)
     samples = load_samples(run_dir).set_index("sample_id").loc[ids]
     table = pd.DataFrame({
         "sample_id": ids,

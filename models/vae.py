@@ -29,7 +29,7 @@ from monai.networks.nets import VarAutoEncoder
 
 from models import nets
 from models.latent_density import LatentGMM
-from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d
+from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d, sgd_step
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -141,15 +141,13 @@ class VAE(Detector):
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         return self.nll(x, z), kl_standard_normal(mu, logvar)
 
+    def loss(self, x):
+        rec, kl = self.loss_terms(x)
+        return (rec + self.params.beta * kl).mean(), {"recon": rec.mean(), "kl": kl.mean()}
+
     def training_step(self, x, optimizers, max_grad_norm):
         (opt,) = optimizers
-        rec, kl = self.loss_terms(x)
-        loss = (rec + self.params.beta * kl).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.parameters(), max_grad_norm)
-        opt.step()
-        return {"loss": loss.item(), "recon": rec.mean().item(), "kl": kl.mean().item()}
+        return sgd_step(self, x, opt, max_grad_norm)
 
     def validation_loss(self, x):
         rec, kl = self.loss_terms(x)

@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--input", type=Path, help="with --model: DICOM folder tree (or npz) to score")
             sp.add_argument("--nodules", type=Path, help="with --model: nodule CSV (patient coordinates, LPS mm)")
             sp.add_argument("--labels", type=Path, help="with --model, for image folders: labels CSV (default: labels.csv inside --input)")
+        if name == "train":
+            sp.add_argument("--ddp", action="store_true", help="data-parallel training (DDP) under torchrun; always retrains (see docs/SCALING.md)")
+            sp.add_argument("--nproc", type=int, help="with --ddp on one machine: processes (default: one per GPU, else 2)")
     return p
 
 
@@ -128,8 +131,14 @@ def _run_dir(cfg, args) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     try:
+        if getattr(args, "ddp", False):
+            from models import distributed
+
+            if not distributed.launched_by_torchrun():
+                return distributed.launch(argv, args.nproc or distributed.default_nproc())
         return _dispatch(args)
     except MedAnomalyError as exc:
         if args.debug:
@@ -196,9 +205,30 @@ def _dispatch(args) -> int:
         names = [args.command]
     check_inputs(path, cfg, names)
     run_dir = _run_dir(cfg, args)
+    if getattr(args, "ddp", False):
+        return _train_ddp(cfg, run_dir)
     print(f"run directory: {run_dir}", file=sys.stderr)
     manifest = run_stages(cfg, run_dir, names, force=args.force, log=lambda m: print(m, file=sys.stderr))
     return _finish(manifest, cfg, run_dir, names)
+
+
+def _train_ddp(cfg, run_dir: Path) -> int:
+    """One rank of ``pipeline train --ddp`` under torchrun: rank 0 records the stage in the manifest,
+    the other ranks run the same training without writing. Always retrains, so every rank agrees."""
+    from models import distributed
+    from models.train import run as train
+    from pipeline.runner import run_stages
+
+    distributed.init(cfg.run.device)
+    try:
+        if not distributed.is_main():
+            train(cfg, run_dir)
+            return 0
+        print(f"run directory: {run_dir} (DDP, {distributed.rank_world()[1]} processes)", file=sys.stderr)
+        manifest = run_stages(cfg, run_dir, ["train"], force=True, log=lambda m: print(m, file=sys.stderr))
+        return _finish(manifest, cfg, run_dir, ["train"])
+    finally:
+        distributed.shutdown()
 
 
 def _finish(manifest, cfg, run_dir: Path, names: list[str]) -> int:

@@ -34,7 +34,8 @@ class RunConfig:
     seed: int = 0  # one seed controls splits, sampling, augmentation and initialisation
     threads: int = 2  # torch intra-op threads
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    workers: int = 1  # processes for per-item stages (ingest, extract)
+    workers: int = 1  # processes for per-item stages (ingest, extract); Ray Data scoring actors with engine: ray
+    engine: Literal["local", "ray"] = "local"  # local: process pool; ray: Ray tasks and Ray Data (pip install medanomaly[ray])
     out: Optional[Path] = None  # run directory; default ./runs/<config name>
 
 
@@ -412,6 +413,15 @@ def _cross_checks(cfg: Config) -> list[str]:
         errs.append(f"score.splits: unknown split(s) {unknown}; choose from train, val, test, buffer, unused")
     if cfg.evaluate.split not in cfg.score.splits:
         errs.append(f"evaluate.split: {cfg.evaluate.split!r} is not scored (add it to score.splits)")
+    if cfg.run.workers < 1:
+        errs.append("run.workers: must be ≥ 1")
+    if cfg.run.engine == "ray":
+        from pipeline.ray_engine import require_ray
+
+        try:
+            require_ray()
+        except ConfigError as exc:
+            errs.append(str(exc))
     return errs
 
 

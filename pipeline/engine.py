@@ -1,6 +1,8 @@
 """Map a function over independent items (series, nodule groups) with per-item error capture.
 
-The default engine runs items in the current process (``workers: 1``) or in a local process pool.
+The default engine (``run.engine: local``) runs items in the current process (``workers: 1``) or
+in a local process pool of ``workers`` processes; ``run.engine: ray`` runs the same functions as
+Ray tasks (:mod:`pipeline.ray_engine`). Items are independent, so results are the same either way.
 An item that raises never stops the others: its exception becomes an ``(item, message)`` error,
 except a full or read-only output file system (:data:`pipeline.io.FATAL_ERRNOS`), which stops the run.
 :class:`~pipeline.errors.ItemError` messages are shown as they are; an unexpected exception is
@@ -31,14 +33,24 @@ def _call(fn: Callable, item: Any) -> tuple[bool, Any]:
         return False, f"unexpected {type(exc).__name__}: {exc}"
 
 
-def map_items(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 1, desc: str = "", key: Callable[[Any], str] = str) -> Iterator[tuple[str, bool, Any]]:
+def map_items(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 1, desc: str = "", key: Callable[[Any], str] = str,
+              engine: str = "local") -> Iterator[tuple[str, bool, Any]]:
     """Yield ``(item key, ok, result-or-message)`` for every item, in input order for workers=1.
 
-    ``fn`` must be a picklable top-level function when ``workers > 1``.
+    ``fn`` must be a picklable top-level function when ``workers > 1`` or ``engine == "ray"``.
+    Memory stays bounded by the workers: each holds one item's data at a time (a series'
+    volume), and only its results come back (table rows; for extract, that series' cubes).
     """
     items = list(items)
     bar = tqdm(total=len(items), desc=desc, unit="item", leave=False, disable=None)
     try:
+        if engine == "ray":
+            from pipeline.ray_engine import map_tasks
+
+            for i, ok, res in map_tasks(_call, fn, items):
+                bar.update()
+                yield key(items[i]), ok, res
+            return
         if workers <= 1 or len(items) <= 1:
             for item in items:
                 ok, res = _call(fn, item)

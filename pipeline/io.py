@@ -121,12 +121,18 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def write_npz(dest: str | Path, **arrays: np.ndarray) -> None:
-    """``np.savez_compressed`` with a fixed member timestamp, so equal arrays give equal bytes."""
+    """Compressed ``.npz`` (read with ``np.load``): zlib level 1 and a fixed member timestamp.
+
+    Level 1 because ``np.savez_compressed``'s level 6 took 26 s for 2,468 CT cubes (104 MB) against
+    6 s at level 1 (105 MB), most of the extract stage; the fixed timestamp makes equal arrays give
+    equal bytes (a resumed run is byte-identical to an uninterrupted one).
+    """
     with atomic_path(dest, suffix=".npz") as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
             for name, arr in arrays.items():
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_EPOCH)
                 info.compress_type = zipfile.ZIP_DEFLATED
+                info._compresslevel = 1
                 with zf.open(info, "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
 
@@ -149,6 +155,44 @@ def write_with(dest: str | Path, writer: Callable[[Path], None]) -> None:
     with atomic_path(dest) as tmp:
         writer(tmp)
         _check_written(tmp, dest)
+
+
+def write_nifti(dest: str | Path, image, level: int = 1) -> None:
+    """Atomically write a SimpleITK image as ``.nii.gz``: SimpleITK writes the NIfTI (so the header
+    and geometry are SimpleITK's), ISA-L's igzip compresses it at ``level`` (0-3).
+
+    SimpleITK's own gzip (zlib) took 1.8 s for a 400×400×331 int16 CT on one core; igzip level 1
+    takes 0.33 s for a 7% larger file (docs/PERFORMANCE.md). ``mtime=0`` and an empty name make the
+    bytes depend on the image only.
+    """
+    import shutil
+
+    import SimpleITK as sitk
+    from isal import igzip
+
+    with atomic_path(dest, suffix=".nii.gz") as tmp:
+        # the uncompressed file goes to the system temp folder: the output disk needs room for the .gz only
+        fd, raw_name = tempfile.mkstemp(suffix=".nii")
+        os.close(fd)
+        raw = Path(raw_name)
+        try:
+            sitk.WriteImage(image, str(raw), useCompression=False)
+            _check_nifti_size(raw, dest)  # SimpleITK returns normally after a short write on a full disk
+            with open(raw, "rb") as src, open(tmp, "wb") as f, igzip.GzipFile(filename="", fileobj=f, mode="wb", compresslevel=level, mtime=0) as gz:
+                shutil.copyfileobj(src, gz, 1 << 22)
+        finally:
+            raw.unlink(missing_ok=True)
+
+
+def _check_nifti_size(raw: Path, dest: Path) -> None:
+    """An uncompressed NIfTI must hold its header's offset plus every voxel."""
+    import nibabel as nib
+
+    hdr = nib.load(str(raw)).header
+    need = int(hdr.get_data_offset()) + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
+    have = raw.stat().st_size
+    if have < need:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write: {have} of {need} bytes)", str(dest))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -133,7 +133,7 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
             continue
         jobs.append(_Job(s["series_uid"], s["patient_id"], volume_path(run_dir, s["series_uid"]), nods, cfg.extract, cfg.run.seed))
     rows, cubes = [], []
-    for item, ok, res in map_items(_extract_series, jobs, cfg.run.workers, desc="extract", key=lambda j: f"series {j.series_uid}"):
+    for item, ok, res in map_items(_extract_series, jobs, cfg.run.workers, engine=cfg.run.engine, desc="extract", key=lambda j: f"series {j.series_uid}"):
         if not ok:
             result.fail(item, res)
             continue

@@ -57,7 +57,7 @@ def _ingest_one(job: _Job) -> dict:
     image = read_volume(info)
     iso = resample_isotropic(image, job.spacing_mm, job.antialias)
     hu = sitk.Cast(sitk.Round(iso), sitk.sitkInt16)  # HU fit int16; halves the file size
-    io.write_with(out, lambda tmp: sitk.WriteImage(hu, str(tmp), useCompression=True))
+    io.write_nifti(out, hu)
     row = {
         "patient_id": info.patient_id,
         "study_uid": info.study_uid,
@@ -109,7 +109,7 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
             continue
         jobs.append(_Job(info, run_dir, cfg.ingest.spacing_mm, cfg.ingest.antialias_on, _series_key(info, cfg.ingest.spacing_mm, cfg.ingest.antialias_on)))
     rows = []
-    for item, ok, res in map_items(_ingest_one, jobs, cfg.run.workers, desc="ingest", key=lambda j: f"series {j.info.series_uid}"):
+    for item, ok, res in map_items(_ingest_one, jobs, cfg.run.workers, engine=cfg.run.engine, desc="ingest", key=lambda j: f"series {j.info.series_uid}"):
         if ok:
             rows.append(res)
             result.ok(item)
