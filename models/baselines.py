@@ -14,7 +14,8 @@ Scores are per sample, higher = more anomalous; with D = C·patch^dims voxels pe
   principal subspace (with ``whiten: true`` each coordinate is divided by its component's standard
   deviation, which makes it Hotelling's T² in the subspace). Residual map: |x − x̂|.
 - ``intensity2d``/``intensity3d``: a scalar statistic s(x) of all voxels (all channels) of the
-  patch: ``mean``, ``std``, ``max`` or ``high_fraction`` (fraction of voxels > ``threshold``).
+  patch: ``mean``, ``std``, ``max``, ``high_fraction`` (fraction of voxels > ``threshold``) or
+  ``complexity`` (the PNG size in bits of the 8-bit patch, :mod:`models.complexity`).
   ``intensity_raw`` = s(x); ``intensity`` = its z-score against the normal training set,
   z = (s(x) − mean_train) / std_train, reported as |z| (``distance: two_sided``), z (``upper``)
   or −z (``lower``). Residual map: |x − mean training patch|.
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA as SkPCA
 
+from models.complexity import png_bits
 from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d
 
 
@@ -162,7 +164,7 @@ class PCADetector(ClosedFormDetector):
 # Intensity statistic
 # --------------------------------------------------------------------------------------------
 
-STATISTICS = ("mean", "std", "max", "high_fraction")
+STATISTICS = ("mean", "std", "max", "high_fraction", "complexity")
 
 
 @dataclass
@@ -170,7 +172,7 @@ class IntensityParams:
     """Intensity-statistic baseline hyper-parameters (config section ``model``)."""
 
     name: str = "intensity3d"
-    statistic: Literal["mean", "std", "max", "high_fraction"] = "mean"
+    statistic: Literal["mean", "std", "max", "high_fraction", "complexity"] = "mean"  # complexity: PNG bits (models/complexity.py)
     threshold: float = 0.5  # high_fraction: voxels above this value (model range; 0.5 ≈ −300 HU in [−1000, 400])
     distance: Literal["two_sided", "upper", "lower"] = "two_sided"  # |z|, z (brighter = anomalous) or −z
     min_std: float = 1e-6  # floor of the training standard deviation (constant training statistic)
@@ -214,6 +216,8 @@ class IntensityDetector(ClosedFormDetector):
             return flat.std(1, correction=0)
         if stat == "max":
             return flat.amax(1)
+        if stat == "complexity":
+            return png_bits(x)
         return (flat > self.params.threshold).to(flat.dtype).mean(1)
 
     def zscore(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,8 @@ are real bounds on log p(x) and can be compared:
 Scores (higher = more anomalous), with K samples z_k ~ q(z|x):
 ``recon`` = mean_k −log p(x|z_k); ``kl`` = KL(q‖p) (analytic); ``elbo`` = recon + kl (= −ELBO);
 ``iwae`` = −log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x); ``latent`` = −log p_GMM(μ(x)), the density
-of the code under a Gaussian mixture fitted to the training codes (:mod:`models.latent_density`).
+of the code under a Gaussian mixture fitted to the training codes (:mod:`models.latent_density`);
+``elbo_ic`` = elbo/ln 2 − L(x), the ELBO in bits minus the input's PNG length (:mod:`models.complexity`).
 
 MONAI pitfall: in eval mode ``VarAutoEncoder.forward`` uses z = μ + σ (MONAI #8413); we call
 ``encode_forward``/``decode_forward`` and sample ourselves. The encoder runs once per sample
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from monai.networks.nets import VarAutoEncoder
 
 from models import nets
+from models.complexity import png_bits
 from models.latent_density import LatentGMM
 from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d, sgd_step
 
@@ -45,7 +47,8 @@ class VAEParams:
     num_res_units: int = 0
     norm: Literal["instance", "batch", "none"] = "instance"  # instance norm hides each image's overall intensity from the layers after it
     decoder: Literal["gaussian", "bernoulli"] = "gaussian"
-    sigma: float = 0.7071067811865476  # Gaussian decoder σ (seeds: 1/√2)
+    sigma: float = 0.7071067811865476  # Gaussian decoder σ (seeds: 1/√2); with learn_sigma its initial value
+    learn_sigma: bool = False  # σ is a trained parameter (maximum likelihood, "σ-VAE", Rybkin et al. 2021)
     beta: float = 1.0  # KL weight in the training loss (seed 004: 0.01); scores always use β = 1
     decode_chunk: int = 256  # decoder batch size when scoring K×B samples
     latent_gmm: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # GMM sizes tried (by BIC on training codes) for the ``latent`` score; [] = off
@@ -59,11 +62,12 @@ class VAEParams:
         return errs
 
 
-def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, sigma: float) -> torch.Tensor:
-    """−log N(x; mean, σ²I) summed over all but the batch axis (nats)."""
+def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    """−log N(x; mean, σ²I) summed over all but the batch axis (nats); σ a float or a scalar tensor."""
     n = x[0].numel()
     sq = (x - mean).pow(2).flatten(1).sum(1)
-    return sq / (2 * sigma**2) + 0.5 * n * (LOG_2PI + 2 * math.log(sigma))
+    log_sigma = sigma.log() if isinstance(sigma, torch.Tensor) else math.log(sigma)
+    return sq / (2 * sigma**2) + 0.5 * n * (LOG_2PI + 2 * log_sigma)
 
 
 def bernoulli_nll(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -108,7 +112,7 @@ class VAE(Detector):
     """VAE on MONAI's VarAutoEncoder"""
 
     Params = VAEParams
-    score_names = ("elbo", "iwae", "recon", "kl", "latent")
+    score_names = ("elbo", "iwae", "recon", "kl", "latent", "elbo_ic")
 
     def __init__(self, params: VAEParams, in_channels: int, patch_size: int) -> None:
         super().__init__(params, in_channels, patch_size)
@@ -123,6 +127,12 @@ class VAE(Detector):
             norm=None if params.norm == "none" else params.norm.upper(),
             use_sigmoid=False,
         )
+        # log σ of the Gaussian decoder: a parameter when learnt, else a constant buffer
+        log_sigma = torch.tensor(math.log(params.sigma))
+        if params.learn_sigma:
+            self.log_sigma = torch.nn.Parameter(log_sigma)
+        else:
+            self.register_buffer("log_sigma", log_sigma)
         self.latent_density = LatentGMM(params.latent_dim, max(params.latent_gmm, default=1))
 
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
@@ -133,7 +143,7 @@ class VAE(Detector):
         out = self.net.decode_forward(z, use_sigmoid=False)
         if self.params.decoder == "bernoulli":
             return bernoulli_nll(x, out)
-        return gaussian_nll(x, torch.sigmoid(out), self.params.sigma)
+        return gaussian_nll(x, torch.sigmoid(out), self.log_sigma.clamp(min=math.log(1e-3)).exp())
 
     def loss_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Single-sample reconstruction NLL and analytic KL per sample (training objective)."""
@@ -168,6 +178,7 @@ class VAE(Detector):
         mu, logvar = self.net.encode_forward(x)
         scores = mc_scores(x, mu, logvar, self.nll, mc_samples, generator, self.params.decode_chunk)
         scores["latent"] = self.latent_density.nll(mu)
+        scores["elbo_ic"] = scores["elbo"] / math.log(2) - png_bits(x)  # bits; Serrà et al.'s input-complexity correction
         return ScoreOutput.of(scores, x, self.decode_mean(mu))
 
 

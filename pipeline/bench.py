@@ -8,8 +8,9 @@ reported, and the overrides of ``--quick``. Every (detector, sweep value, repeat
 and a killed benchmark resumes: finished runs are skipped by the runner.
 
 Data stages are shared: for each repeat (and sweep value) the ``ingest``/``extract``/``split``
-outputs of the first run are hard-linked into the others together with their manifest records;
-the runner still checks fingerprints and output hashes and redoes a stage whose config differs.
+stages run once into ``_data/``, and their outputs are hard-linked into every detector's run
+together with their manifest records; the runner still checks fingerprints and output hashes and
+redoes a stage whose config differs (a detector that changes the data sections).
 
 Each detector runs in a fresh child process, so its peak resident memory is its own. Results go
 to ``<out>/bench/<protocol>.json`` (one file per protocol, with the command line and git commit),
@@ -102,12 +103,13 @@ def variant(raw: dict, det: BenchDetector, bench: BenchConfig, quick: bool, repe
     return out
 
 
-def plan(path: Path, data_root: Path | None, runs_root: Path, quick: bool, only: list[str] | None = None) -> tuple[Config, list[RunSpec]]:
+def plan(path: Path, data_root: Path | None, runs_root: Path, quick: bool, only: list[str] | None = None, repeats: int | None = None) -> tuple[Config, list[RunSpec]]:
     """Every run of a protocol, each config validated up front (a typo fails before hours of training)."""
     raw, cfg = load_protocol(path, data_root, quick)
     bench = cfg.bench
     base_dir = Path(raw["_base_dir"])
     n_rep = bench.quick_repeats if quick else bench.repeats
+    n_rep = min(n_rep, repeats) if repeats else n_rep
     sweeps: list[float | None] = list(bench.sweep_values) if bench.sweep_key else [None]
     dets = [d for d in bench.detectors if (d.quick or not quick) and (not only or d.label in only)]
     specs = []
@@ -121,8 +123,9 @@ def plan(path: Path, data_root: Path | None, runs_root: Path, quick: bool, only:
                     validate(copy.deepcopy(r), base_dir=base_dir, source=path)
                 except ConfigError as exc:
                     raise ConfigError(f"{path}: detector {det.label!r}: {exc}") from None
-                sub = proto_dir / slug(det.label) / (f"{bench.sweep_key.split('.')[-1]}_{sweep:g}" if sweep is not None else "") / f"{bench.repeat[:-1]}{rep}"
-                data_dir = data_dir or sub
+                tail = Path(f"{bench.sweep_key.split('.')[-1]}_{sweep:g}" if sweep is not None else "") / f"{bench.repeat[:-1]}{rep}"
+                sub = proto_dir / slug(det.label) / tail
+                data_dir = data_dir or proto_dir / "_data" / tail
                 specs.append(RunSpec(det.label, sweep, rep, r, base_dir, path, sub, data_dir))
     return cfg, specs
 
@@ -145,6 +148,20 @@ def share_data_stages(spec: RunSpec) -> None:
                 os.link(spec.data_dir / rel, target)
         dst.stages[stage] = copy.deepcopy(rec)
     dst.save()
+
+
+def prepare_data(specs: list[RunSpec]) -> None:
+    """Run the data stages once per (sweep value, repeat) into its ``_data`` folder, with the first
+    detector's config (the stages' fingerprints cover only the data sections, so they are shared)."""
+    from pipeline.runner import run_stages
+
+    done = set()
+    for spec in specs:
+        if spec.data_dir in done:
+            continue
+        done.add(spec.data_dir)
+        cfg = validate(copy.deepcopy(spec.raw), base_dir=spec.base_dir, source=spec.source)
+        run_stages(cfg, spec.data_dir, list(DATA_STAGES), log=lambda m: None)
 
 
 def _run_detector(specs: list[RunSpec], threads: int | None) -> dict:
@@ -170,32 +187,27 @@ def _run_detector(specs: list[RunSpec], threads: int | None) -> dict:
     return {"records": records, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def run_protocol(path: Path, data_root: Path | None, runs_root: Path, quick: bool, jobs: int = 1, only: list[str] | None = None) -> dict:
+def run_protocol(path: Path, data_root: Path | None, runs_root: Path, quick: bool, jobs: int = 1, only: list[str] | None = None, repeats: int | None = None) -> dict:
     """Run (or resume) every run of one protocol; returns the protocol's result document.
 
     ``jobs``: detectors run at once, each in a fresh process (1 thread each when > 1); 0 runs
     everything in this process (tests), so the peak memory column is this process's.
     """
-    cfg, specs = plan(path, data_root, runs_root, quick, only)
+    cfg, specs = plan(path, data_root, runs_root, quick, only, repeats)
     bench = cfg.bench
     t0 = time.perf_counter()
     by_det: dict[str, list[RunSpec]] = {}
     for s in specs:
         by_det.setdefault(s.detector, []).append(s)
     print(f"[bench] {bench.protocol}: {len(specs)} run(s), {len(by_det)} detector(s){' (quick)' if quick else ''}", file=sys.stderr, flush=True)
-    # the first detector of each repeat writes the shared data stages, so it runs first
-    first, rest = list(by_det)[:1], list(by_det)[1:]
-    results: dict[str, dict] = {}
+    prepare_data(specs)
     if jobs == 0:  # in this process (tests): no per-detector memory figure
         results = {d: _run_detector(by_det[d], None) for d in by_det}
         return summarise(cfg, path, specs, results, quick, jobs, time.perf_counter() - t0)
     threads = 1 if jobs > 1 else None
-    ctx = get_context("spawn")
-    for group in (first, rest):
-        with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(group) or 1)), mp_context=ctx) as pool:
-            futures = {d: pool.submit(_run_detector, by_det[d], threads) for d in group}
-            for d, fut in futures.items():
-                results[d] = fut.result()
+    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(by_det))), mp_context=get_context("spawn")) as pool:
+        futures = {d: pool.submit(_run_detector, by_det[d], threads) for d in by_det}
+        results = {d: fut.result() for d, fut in futures.items()}
     return summarise(cfg, path, specs, results, quick, jobs, time.perf_counter() - t0)
 
 
@@ -440,12 +452,12 @@ def write_markdown(out: Path, title_note: str = "") -> Path:
     return path
 
 
-def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root: Path, quick: bool, jobs: int, only: list[str] | None) -> Path:
+def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root: Path, quick: bool, jobs: int, only: list[str] | None, repeats: int | None = None) -> Path:
     """``pipeline bench``: every protocol in turn; each protocol's result is saved as soon as it finishes."""
     (out / "bench").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for path in configs:
-        doc = run_protocol(path, data_root, runs_root, quick, jobs, only)
+        doc = run_protocol(path, data_root, runs_root, quick, jobs, only, repeats)
         io.write_json(out / "bench" / f"{doc['slug']}.json", doc)
         plot_protocol(doc, out / "bench")
         md = write_markdown(out)

@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--runs", type=Path, help="run directories (default: runs/bench, or runs/bench_quick/runs with --quick)")
     sp.add_argument("--jobs", type=int, default=1, help="detectors trained at the same time (each with one thread); times are then per-job")
     sp.add_argument("--only", action="append", metavar="LABEL", help="only the detector(s) with this label (repeatable)")
+    sp.add_argument("--repeats", type=int, help="run only the first N seeds/folds (exploration; the tables say how many ran)")
     sp.add_argument("--debug", action="store_true")
     sp = sub.add_parser("compare", help="one table and overlaid ROC curves across finished runs")
     sp.add_argument("runs", nargs="+", type=Path, help="run directories")
@@ -167,7 +168,7 @@ def _dispatch(args) -> int:
         root = Path(__file__).resolve().parent.parent
         out = (args.out or (Path("runs/bench_quick") if args.quick else root / "docs")).resolve()
         runs = (args.runs or (out / "runs" if args.quick else Path("runs/bench"))).resolve()
-        md = run_bench(args.configs, args.data_root.resolve() if args.data_root else None, out, runs, args.quick, args.jobs, args.only)
+        md = run_bench(args.configs, args.data_root.resolve() if args.data_root else None, out, runs, args.quick, args.jobs, args.only, args.repeats)
         print(f"wrote {md}")
         return 0
     if args.command == "compare":

@@ -60,3 +60,17 @@ def test_vae_latent_score_after_fit_and_through_state_dict():
     clone = VAE2D(params, 1, 16).eval()
     clone.load_state_dict(model.state_dict())
     torch.testing.assert_close(clone.score(x, 4, torch.Generator().manual_seed(0)).scores["latent"], out["latent"])
+
+
+def test_png_bits_orders_by_complexity_and_handles_2d_3d_rgb():
+    from models.complexity import png_bits
+
+    flat = torch.full((1, 1, 28, 28), 0.5)
+    noise = rand_input(1, 1, 28, 28, seed=5)
+    bits = png_bits(torch.cat([flat, noise]))
+    assert bits[0] < 8 * 200 and bits[1] > 8 * 28 * 28 * 0.8  # a constant image is tiny; uniform noise barely compresses
+    assert png_bits(rand_input(2, 3, 16, 16)).shape == (2,) and png_bits(rand_input(2, 1, 8, 8, 8)).shape == (2,)
+    x = rand_input(3, 1, 16, 16, seed=6)
+    model = VAE2D(VAEParams(name="vae2d", latent_dim=4, channels=[4, 8], strides=[2, 2]), 1, 16).eval()
+    sc = model.score(x, 3, torch.Generator().manual_seed(0)).scores
+    torch.testing.assert_close(sc["elbo_ic"], sc["elbo"] / math.log(2) - png_bits(x))
