@@ -73,7 +73,7 @@ def bench_one(name: str, overrides: dict, args) -> dict:
         times = []
         for _ in range(max(1, args.repeat)):
             t0 = time.perf_counter()
-            scores, residual = score_array(model, x, args.mc_samples, args.batch_size, args.seed, device)
+            scores, residual, _ = score_array(model, x, args.mc_samples, args.batch_size, args.seed, device)
             times.append(time.perf_counter() - t0)
         dt = min(times)  # best of --repeat: the least disturbed run on a shared machine
         if residual.shape != x.shape or any(len(v) != args.n for v in scores.values()):

@@ -4,11 +4,14 @@ Metrics are computed on the configured split (``test`` by default) for every sco
 ``evaluate.score`` names the primary one. Overlays: for each CT series,
 ``overlays/<series>_residual.nii.gz`` (|x − reconstruction| of each scored cube's centre patch,
 in normalised intensity units) and ``overlays/<series>_score.nii.gz`` (the primary score painted
-over each cube's extent), both on the grid of ``volumes/<series>.nii.gz``.
+over each cube's extent), both on the grid of ``volumes/<series>.nii.gz``. For 2D inputs (arrays,
+image files): ``overlays/top<rank>_<sample>.png`` and ``overlays/normal<rank>_<sample>.png``, the
+image, its reconstruction and the residual heatmap side by side.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +19,19 @@ import SimpleITK as sitk
 
 from evaluation.metrics import DEFINITIONS, detection_metrics, patient_level_auroc, per_class_auroc
 from evaluation.overlays import nodule_mask, paint, write_overlay
-from evaluation.plots import plot_density, plot_gallery, plot_pr, plot_roc, plot_roc_band
+from evaluation.plots import plot_density, plot_gallery, plot_overlay_2d, plot_pr, plot_roc, plot_roc_band
 from evaluation.report import write_report
+from models.checkpoint import read_normalisation
 from models.score import RESIDUALS_NPZ, centre_patch, load_scores, model_path
 from pipeline import io
 from pipeline.config import Config
 from pipeline.errors import StageError
 from pipeline.results import StageResult
 from preprocessing.extract import load_cubes, load_samples
+from preprocessing.intensity import denormalise
 from preprocessing.ingest import volume_path
 
-META_COLS = {"sample_id", "patient_id", "series_uid", "kind", "label", "split", "p_value", "flagged"}
+META_COLS = {"sample_id", "patient_id", "series_uid", "kind", "label", "class", "split", "p_value", "flagged"}
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:
@@ -71,7 +76,10 @@ def write_figures_and_report(cfg: Config, run_dir: Path, table, test, score_cols
     plot_roc_band(test, ec.score, per_score, run_dir / "roc_band.png", min(ec.bootstrap, 500) or 100, cfg.run.seed)
     plot_pr(test, [ec.score] + [c for c in score_cols if c != ec.score], per_score, run_dir / "pr.png")
     outputs = [run_dir / n for n in ("roc.png", "score_density.png", "roc_band.png", "pr.png")]
-    outputs += write_galleries(cfg, run_dir, test, ec.score)
+    patches = ScoredPatches(cfg, run_dir)
+    outputs += write_galleries(cfg, run_dir, test, ec.score, patches)
+    if ec.overlays and patches.cubes.ndim == 4 and ec.overlay_top_n > 0:  # 2D inputs: PNG overlays
+        outputs += write_png_overlays(cfg, run_dir, test, ec.score, patches)
     curves = (model_path(cfg, run_dir).parent / "curves.png")
     figures = [(run_dir / "roc.png", "ROC curves, all scores"), (run_dir / "roc_band.png", "ROC of the primary score with its 95% bootstrap band"),
                (run_dir / "pr.png", "precision-recall"), (run_dir / "score_density.png", "score densities by class"), (curves, "training curves"),
@@ -80,24 +88,70 @@ def write_figures_and_report(cfg: Config, run_dir: Path, table, test, score_cols
     return outputs
 
 
-def write_galleries(cfg: Config, run_dir: Path, test, score_col: str, n: int = 6) -> list[Path]:
+class ScoredPatches:
+    """The normalised centre patches that were scored, with their residual maps and (2D) reconstructions, by sample ID."""
+
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        with np.load(run_dir / RESIDUALS_NPZ) as z:
+            self.residual, ids = z["residual"], z["sample_id"]
+            self.reconstruction = z["reconstruction"] if "reconstruction" in z.files else None
+        self.row = {s: i for i, s in enumerate(ids)}
+        self.norm = read_normalisation(model_path(cfg, run_dir))
+        cube_ids, self.cubes = load_cubes(run_dir, self.norm)
+        self.cube_row = {s: i for i, s in enumerate(cube_ids)}
+        self.patch = self.residual.shape[-1]
+
+    def image(self, sample_id: str) -> np.ndarray:
+        return centre_patch(self.cubes[[self.cube_row[sample_id]]], self.patch)[0]
+
+    def residual_of(self, sample_id: str) -> np.ndarray:
+        return self.residual[self.row[sample_id]].astype(np.float32)
+
+    def reconstruction_of(self, sample_id: str) -> np.ndarray | None:
+        return None if self.reconstruction is None else self.reconstruction[self.row[sample_id]].astype(np.float32)
+
+
+def write_galleries(cfg: Config, run_dir: Path, test, score_col: str, patches: ScoredPatches, n: int = 6) -> list[Path]:
     """Mid-slices (three planes for 3D) of the centre patch and its residual for the n most and least anomalous test cases."""
-    with np.load(run_dir / RESIDUALS_NPZ) as z:
-        residual, ids = z["residual"], z["sample_id"]
-    row_of = {s: i for i, s in enumerate(ids)}
-    cube_ids, cubes = load_cubes(run_dir, cfg.extract.hu_window, cfg.extract.normalise)
-    cube_row = {s: i for i, s in enumerate(cube_ids)}
-    patch = residual.shape[-1]
     written = []
     ordered = test.sort_values(score_col, ascending=False)
     for name, part in (("most", ordered.head(n)), ("least", ordered.tail(n).iloc[::-1])):
-        imgs = [centre_patch(cubes[[cube_row[s]]], patch)[0] for s in part["sample_id"]]
-        res = [residual[row_of[s]].astype(np.float32) for s in part["sample_id"]]
+        imgs = [patches.image(s) for s in part["sample_id"]]
+        res = [patches.residual_of(s) for s in part["sample_id"]]
         titles = [f"{'anomaly' if l else 'normal'}\n{score_col}={v:.4g}" for l, v in zip(part["label"], part[score_col])]
         path = run_dir / f"gallery_{name}_anomalous.png"
         plot_gallery(imgs, res, titles, path, f"{name} anomalous {cfg.evaluate.split} cases ({score_col})")
         written.append(path)
     return written
+
+
+def write_png_overlays(cfg: Config, run_dir: Path, test, score_col: str, patches: ScoredPatches) -> list[Path]:
+    """2D inputs: ``overlays/<rank>_<sample>.png`` (image | reconstruction | residual heatmap) for the
+    ``overlay_top_n`` most anomalous test cases and as many normal test cases drawn at random.
+    Image and reconstruction are shown in stored units (z-scores undone, so RGB keeps its colours);
+    the residual is in model units, as in ``residuals.npz``."""
+    n = cfg.evaluate.overlay_top_n
+    top = test.sort_values(score_col, ascending=False).head(n)
+    normals = test[test["label"] == 0]
+    normals = normals.sample(min(n, len(normals)), random_state=cfg.run.seed).sort_values(score_col, ascending=False)
+    written = []
+    for tag, part in (("top", top), ("normal", normals)):
+        for rank, row in enumerate(part.to_dict("records"), 1):
+            sid = str(row["sample_id"])
+            cls = f", class {row['class']}" if "class" in row else ""
+            title = f"{sid}: {'anomaly' if row['label'] else 'normal'}{cls}, {score_col} = {row[score_col]:.4g}"
+            path = run_dir / "overlays" / f"{tag}{rank:02d}_{safe_name(sid)}.png"
+            recon = patches.reconstruction_of(sid)
+            plot_overlay_2d(denormalise(patches.image(sid), patches.norm), None if recon is None else denormalise(recon, patches.norm),
+                            patches.residual_of(sid), title, path)
+            written.append(path)
+    return written
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a sample ID (IDs of image files may hold path separators)."""
+    text = re.sub(r"\.(png|jpe?g|tiff?|dcm)$", "", text, flags=re.IGNORECASE)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "sample"
 
 
 def class_column(samples, test) -> np.ndarray | None:

@@ -1,4 +1,4 @@
-"""Matplotlib figures: ROC curves and per-class score densities (written atomically as PNG)."""
+"""Matplotlib figures: ROC curves, per-class score densities, galleries and 2D overlays (written atomically as PNG)."""
 
 from __future__ import annotations
 
@@ -107,6 +107,28 @@ def plot_gallery(images: list[np.ndarray], residuals: list[np.ndarray], titles: 
                 ax.set_title(("residual " if is_res else "") + (("axial", "coronal", "sagittal")[c % 3] if dims == 3 else ("image" if not is_res else "")), fontsize=7)
         axes[r][0].set_ylabel(title, fontsize=6)
     fig.suptitle(heading, fontsize=9)
+    _save(fig, path)
+
+
+def plot_overlay_2d(image: np.ndarray, reconstruction: np.ndarray | None, residual: np.ndarray, title: str, path: Path) -> None:
+    """One 2D case side by side: image | reconstruction | residual heatmap (|x − reconstruction|,
+    channel mean). Arrays are (C, rows, columns) in model range; RGB (C = 3) is shown in colour.
+    Image and reconstruction share one display range (the image's), so they compare directly."""
+    panels = [("image", image)] + ([("reconstruction", reconstruction)] if reconstruction is not None else [])
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(2.6 * (len(panels) + 1) + 0.6, 2.9), squeeze=False)
+    lo, hi = float(np.min(image)), float(np.max(image))
+    scale = (hi - lo) or 1.0
+    for ax, (name, a) in zip(axes[0], panels):
+        a = np.clip((np.asarray(a, float) - lo) / scale, 0, 1)
+        ax.imshow(np.moveaxis(a, 0, -1) if a.shape[0] == 3 else a[0], cmap=None if a.shape[0] == 3 else "gray", vmin=0, vmax=1)
+        ax.set_title(name, fontsize=8)
+    ax = axes[0][-1]
+    heat = ax.imshow(np.asarray(residual, float).mean(0), cmap="magma", vmin=0)
+    ax.set_title("residual |x − recon|", fontsize=8)
+    fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+    for ax in axes[0]:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(title, fontsize=8)
     _save(fig, path)
 
 

@@ -52,6 +52,16 @@ def _metrics_table(per_score: dict, primary: str) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _per_class(metrics: dict) -> str:
+    """Per-class AUROC of the primary score (all normals against one anomalous class), when there are several classes."""
+    per = metrics["primary"].get("per_class")
+    if not per:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{m['n']}</td><td>{m['auroc']:.3f}</td></tr>" for c, m in per.items())
+    allrow = f"<tr class=primary><td>all anomalies</td><td>{metrics['primary'].get('n_anomalous')}</td><td>{metrics['primary']['auroc']:.3f}</td></tr>"
+    return f"<h3>Per-class AUROC ({html.escape(metrics['primary_score'])}): normals against each class</h3><table><tr><th>class</th><th>n</th><th>AUROC</th></tr>{rows}{allrow}</table>"
+
+
 def _split_summary(scores: pd.DataFrame) -> str:
     g = scores.groupby("split").agg(patients=("patient_id", "nunique"), samples=("sample_id", "size"), normal=("label", lambda v: int((v == 0).sum())), anomalous=("label", "sum"))
     return g.reset_index().to_html(index=False, border=0)
@@ -79,7 +89,7 @@ def write_report(run_dir: Path, cfg_dict: dict, metrics: dict, scores: pd.DataFr
 <p class=headline id=headline>{headline}</p>
 <h2>Data</h2>{_split_summary(scores)}
 <h3>Errors from ingest and extract</h3>{_errors(manifest)}
-<h2>Metrics</h2><p>Higher score = more anomalous. CI: {html.escape(prim.get('bootstrap_unit', 'sample'))}-level stratified bootstrap.</p>{_metrics_table(metrics['scores'], primary)}
+<h2>Metrics</h2><p>Higher score = more anomalous. CI: {html.escape(prim.get('bootstrap_unit', 'sample'))}-level stratified bootstrap.</p>{_metrics_table(metrics['scores'], primary)}{_per_class(metrics)}
 <h2>Figures</h2><div class=figs>{''.join(_img(p, alt) for p, alt in figures if 'gallery' not in p.name)}</div>
 <h2>Galleries</h2><div class=figs>{''.join(_img(p, alt) for p, alt in figures if 'gallery' in p.name)}</div>
 <h2>Most anomalous {html.escape(metrics['split'])} samples</h2>{top[top_cols].to_html(index=False, border=0, float_format=lambda v: f'{v:.4g}')}

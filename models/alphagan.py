@@ -178,7 +178,7 @@ class AdversarialAE(Detector):
         enc_fm = (self.E.features(x) - self.E.features(rec)).norm(2, dim=1)
         disc, disc_fm = self.disc_terms(x, z_hat, rec)
         scores = {"l1": diff.abs().mean(1), "l2": diff.pow(2).mean(1), "enc_fm": enc_fm, "disc_fm": disc_fm, "disc": disc}
-        return ScoreOutput(scores=scores, residual=(x - rec).abs())
+        return ScoreOutput.of(scores, x, rec)
 
 
 @register_2d_3d("bigan")

@@ -157,8 +157,7 @@ class PCADetector(ClosedFormDetector):
     def score(self, x, mc_samples, generator):
         x = self._check_input(x).to(self.mean.dtype)
         z, recon = self.project(x)
-        residual = (x - recon).abs()
-        return ScoreOutput(scores={"pca_recon": residual.pow(2).flatten(1).mean(1), "pca_latent": z.pow(2).sum(1)}, residual=residual)
+        return ScoreOutput.of({"pca_recon": (x - recon).pow(2).flatten(1).mean(1), "pca_latent": z.pow(2).sum(1)}, x, recon)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +250,7 @@ class IntensityDetector(ClosedFormDetector):
     def score(self, x, mc_samples, generator):
         x = self._check_input(x).to(self.mean_image.dtype)
         dist, raw = self.zscore(x)
-        return ScoreOutput(scores={"intensity": dist, "intensity_raw": raw}, residual=(x - self.mean_image).abs())
+        return ScoreOutput.of({"intensity": dist, "intensity_raw": raw}, x, self.mean_image.expand_as(x))
 
 
 PCA2D, PCA3D = MODELS["pca2d"], MODELS["pca3d"]

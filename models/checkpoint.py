@@ -57,3 +57,10 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[Det
     model = build(name, params, payload["in_channels"], payload["patch_size"])
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), payload
+
+
+def read_normalisation(path: Path) -> dict:
+    """The intensity normalisation a checkpoint was trained with (no model is built)."""
+    if not path.exists():
+        raise StageError(f"{path}: model checkpoint not found (run the train stage first)")
+    return torch.load(path, map_location="cpu", weights_only=False)["normalisation"]

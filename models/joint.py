@@ -205,7 +205,7 @@ class JointEncoderGAN(Detector):
     def score(self, x, mc_samples, generator):
         x = nets.plain(x)
         scores, rec = self.score_terms(x)
-        return ScoreOutput(scores=scores, residual=(x - rec).abs())
+        return ScoreOutput.of(scores, x, rec)
 
 
 JointEncoderGAN2D, JointEncoderGAN3D = MODELS["joint2d"], MODELS["joint3d"]

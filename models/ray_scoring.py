@@ -30,7 +30,7 @@ class ModelActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from models.score import score_array
 
-        scores, residual = score_array(self.model, batch["x"], self.mc_samples, len(batch["x"]), self.seed, self.device)
+        scores, residual, _ = score_array(self.model, batch["x"], self.mc_samples, len(batch["x"]), self.seed, self.device)
         return {"index": batch["index"], "residual": residual, **{f"score:{k}": v for k, v in scores.items()}}
 
 

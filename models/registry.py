@@ -31,10 +31,17 @@ def register(name: str):
 
 @dataclass
 class ScoreOutput:
-    """Per-sample score components (higher = more anomalous) and voxel-wise residual maps."""
+    """Per-sample score components (higher = more anomalous), voxel-wise residual maps and the
+    reconstruction they come from (shown next to the image in 2D overlays)."""
 
     scores: dict[str, torch.Tensor]  # name → (B,)
     residual: torch.Tensor  # (B, C, *spatial), |x − reconstruction|
+    reconstruction: torch.Tensor | None = None  # (B, C, *spatial), in model range
+
+    @classmethod
+    def of(cls, scores: dict[str, torch.Tensor], x: torch.Tensor, reconstruction: torch.Tensor) -> "ScoreOutput":
+        """Scores plus the residual |x − reconstruction| and the reconstruction itself."""
+        return cls(scores=scores, residual=(x - reconstruction).abs(), reconstruction=reconstruction)
 
 
 class Detector(nn.Module):

@@ -3,7 +3,8 @@
 ``scores.csv``: sample_id, patient_id, series_uid, kind, label, split, then one column per score
 component of the model (higher = more anomalous). ``residuals.npz``: ``residual`` (N, C, P, P, P)
 float16 maps |x − reconstruction| of the centre patch, ``sample_id`` and ``offset``, the index of
-the patch's first voxel inside its cube (so the map can be placed back on the CT grid).
+the patch's first voxel inside its cube (so the map can be placed back on the CT grid); for 2D
+inputs also ``reconstruction`` (float16, model range), shown next to the image in PNG overlays.
 
 Scoring runs under ``torch.inference_mode`` in batches; Monte-Carlo noise comes from a generator
 seeded with the run seed, and is shared across a batch, so scores are reproducible and do not
@@ -42,17 +43,21 @@ def centre_patch(x: np.ndarray, patch: int) -> np.ndarray:
     return x[(slice(None), slice(None), *[slice(a, a + patch) for a in o[:dims]])]
 
 
-def score_array(model: Detector, x: np.ndarray, mc_samples: int, batch_size: int, seed: int, device: torch.device) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Score already-normalised patches (N, C, *spatial); returns ``(scores, residual maps)``."""
+def score_array(model: Detector, x: np.ndarray, mc_samples: int, batch_size: int, seed: int, device: torch.device) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
+    """Score already-normalised patches (N, C, *spatial); returns ``(scores, residual maps,
+    reconstructions)`` (maps float16; reconstructions None when the model gives none)."""
     scores: dict[str, list[np.ndarray]] = {}
-    residuals = []
+    residuals, recons = [], []
     for i in tqdm(range(0, len(x), batch_size), desc="score", unit="batch", leave=False, disable=None):
         gen = torch.Generator().manual_seed(seed)
         out = model.score(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(device), mc_samples, gen)
         for k, v in out.scores.items():
             scores.setdefault(k, []).append(v.float().cpu().numpy())
         residuals.append(out.residual.cpu().numpy().astype(np.float16))
-    return {k: np.concatenate(v) for k, v in scores.items()}, np.concatenate(residuals)
+        if out.reconstruction is not None:
+            recons.append(out.reconstruction.detach().float().cpu().numpy().astype(np.float16))
+    recon = np.concatenate(recons) if len(recons) == len(residuals) and recons else None
+    return {k: np.concatenate(v) for k, v in scores.items()}, np.concatenate(residuals), recon
 
 
 def model_path(cfg: Config, run_dir: Path) -> Path:
@@ -67,18 +72,19 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     device = device_for(cfg.run.device)
     model, payload = load_checkpoint(model_path(cfg, run_dir), device)
     norm = payload["normalisation"]
-    ids, cubes = load_cubes(run_dir, tuple(norm["hu_window"]), norm["mode"])
+    ids, cubes = load_cubes(run_dir, norm)
     splits = load_splits(run_dir).set_index("sample_id").loc[ids]
     chosen = splits["split"].isin(cfg.score.splits).to_numpy()
     ids, cubes, splits = ids[chosen], cubes[chosen], splits[chosen]
     patch = payload["patch_size"]
-    if cfg.run.engine == "ray":
+    if cfg.run.engine == "ray":  # Ray Data scoring carries no reconstructions: 2D overlays then show image and residual only
         from models.ray_scoring import score_with_ray
 
         scores, residual = score_with_ray(model_path(cfg, run_dir), centre_patch(cubes, patch), cfg.score.mc_samples, cfg.score.batch_size,
                                           cfg.run.seed, device.type, cfg.run.threads, cfg.run.workers)
+        recon = None
     else:
-        scores, residual = score_array(model, centre_patch(cubes, patch), cfg.score.mc_samples, cfg.score.batch_size, cfg.run.seed, device)
+        scores, residual, recon = score_array(model, centre_patch(cubes, patch), cfg.score.mc_samples, cfg.score.batch_size, cfg.run.seed, device)
     samples = load_samples(run_dir).set_index("sample_id").loc[ids]
     table = pd.DataFrame({
         "sample_id": ids,
@@ -86,6 +92,7 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
         "series_uid": samples["series_uid"].to_numpy(),
         "kind": samples["kind"].to_numpy(),
         "label": samples["label"].to_numpy(),
+        **({"class": samples["class"].to_numpy()} if "class" in samples.columns else {}),  # arrays/images: the original class
         "split": splits["split"].to_numpy(),
         **scores,
     })
@@ -99,7 +106,8 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
             io.write_json(run_dir / CALIBRATION_JSON, calib)
             outputs.append(run_dir / CALIBRATION_JSON)
     io.write_csv(run_dir / SCORES_CSV, table)
-    io.write_npz(run_dir / RESIDUALS_NPZ, residual=residual, sample_id=ids, offset=np.array(centre_offset(cubes.shape[2], patch)))
+    extra = {"reconstruction": recon} if recon is not None and cubes.ndim == 4 else {}  # 2D: shown in the PNG overlays
+    io.write_npz(run_dir / RESIDUALS_NPZ, residual=residual, sample_id=ids, offset=np.array(centre_offset(cubes.shape[2], patch)), **extra)
     counts = {"scored": len(table), "mc_samples": cfg.score.mc_samples}
     if calib is not None:
         counts["flagged"] = int(table["flagged"].sum())

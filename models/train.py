@@ -36,7 +36,8 @@ from pipeline.config import Config
 from pipeline.errors import StageError
 from pipeline.results import StageResult
 from preprocessing.augment import KEY, centre_transforms, train_transforms
-from preprocessing.extract import load_cubes
+from preprocessing.extract import load_raw_cubes
+from preprocessing.intensity import fit_normalisation, normalise
 from preprocessing.splits import load_splits
 
 STATE_FILE = "train_state.pt"
@@ -213,17 +214,20 @@ def _write_curves(out_dir: Path, history: list[dict], plot: bool = True) -> None
 def run(cfg: Config, run_dir: Path) -> StageResult:
     torch.set_num_threads(distributed.threads_per_process(cfg.run.threads))
     splits = load_splits(run_dir)
-    ids, cubes = load_cubes(run_dir, cfg.extract.hu_window, cfg.extract.normalise)
+    ids, raw = load_raw_cubes(run_dir)
     pos = {s: i for i, s in enumerate(ids)}
     train_idx = [pos[s] for s in splits.loc[splits["split"] == "train", "sample_id"]]
     val_idx = [pos[s] for s in splits.loc[(splits["split"] == "val") & (splits["label"] == 0), "sample_id"]]
     if not train_idx:
         raise StageError("train: the training split is empty")
+    normal_idx = [pos[s] for s in splits.loc[(splits["split"] == "train") & (splits["label"] == 0), "sample_id"]]
+    ec = cfg.extract
+    normalisation = fit_normalisation(ec.normalise, ec.hu_window, ec.cube_size, raw[normal_idx] if ec.normalise == "zscore" else None)
+    cubes = normalise(raw, normalisation)
     torch.manual_seed(cfg.run.seed)
     model = build(cfg.model.name, cfg.model, cubes.shape[1], cfg.train.patch_size)
     out_dir = run_dir / MODEL_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    normalisation = {"hu_window": list(cfg.extract.hu_window), "mode": cfg.extract.normalise, "cube_size": cfg.extract.cube_size}
     data_key = io.sha256_json([io.sha256_file(run_dir / "cubes.npz"), train_idx, val_idx])
     summary = fit(model, cubes[train_idx], cubes[val_idx], cfg, out_dir, normalisation, data_key)
     result = StageResult(counts={"train_samples": len(train_idx), "val_samples": len(val_idx), "parameters": sum(p.numel() for p in model.parameters())}, extra=summary)

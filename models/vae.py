@@ -179,8 +179,7 @@ class VAE(Detector):
         scores = mc_scores(x, mu, logvar, self.nll, mc_samples, generator, self.params.decode_chunk)
         scores["latent"] = self.latent_density.nll(mu)
         scores["elbo_ic"] = scores["elbo"] / math.log(2) - png_bits(x)  # bits; Serrà et al.'s input-complexity correction
-        residual = (x - self.decode_mean(mu)).abs()
-        return ScoreOutput(scores=scores, residual=residual)
+        return ScoreOutput.of(scores, x, self.decode_mean(mu))
 
 
 VAE2D, VAE3D = MODELS["vae2d"], MODELS["vae3d"]

@@ -172,8 +172,7 @@ class AnoGAN(WGANGP):
         x = nets.plain(x)
         z, scores = self.search(x, generator)
         with torch.no_grad():
-            residual = (x - self.G(z)).abs()
-        return ScoreOutput(scores=scores, residual=residual)
+            return ScoreOutput.of(scores, x, self.G(z))
 
 
 @register_2d_3d("fanogan")
@@ -232,4 +231,4 @@ class FAnoGAN(WGANGP):
     def score(self, x, mc_samples, generator):
         x = nets.plain(x)
         rec, feat, g = self.izi_f(x)
-        return ScoreOutput(scores={"fanogan": rec + self.params.kappa * feat, "residual": rec, "feature": feat}, residual=(x - g).abs())
+        return ScoreOutput.of({"fanogan": rec + self.params.kappa * feat, "residual": rec, "feature": feat}, x, g)

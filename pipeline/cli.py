@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--model", type=Path, help="batch-score new data with this trained model folder (needs only the folder)")
             sp.add_argument("--input", type=Path, help="with --model: DICOM folder tree (or npz) to score")
             sp.add_argument("--nodules", type=Path, help="with --model: nodule CSV (patient coordinates, LPS mm)")
+            sp.add_argument("--labels", type=Path, help="with --model, for image folders: labels CSV (default: labels.csv inside --input)")
         if name == "train":
             sp.add_argument("--ddp", action="store_true", help="data-parallel training (DDP) under torchrun; always retrains (see docs/SCALING.md)")
             sp.add_argument("--nproc", type=int, help="with --ddp on one machine: processes (default: one per GPU, else 2)")
@@ -83,6 +84,9 @@ def _new_data_config(args):
     raw["ingest"]["input"] = str(args.input.resolve())
     if args.nodules:
         raw["extract"]["nodules"] = str(args.nodules.resolve())
+    if "images" in raw["ingest"]:  # the training run's labels CSV does not describe the new images
+        raw["ingest"]["images"]["labels"] = str(args.labels.resolve()) if args.labels else None
+        raw["ingest"]["images"]["split_column"] = None
     raw["extract"]["background"]["enabled"] = False
     raw["split"]["method"] = "test_only"
     raw["score"]["model"] = str(ckpt.resolve())
@@ -101,6 +105,10 @@ def input_paths(cfg, stages=None) -> list[tuple[str, Path]]:
     paths = [("ingest.input", cfg.ingest.input)] if "ingest" in stages else []
     if cfg.ingest.format == "dicom" and "extract" in stages:
         paths.append(("extract.nodules", cfg.extract.nodules))
+    if cfg.ingest.format == "images" and "ingest" in stages:
+        from preprocessing.labels import labels_path
+
+        paths.append(("ingest.images.labels", labels_path(cfg)))
     if cfg.score.model is not None and "score" in stages:
         paths.append(("score.model", cfg.score.model))
     return paths

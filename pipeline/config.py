@@ -66,16 +66,47 @@ class ArraysConfig:
 
 
 @dataclass
-class IngestConfig:
-    """DICOM CT series → NIfTI volumes on an isotropic grid (LPS geometry kept), or an npz array dataset."""
+class ImagesConfig:
+    """A folder of 2D image files plus a labels CSV (``ingest.format: images``): X-ray, dermatology.
 
-    format: Literal["dicom", "arrays"] = "dicom"
-    input: Path = Path("dicom")  # dicom: folder tree searched recursively; arrays: the .npz file
+    Files: DICOM (CR, DX, secondary capture; compressed transfer syntaxes too), PNG, JPEG, TIFF.
+    Each row of the labels CSV names one image (a path under ``ingest.input``, or an ID completed
+    with ``extensions``) and its class, either in ``label_column`` or as one-hot ``class_columns``.
+    """
+
+    labels: Optional[Path] = None  # labels CSV (relative to the config file, like every path); default: labels.csv inside ingest.input
+    id_column: str = "image"  # image path relative to ingest.input, or an ID (ISIC 2018: 'image')
+    extensions: list[str] = field(default_factory=lambda: [".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff"])  # tried when the ID is not a file
+    patient_column: Optional[str] = None  # patient (or lesion) ID for grouped splits; default: each image is its own patient
+    label_column: Optional[str] = "label"  # one column holding each image's class
+    class_columns: list[str] = field(default_factory=list)  # instead: one-hot columns (ISIC 2018: MEL, NV, BCC, AKIEC, BKL, DF, VASC)
+    normal_classes: list[Union[str, float]] = field(default_factory=lambda: ["0"])  # classes used as normal
+    anomaly_classes: Optional[list[Union[str, float]]] = None  # default: every class that is not normal; others are left out
+    split_column: Optional[str] = None  # column with train/val/test, for split.method: predefined
+    channels: Literal[1, 3] = 1  # 1: greyscale (X-ray); 3: RGB (dermatology); another count is a per-file error
+    pixel_spacing_mm: Optional[float] = None  # pixel size of files that carry none (PNG/JPEG/TIFF); unset: used on their own grid
+    spacing_column: Optional[str] = None  # per-image pixel size (mm) in the labels CSV; overrides pixel_spacing_mm
+    keep: list[str] = field(default_factory=list)  # labels CSV columns copied into samples.csv
+
+
+@dataclass
+class IngestConfig:
+    """DICOM CT series → NIfTI volumes on an isotropic grid (LPS geometry kept), an array dataset, or 2D image files."""
+
+    format: Literal["dicom", "arrays", "images"] = "dicom"
+    input: Path = Path("dicom")  # dicom: folder tree searched recursively; arrays: the .npz file; images: the image folder
     arrays: ArraysConfig = field(default_factory=ArraysConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
     spacing_mm: float = 1.0  # isotropic output spacing
     min_slices: int = 8  # series with fewer slices are rejected
     spacing_tolerance: float = 0.1  # allowed relative deviation of slice gaps from the median
-    antialias: bool = False  # Gaussian pre-filter on axes that are downsampled (CT and 2D images)
+    antialias: Optional[bool] = None  # Gaussian pre-filter on downsampled axes; default: on for images, off for CT and arrays
+
+    @property
+    def antialias_on(self) -> bool:
+        """``antialias`` with its default resolved: on for 2D image files, which are typically
+        downsampled 5-10x (0.1-0.2 mm detector pixels to 1 mm) and alias badly without it."""
+        return self.antialias if self.antialias is not None else self.format == "images"
 
 
 @dataclass
@@ -97,7 +128,7 @@ class ExtractConfig:
     nodules: Path = Path("nodules.csv")
     cube_size: int = 32
     hu_window: tuple[float, float] = (-1000.0, 400.0)  # intensity window (HU for CT; e.g. [0, 255] for 8-bit images)
-    normalise: Literal["window", "none"] = "window"  # window: clip to hu_window, scale to [0,1]
+    normalise: Literal["window", "none", "minmax", "zscore"] = "window"  # window: clip to hu_window, scale to [0,1]; minmax: each sample to [0,1]; zscore: per-channel mean/std of the training normals (stored in the checkpoint)
     nodule_label: Literal["anomaly", "malignancy"] = "malignancy"
     malignancy_column: str = "malignancy_median"
     normal_max_malignancy: float = 3.0  # rating ≤ this → normal (label 0)
@@ -160,6 +191,7 @@ class EvaluateConfig:
     bootstrap: int = 1000
     ci: float = 0.95
     overlays: bool = True
+    overlay_top_n: int = 10  # 2D inputs: PNG overlays of the n most anomalous and n random normal cases
     figures: bool = True  # ROC/PR/density plots, galleries and report.html (benchmarks turn them off: metrics.json only)
 
 
@@ -363,6 +395,19 @@ def _cross_checks(cfg: Config) -> list[str]:
             errs.append(f"train.{name}: must be ≥ 1")
     if cfg.score.mc_samples < 1:
         errs.append("score.mc_samples: must be ≥ 1")
+    ic = cfg.ingest.images
+    if cfg.ingest.format == "images":
+        if bool(ic.label_column) == bool(ic.class_columns):
+            errs.append("ingest.images: set either label_column (one class column) or class_columns (one-hot columns), not both"
+                        if ic.class_columns else "ingest.images.label_column: needed unless class_columns lists one-hot columns")
+        if not ic.normal_classes:
+            errs.append("ingest.images.normal_classes: list at least one normal class")
+        if ic.pixel_spacing_mm is not None and ic.pixel_spacing_mm <= 0:
+            errs.append("ingest.images.pixel_spacing_mm: must be > 0 mm")
+    if cfg.ingest.spacing_mm <= 0:
+        errs.append("ingest.spacing_mm: must be > 0")
+    if cfg.evaluate.overlay_top_n < 0:
+        errs.append("evaluate.overlay_top_n: must be ≥ 0")
     unknown = sorted(set(cfg.score.splits) - {"train", "val", "test", "buffer", "unused"})
     if unknown:
         errs.append(f"score.splits: unknown split(s) {unknown}; choose from train, val, test, buffer, unused")
@@ -424,7 +469,12 @@ def _coerce(value: Any, tp: Any, key: str, base_dir: Path, errors: list[str]) ->
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, base_dir, errors)
+        for member in inner[:-1]:  # the first member that accepts the value; the last one reports errors
+            trial: list[str] = []
+            out = _coerce(value, member, key, base_dir, trial)
+            if not trial:
+                return out
+        return _coerce(value, inner[-1], key, base_dir, errors)
     if origin is Literal:
         if value not in args:
             errors.append(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}{_suggest(str(value), map(str, args))}")

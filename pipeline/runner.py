@@ -41,7 +41,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("ingest", "preprocessing.ingest", ("ingest",), ()),
     Stage("extract", "preprocessing.extract", ("extract", "run.seed"), ("ingest",)),
     Stage("split", "preprocessing.splits", ("split", "run.seed"), ("extract",)),
-    Stage("train", "models.train", ("model", "train", "run.seed", "run.device"), ("extract", "split")),
+    Stage("train", "models.train", ("model", "train", "extract", "run.seed", "run.device"), ("extract", "split")),  # extract: its normalisation is fitted here
     Stage("score", "models.score", ("score", "run.seed", "evaluate.score"), ("train", "extract", "split")),
     Stage("evaluate", "evaluation.evaluate", ("evaluate", "run.seed"), ("score", "extract", "ingest")),
 )
@@ -65,7 +65,13 @@ def tree_digest(root: Path) -> str:
 
 def external_inputs(stage: Stage, cfg: Config) -> dict[str, str]:
     if stage.name == "ingest":
-        return {str(cfg.ingest.input): tree_digest(cfg.ingest.input) if cfg.ingest.input.exists() else "missing"}
+        out = {str(cfg.ingest.input): tree_digest(cfg.ingest.input) if cfg.ingest.input.exists() else "missing"}
+        if cfg.ingest.format == "images":
+            from preprocessing.labels import labels_path
+
+            p = labels_path(cfg)
+            out[str(p)] = io.sha256_file(p) if p.is_file() else "missing"
+        return out
     if stage.name == "extract" and cfg.ingest.format == "dicom":
         p = cfg.extract.nodules
         return {str(p): io.sha256_file(p) if p.exists() else "missing"}

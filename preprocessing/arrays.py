@@ -185,7 +185,7 @@ def _to_grid(image: np.ndarray, spacing: np.ndarray | None, cfg) -> np.ndarray:
     """An image on the ``ingest.spacing_mm`` grid when its spacing is known, else unchanged."""
     if spacing is None:
         return image.astype(np.float32)
-    return resample_to_spacing(image, tuple(float(s) for s in spacing), cfg.ingest.spacing_mm, cfg.ingest.antialias)
+    return resample_to_spacing(image, tuple(float(s) for s in spacing), cfg.ingest.spacing_mm, cfg.ingest.antialias_on)
 
 
 def ingest(cfg: Config, run_dir: Path) -> StageResult:
@@ -212,20 +212,35 @@ def ingest(cfg: Config, run_dir: Path) -> StageResult:
     grids = [_to_grid(images[i], spacing[i], cfg) for i in keep]
     table = table.assign(label=label).iloc[keep].reset_index(drop=True)
     if any(s is not None for s in spacing):
-        table["spacing_mm"] = [" ".join(f"{v:.6g}" for v in spacing[i]) if spacing[i] is not None else "" for i in keep]
-    shapes = np.array([g.shape[1:] for g in grids], dtype=int).reshape(len(grids), ac.spatial_dims)
+        table["spacing_mm"] = [spacing_text(spacing[i]) for i in keep]
+    result.outputs = write_arrays(run_dir, table, grids, ac.spatial_dims)
+    result.counts = {"images": int(len(table)), "normal": int((table.label == 0).sum()), "anomalous": int((table.label == 1).sum()),
+                     "left_out_by_label": int((label < 0).sum()), "non_finite": int((~finite).sum()), "resampled": int(sum(s is not None for s in spacing))}
+    return result
+
+
+def spacing_text(spacing) -> str:
+    """Pixel spacing (mm per axis) as written in ``arrays.csv``; empty when unknown."""
+    return " ".join(f"{v:.6g}" for v in spacing) if spacing is not None else ""
+
+
+def write_arrays(run_dir: Path, table: pd.DataFrame, grids: list[np.ndarray], spatial_dims: int) -> list[Path]:
+    """Write the ``arrays.npz`` / ``arrays.csv`` contract shared by array datasets and image files.
+
+    ``grids``: one channel-first float32 image ``(C, *spatial)`` per table row, already on the mm
+    grid. ``arrays.npz`` holds them padded (top-left aligned) to the largest size with each image's
+    valid ``shape``; ``arrays.csv`` is ``table`` plus the ``row`` of each image. Returns both paths.
+    """
+    shapes = np.array([g.shape[1:] for g in grids], dtype=int).reshape(len(grids), spatial_dims)
     if len({g.shape[0] for g in grids}) > 1:
         raise StageError(f"ingest: images have different channel counts {sorted({g.shape[0] for g in grids})}")
     padded = np.zeros((len(grids), grids[0].shape[0] if grids else 1, *shapes.max(0, initial=1)), np.float32)
     for i, g in enumerate(grids):
         padded[(i, slice(None), *[slice(0, n) for n in g.shape[1:]])] = g
-    table["row"] = np.arange(len(table))
+    table = table.assign(row=np.arange(len(table)))
     io.write_npz(run_dir / ARRAYS_NPZ, images=padded, shape=shapes, sample_id=table["sample_id"].to_numpy(str))
     io.write_csv(run_dir / ARRAYS_CSV, table)
-    result.counts = {"images": int(len(table)), "normal": int((table.label == 0).sum()), "anomalous": int((table.label == 1).sum()),
-                     "left_out_by_label": int((label < 0).sum()), "non_finite": int((~finite).sum()), "resampled": int(sum(s is not None for s in spacing))}
-    result.outputs = [run_dir / ARRAYS_NPZ, run_dir / ARRAYS_CSV]
-    return result
+    return [run_dir / ARRAYS_NPZ, run_dir / ARRAYS_CSV]
 
 
 def extract(cfg: Config, run_dir: Path, cubes_npz: str, samples_csv: str) -> StageResult:

@@ -27,7 +27,7 @@ from pipeline.results import StageResult
 from preprocessing.cubes import background_starts, cube_start, cut_cube
 from preprocessing.geometry import lps_affine, sub_affine, world_to_index
 from preprocessing.ingest import load_series_table, volume_path
-from preprocessing.intensity import normalise_hu
+from preprocessing.intensity import normalise
 from preprocessing.nodules import read_nodules
 from preprocessing.resample import AIR_HU
 
@@ -117,7 +117,7 @@ def _row(job: _Job, sample_id: str, kind: str, nodule_id: str, label: int, ratin
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:
-    if cfg.ingest.format == "arrays":
+    if cfg.ingest.format in ("arrays", "images"):  # both write the arrays.npz contract
         from preprocessing.arrays import extract as extract_arrays
 
         return extract_arrays(cfg, run_dir, CUBES_NPZ, SAMPLES_CSV)
@@ -170,11 +170,16 @@ def load_samples(run_dir: Path) -> pd.DataFrame:
     return table.fillna({c: "" for c in ("series_uid", "nodule_id", "source_split", "source") if c in table.columns})
 
 
-def load_cubes(run_dir: Path, window: tuple[float, float], mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(sample_ids, cubes)`` with cubes normalised to model range, shape (N, C, *spatial)."""
+def load_raw_cubes(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(sample_ids, cubes)`` as stored by extract (HU for CT, source units for arrays/images)."""
     path = run_dir / CUBES_NPZ
     if not path.exists():
         raise StageError(f"{path} not found: run the extract stage first")
     with np.load(path) as z:
-        return z["sample_id"], normalise_hu(z["raw"], window, mode)
+        return z["sample_id"], z["raw"]
 
+
+def load_cubes(run_dir: Path, norm: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``(sample_ids, cubes)`` normalised to model range with ``norm`` (see :mod:`preprocessing.intensity`), shape (N, C, *spatial)."""
+    ids, raw = load_raw_cubes(run_dir)
+    return ids, normalise(raw, norm)

@@ -85,6 +85,10 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
         from preprocessing.arrays import ingest as ingest_arrays
 
         return ingest_arrays(cfg, run_dir)
+    if cfg.ingest.format == "images":
+        from preprocessing.images import ingest as ingest_images
+
+        return ingest_images(cfg, run_dir)
     root = cfg.ingest.input
     if not root.exists():
         raise StageError(f"ingest.input: folder {root} does not exist")
@@ -103,7 +107,7 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
         except Exception as exc:  # InvalidSeriesError, reported per series
             result.fail(f"series {uid}", str(exc))
             continue
-        jobs.append(_Job(info, run_dir, cfg.ingest.spacing_mm, cfg.ingest.antialias, _series_key(info, cfg.ingest.spacing_mm, cfg.ingest.antialias)))
+        jobs.append(_Job(info, run_dir, cfg.ingest.spacing_mm, cfg.ingest.antialias_on, _series_key(info, cfg.ingest.spacing_mm, cfg.ingest.antialias_on)))
     rows = []
     for item, ok, res in map_items(_ingest_one, jobs, cfg.run.workers, engine=cfg.run.engine, desc="ingest", key=lambda j: f"series {j.info.series_uid}"):
         if ok:
