@@ -49,7 +49,10 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
 def tree_digest(root: Path) -> str:
-    """Digest of a folder tree from relative paths, sizes and mtimes (cheap for large archives)."""
+    """Digest of a folder tree (or of one file) from relative paths, sizes and mtimes (cheap for large archives)."""
+    if root.is_file():  # e.g. an .npz array dataset: os.walk would see nothing and miss a changed file
+        st = root.stat()
+        return io.sha256_json([(root.name, st.st_size, st.st_mtime_ns)])
     entries = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()

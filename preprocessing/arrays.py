@@ -215,7 +215,7 @@ def ingest(cfg: Config, run_dir: Path) -> StageResult:
         table["spacing_mm"] = [spacing_text(spacing[i]) for i in keep]
     result.outputs = write_arrays(run_dir, table, grids, ac.spatial_dims)
     result.counts = {"images": int(len(table)), "normal": int((table.label == 0).sum()), "anomalous": int((table.label == 1).sum()),
-                     "left_out_by_label": int((label < 0).sum()), "non_finite": int((~finite).sum()), "resampled": int(sum(s is not None for s in spacing))}
+                     "left_out_by_label": int((label < 0).sum()), "non_finite": int((~finite).sum()), "resampled": int(sum(spacing[i] is not None for i in keep))}
     return result
 
 

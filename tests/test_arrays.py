@@ -142,3 +142,13 @@ def test_real_mnist_sources_and_protocol_split(tmp_path):
     out = make_splits(samples, cfg.split, seed=0)
     assert out.groupby(["split", "label"]).size().to_dict() == {("test", 0): 450, ("test", 1): 450, ("train", 0): 9216, ("unused", 0): 13491 - 450 - 9216 - 1000,
                                                                  ("unused", 1): 1059, ("val", 0): 1000}
+
+
+def test_a_changed_npz_input_reruns_ingest(tmp_path):
+    from pipeline.runner import STAGES, tree_digest
+
+    f = tmp_path / "d.npz"
+    np.savez(f, images=np.zeros((2, 4, 4)), labels=np.array([0, 1]))
+    before = tree_digest(f)
+    np.savez(f, images=np.ones((3, 4, 4)), labels=np.array([0, 1, 0]))
+    assert tree_digest(f) != before and STAGES[0].name == "ingest"
