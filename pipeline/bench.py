@@ -177,7 +177,13 @@ def _run_detector(specs: list[RunSpec], threads: int | None) -> dict:
         cfg = validate(raw, base_dir=spec.base_dir, source=spec.source)
         share_data_stages(spec)
         t0 = time.perf_counter()
-        manifest = run_stages(cfg, spec.run_dir, list(STAGE_NAMES), log=lambda m: None)
+        try:
+            manifest = run_stages(cfg, spec.run_dir, list(STAGE_NAMES), log=lambda m: None)
+        except Exception as exc:  # noqa: BLE001 - one failing run must not lose the protocol's other runs
+            msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            print(f"  {spec.detector} | repeat {spec.repeat}: FAILED: {msg}", file=sys.stderr, flush=True)
+            records.append({"detector": spec.detector, "sweep": spec.sweep, "repeat": spec.repeat, "run_dir": str(spec.run_dir), "error": msg})
+            continue
         st = manifest.stages
         print(f"  {spec.detector} | {('sweep ' + format(spec.sweep, 'g') + ' | ') if spec.sweep is not None else ''}repeat {spec.repeat}: "
               f"{time.perf_counter() - t0:.0f} s, AUROC {st['evaluate'].get('details', {}).get('auroc', float('nan')):.3f}", file=sys.stderr, flush=True)
@@ -237,7 +243,7 @@ def _metrics(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n_boot:
 def summarise(cfg: Config, path: Path, specs: list[RunSpec], results: dict[str, dict], quick: bool, jobs: int, wall_s: float) -> dict:
     """Rows of the protocol table: one per (detector, score[, sweep value][, view])."""
     bench = cfg.bench
-    rows, curves = [], []
+    rows, curves, failures = [], [], []
     records = {(r["detector"], r["sweep"], r["repeat"]): r for res in results.values() for r in res["records"]}
     dets = {d.label: d for d in bench.detectors}
     refs = {(r.detector, r.score): r for r in bench.references}
@@ -245,6 +251,10 @@ def summarise(cfg: Config, path: Path, specs: list[RunSpec], results: dict[str, 
     for (label, sweep), group in pd.DataFrame([{"d": s.detector, "s": s.sweep, "spec": s} for s in specs]).groupby(["d", "s"], dropna=False, sort=False):
         sweep = None if pd.isna(sweep) else float(sweep)
         reps = [records[(label, sweep, s.repeat)] for s in group["spec"]]
+        failures += [{"detector": label, "sweep": sweep, "repeat": r["repeat"], "error": r["error"], "run_dir": r["run_dir"]} for r in reps if "error" in r]
+        reps = [r for r in reps if "error" not in r]
+        if not reps:
+            continue
         tables = [_test_table(Path(r["run_dir"]), "test").assign(repeat=r["repeat"]) for r in reps]
         metrics_files = [json.loads((Path(r["run_dir"]) / "metrics.json").read_text()) for r in reps]
         primary = metrics_files[0]["primary_score"]
@@ -290,7 +300,7 @@ def summarise(cfg: Config, path: Path, specs: list[RunSpec], results: dict[str, 
     return {"protocol": bench.protocol, "order": bench.order, "slug": slug(bench.protocol or path.stem), "config": str(path), "description": bench.description,
             "selection": bench.selection, "repeat": bench.repeat, "sweep_key": bench.sweep_key, "quick": quick, "jobs": jobs,
             "wall_s": wall_s, "finished": now(), "command": _command(), "commit": _commit(), "machine": _machine(),
-            "rows": rows, "curves": curves}
+            "rows": rows, "curves": curves, "failures": failures}
 
 
 def _view(t: pd.DataFrame, view) -> pd.DataFrame:
@@ -382,6 +392,8 @@ def _fmt(v, nd: int = 3) -> str:
 def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
     rows = pd.DataFrame(doc["rows"])
     lines = [f"## {doc['protocol']}", "", doc["description"].strip(), ""]
+    if rows.empty:
+        return "\n".join(lines + [f"**Failed run**: {f['detector']}, repeat {f['repeat']}: {f['error']}" for f in doc.get("failures", [])] + [""])
     if doc["selection"]:
         lines += [f"**Selection rule (no test data).** {doc['selection'].strip()}", ""]
     per = "fold" if doc["repeat"] == "folds" else "seed"
@@ -414,6 +426,8 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
     n_tr = rows.groupby("detector")["train_samples"].first()
     lines += [f"Test set per {per}: {int(rows['n_test_normal'].iloc[0])} normal, {int(rows['n_test_anomalous'].iloc[0])} anomalous. "
               f"Training samples per run: " + ", ".join(f"{d} {int(n)}" for d, n in n_tr.items() if pd.notna(n)) + ".", ""]
+    for fail in doc.get("failures", []):
+        lines.append(f"**Failed run** (left out of the table): {fail['detector']}, repeat {fail['repeat']}: {fail['error']}")
     for f in figures:
         lines.append(f"![{f}]({fig_prefix}{f})")
     lines += ["", f"Run: `{doc['command']}` at commit `{doc['commit']}`, finished {doc['finished']}, {doc['wall_s'] / 60:.1f} min wall "

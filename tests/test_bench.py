@@ -118,3 +118,12 @@ def test_views_restrict_classes(tmp_path):
     assert doc["rows"][0]["peak_rss_mb"] > 100  # the detector's own process (torch and MONAI alone take more)
     scores = pd.read_csv(tmp_path / "runs" / "toy" / "pca" / "seed0" / "scores.csv")
     assert set(scores["split"]) == {"val", "test"}  # score.splits: train samples were not scored
+
+
+def test_a_failing_run_is_reported_and_the_others_are_published(tmp_path):
+    path = _protocol(tmp_path, repeats=1, detectors=[
+        {"label": "PCA", "set": {"model.name": "pca2d", "model.n_components": 4}},
+        {"label": "broken", "set": {"model.name": "pca2d", "split.contamination": 0.9}}])  # needs more anomalies than exist
+    md = run_bench([path], tmp_path / "data", tmp_path / "docs", tmp_path / "runs", quick=False, jobs=0, only=None).read_text()
+    assert "| PCA | pca_recon |" in md
+    assert "**Failed run** (left out of the table): broken, repeat 0: StageError: split.contamination=0.9" in md
