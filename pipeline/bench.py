@@ -81,13 +81,14 @@ def load_protocol(path: Path, data_root: Path | None, quick: bool) -> tuple[dict
 
 
 def variant(raw: dict, det: BenchDetector, bench: BenchConfig, quick: bool, repeat: int, sweep: float | None) -> dict:
-    """Raw config of one run: protocol ← detector overrides ← quick overrides ← repeat ← sweep value."""
+    """Raw config of one run: protocol ← detector overrides ← quick overrides (protocol's, then the
+    detector's) ← repeat ← sweep value."""
     out = {k: copy.deepcopy(v) for k, v in raw.items() if k not in ("bench", "_base_dir")}
     if "model.name" in det.set and det.set["model.name"] != out.get("model", {}).get("name"):
         out["model"] = {}  # another model: the protocol's model parameters belong to its own model
         if "evaluate.score" not in det.set:  # and the protocol's primary score to it: unset → the model's first score
             out.get("evaluate", {}).pop("score", None)
-    layers = [det.set] + ([bench.quick] if quick else [])
+    layers = [det.set] + ([bench.quick, det.quick_set] if quick else [])
     for layer in layers:
         for key, value in layer.items():
             set_dotted(out, key.split("."), copy.deepcopy(value))

@@ -203,6 +203,7 @@ class BenchDetector:
     set: dict = field(default_factory=dict)  # dotted key → value, applied like --set (model.name: vae2d, train.epochs: 30)
     scores: Optional[list[str]] = None  # score columns reported as rows (default: every score of the model)
     quick: bool = True  # included in --quick runs
+    quick_set: dict = field(default_factory=dict)  # this detector's own --quick overrides (after bench.quick)
 
 
 @dataclass
