@@ -21,6 +21,7 @@ score densities as ``<out>/bench/<protocol>_roc.png`` and ``_density.png``.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import platform
@@ -291,7 +292,7 @@ def summarise(cfg: Config, path: Path, specs: list[RunSpec], results: dict[str, 
                     m = _metrics(src["label"].to_numpy(), src[col].to_numpy(), src["patient_id"].to_numpy(str), 1000)
                     row.update(ci_what="pooled out-of-fold" if bench.repeat == "folds" else "repeat 0", ci_auroc=m["auroc"], ci=m["auroc_ci"], ci_unit=m["bootstrap_unit"])
                 ref = refs.get((label, col))
-                if ref is not None and view is None:
+                if ref is not None and view is None and sweep is None:  # in a sweep the figure is a change: the drop table shows it
                     row.update(reference=ref.auroc, reference_source=ref.source)
                 rows.append(row)
                 if col == primary and view is None:
@@ -301,6 +302,7 @@ def summarise(cfg: Config, path: Path, specs: list[RunSpec], results: dict[str, 
     return {"protocol": bench.protocol, "order": bench.order, "slug": slug(bench.protocol or path.stem), "config": str(path), "description": bench.description,
             "selection": bench.selection, "repeat": bench.repeat, "sweep_key": bench.sweep_key, "quick": quick, "jobs": jobs,
             "wall_s": wall_s, "finished": now(), "command": _command(), "commit": _commit(), "machine": _machine(),
+            "references": [{"detector": r.detector, "score": r.score, "auroc": r.auroc, "source": r.source} for r in bench.references],
             "rows": rows, "curves": curves, "failures": failures}
 
 
@@ -317,7 +319,9 @@ def _command() -> str:
     return "pipeline " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and "bench" in sys.argv else " ".join(sys.argv)
 
 
+@functools.lru_cache(maxsize=1)
 def _commit() -> str:
+    """The git commit the benchmark started from (read once, at the start)."""
     try:
         repo = Path(__file__).resolve().parent.parent
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -423,7 +427,7 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
         lines.append("")
     if sweep:
-        lines += _sweep_drop_table(rows[rows["view"] == ""], sweep)
+        lines += _sweep_drop_table(rows[rows["view"] == ""], sweep, {(r["detector"], r["score"]): r for r in doc.get("references", [])})
     n_tr = rows.groupby("detector")["train_samples"].first()
     lines += [f"Test set per {per}: {int(rows['n_test_normal'].iloc[0])} normal, {int(rows['n_test_anomalous'].iloc[0])} anomalous. "
               f"Training samples per run: " + ", ".join(f"{d} {int(n)}" for d, n in n_tr.items() if pd.notna(n)) + ".", ""]
@@ -436,16 +440,18 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
     return "\n".join(lines)
 
 
-def _sweep_drop_table(rows: pd.DataFrame, sweep: str) -> list[str]:
+def _sweep_drop_table(rows: pd.DataFrame, sweep: str, refs: dict) -> list[str]:
     prim = rows[rows["primary"]]
-    lines = [f"AUROC change of each detector's primary score against {sweep.split('.')[-1]} = 0 (mean over repeats):", "",
-             "| detector | score | " + " | ".join(f"{v:g}" for v in sorted(prim["sweep"].unique())) + " |", "|---|---|" + "---|" * prim["sweep"].nunique()]
+    lines = [f"AUROC of each detector's primary score at {sweep.split('.')[-1]} = 0, then its change at each level (mean over repeats):", "",
+             "| detector | score | " + " | ".join(f"{v:g}" for v in sorted(prim["sweep"].unique())) + " | seed study |", "|---|---|" + "---|" * (prim["sweep"].nunique() + 1)]
     for (det, score), g in prim.groupby(["detector", "score"], sort=False):
         base = g.loc[g["sweep"] == 0, "auroc_mean"]
         if base.empty:
             continue
         cells = [f"{a:.3f}" if v == 0 else f"{a - float(base.iloc[0]):+.3f}" for v, a in sorted(zip(g["sweep"], g["auroc_mean"]))]
-        lines.append(f"| {det} | {score} | " + " | ".join(cells) + " |")
+        ref = refs.get((det, score))
+        seed_fig = f"{ref['auroc']:+.2f} ({ref['source']})" if ref else ""
+        lines.append(f"| {det} | {score} | " + " | ".join(cells) + f" | {seed_fig} |")
     return lines + [""]
 
 
@@ -470,6 +476,7 @@ def write_markdown(out: Path, title_note: str = "") -> Path:
 def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root: Path, quick: bool, jobs: int, only: list[str] | None, repeats: int | None = None) -> Path:
     """``pipeline bench``: every protocol in turn; each protocol's result is saved as soon as it finishes."""
     (out / "bench").mkdir(parents=True, exist_ok=True)
+    _commit()  # the code that ran is the code at the start, whatever is committed meanwhile
     t0 = time.perf_counter()
     for path in configs:
         doc = run_protocol(path, data_root, runs_root, quick, jobs, only, repeats)

@@ -127,3 +127,16 @@ def test_a_failing_run_is_reported_and_the_others_are_published(tmp_path):
     md = run_bench([path], tmp_path / "data", tmp_path / "docs", tmp_path / "runs", quick=False, jobs=0, only=None).read_text()
     assert "| PCA | pca_recon |" in md
     assert "**Failed run** (left out of the table): broken, repeat 0: StageError: split.contamination=0.9" in md
+
+
+def test_sweep_publishes_the_change_against_zero_with_the_seed_figure(tmp_path):
+    path = _protocol(tmp_path, repeats=1, sweep_key="split.contamination", sweep_values=[0.0, 0.1],
+                     detectors=[{"label": "PCA", "set": {"model.name": "pca2d", "model.n_components": 4}}],
+                     references=[{"detector": "PCA", "score": "pca_recon", "auroc": -0.01, "source": "a seed figure"}])
+    md = run_bench([path], tmp_path / "data", tmp_path / "docs", tmp_path / "runs", quick=False, jobs=0, only=None).read_text()
+    doc = json.loads((tmp_path / "docs" / "bench" / "toy.json").read_text())
+    a0, a1 = (next(r["auroc_mean"] for r in doc["rows"] if r["score"] == "pca_recon" and r["sweep"] == v) for v in (0.0, 0.1))
+    assert f"| PCA | pca_recon | {a0:.3f} | {a1 - a0:+.3f} | -0.01 (a seed figure) |" in md
+    splits = pd.read_csv(tmp_path / "runs" / "toy" / "pca" / "contamination_0.1" / "seed0" / "splits.csv")
+    train = splits[splits.split == "train"]
+    assert (train.label == 1).sum() == round(0.1 * (train.label == 0).sum() / 0.9)  # the training set really is contaminated
