@@ -1,0 +1,43 @@
+"""``pipeline bench --quick`` on the real benchmark data (slow: about 4 minutes on 2 CPU cores).
+
+Runs every protocol at reduced size through the CLI, as a user would, and checks that the
+detectors that work on MNIST-9 and PneumoniaMNIST are far above chance. The thresholds come
+from measured quick runs (docs/BENCHMARK_NOTES.md, "quick mode"), minus a margin; the runs are
+deterministic on CPU for a given seed, so the margin only has to absorb library changes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ROOT, SHARED_DATA, run_cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason=f"benchmark data not found at {SHARED_DATA}")]
+
+# (protocol file, detector, score) → lowest acceptable AUROC (measured quick value minus a margin)
+FLOORS = {
+    ("mnist_9", "VAE", "latent"): 0.60,
+    ("mnist_9", "joint encoder", "joint"): 0.58,
+    ("pneumoniamnist", "VAE", "elbo_ic"): 0.80,
+    ("pneumoniamnist", "alpha-GAN", "disc_fm"): 0.72,
+    ("pneumoniamnist", "input complexity", "intensity"): 0.80,
+}
+
+
+def test_quick_benchmark_runs_every_protocol_and_beats_chance(tmp_path):
+    configs = sorted(str(p) for p in (ROOT / "configs" / "bench").glob("*.yaml"))
+    proc = run_cli("bench", *configs, "--data-root", str(SHARED_DATA), "--quick", "--jobs", "2", "--out", str(tmp_path), timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (tmp_path / "BENCHMARKS.md").read_text()
+    for title in ("## MNIST-9", "## LIDC-3D", "## LIDC-2D", "## PneumoniaMNIST", "## Contamination"):
+        assert title in md
+    assert "QUICK mode" in md
+    docs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "bench").glob("*.json")}
+    assert len(docs) == 5 and all(not d["failures"] for d in docs.values())
+    for (proto, det, score), floor in FLOORS.items():
+        row = next(r for r in docs[proto]["rows"] if r["detector"] == det and r["score"] == score and not r["view"])
+        assert row["auroc_mean"] >= floor, (proto, det, score, row["auroc_mean"])
+    for d in docs.values():
+        assert (tmp_path / "bench" / f"{d['slug']}_roc.png").stat().st_size > 10_000
