@@ -301,7 +301,8 @@ def summarise(cfg: Config, path: Path, specs: list[RunSpec], results: dict[str, 
                                    "scores": curve_src[col].to_numpy(float).tolist()})
     return {"protocol": bench.protocol, "order": bench.order, "slug": slug(bench.protocol or path.stem), "config": str(path), "description": bench.description,
             "selection": bench.selection, "repeat": bench.repeat, "sweep_key": bench.sweep_key, "quick": quick, "jobs": jobs,
-            "wall_s": wall_s, "finished": now(), "command": _command(), "commit": _commit(), "machine": _machine(),
+            "wall_s": wall_s, "run_time_s": float(sum(r["train_s"] + r["score_s"] for r in records.values() if "error" not in r)),
+            "finished": now(), "command": _command(), "commit": _commit(), "machine": _machine(),
             "references": [{"detector": r.detector, "score": r.score, "auroc": r.auroc, "source": r.source} for r in bench.references],
             "rows": rows, "curves": curves, "failures": failures}
 
@@ -436,7 +437,8 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
     for f in figures:
         lines.append(f"![{f}]({fig_prefix}{f})")
     lines += ["", f"Run: `{doc['command']}` at commit `{doc['commit']}`, finished {doc['finished']}, {doc['wall_s'] / 60:.1f} min wall "
-              f"({doc['machine']}; {doc['jobs']} job(s) at a time){'; QUICK mode (reduced size)' if doc['quick'] else ''}.", ""]
+              f"for this invocation ({doc['machine']}; {doc['jobs']} job(s) at a time){'; QUICK mode (reduced size)' if doc['quick'] else ''}. "
+              f"Training and scoring of all its runs, resumed ones included, sum to {doc.get('run_time_s', float('nan')) / 60:.1f} min.", ""]
     return "\n".join(lines)
 
 
