@@ -16,13 +16,14 @@ from conftest import ROOT, SHARED_DATA, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason=f"benchmark data not found at {SHARED_DATA}")]
 
-# (protocol file, detector, score) → lowest acceptable AUROC (measured quick value minus a margin)
+# (protocol file, detector, score) → lowest acceptable AUROC: the quick run measured on 2026-11-25
+# (docs/BENCHMARK_NOTES.md, "Quick mode") minus about 0.07. Only scores far above chance are checked.
 FLOORS = {
-    ("mnist_9", "VAE", "latent"): 0.60,
-    ("mnist_9", "joint encoder", "joint"): 0.58,
-    ("pneumoniamnist", "VAE", "elbo_ic"): 0.80,
-    ("pneumoniamnist", "alpha-GAN", "disc_fm"): 0.72,
-    ("pneumoniamnist", "input complexity", "intensity"): 0.80,
+    ("mnist_9", "VAE", "latent"): 0.66,  # measured 0.731
+    ("pneumoniamnist", "VAE", "elbo_ic"): 0.79,  # measured 0.857
+    ("pneumoniamnist", "alpha-GAN", "disc_fm"): 0.70,  # measured 0.771
+    ("pneumoniamnist", "alpha-GAN", "enc_fm"): 0.70,  # measured 0.777
+    ("pneumoniamnist", "input complexity", "intensity"): 0.80,  # measured 0.863
 }
 
 
