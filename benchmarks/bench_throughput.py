@@ -242,11 +242,11 @@ def one(part: str, workers: int, work: Path) -> dict:
 def _cubes(work: Path, n: int):
     import numpy as np
 
-    from preprocessing.intensity import normalise_hu
+    from preprocessing.intensity import fit_normalisation, normalise
 
     with np.load(work / "extract_w1" / "cubes.npz") as z:
         raw = z["raw"][:n]
-    return normalise_hu(raw, (-1000.0, 400.0), "window")
+    return normalise(raw, fit_normalisation("window", (-1000.0, 400.0), 28))
 
 
 def _train(work: Path, workers: int) -> dict:
