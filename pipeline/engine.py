@@ -11,6 +11,7 @@ reported with its type so a bug is still visible without a traceback.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterable, Iterator
 
@@ -31,6 +32,20 @@ def _call(fn: Callable, item: Any) -> tuple[bool, Any]:
         return False, f"unexpected {type(exc).__name__}: {exc}"
     except Exception as exc:  # noqa: BLE001 - one bad item must not stop the batch
         return False, f"unexpected {type(exc).__name__}: {exc}"
+
+
+def _share_cores(workers: int) -> None:
+    """Pool initializer: each of ``workers`` processes gets its share of the cores for the
+    multi-threaded libraries (SimpleITK filters, torch), so 2 workers on 2 cores do not run 4
+    threads that wait on each other."""
+    import sys
+
+    n = max(1, (os.cpu_count() or 1) // workers)
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+    if "torch" in sys.modules:  # only if the parent already loaded it: importing torch costs ~1 s per worker
+        sys.modules["torch"].set_num_threads(n)
 
 
 def map_items(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 1, desc: str = "", key: Callable[[Any], str] = str,
@@ -57,7 +72,7 @@ def map_items(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 1, 
                 bar.update()
                 yield key(item), ok, res
             return
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_share_cores, initargs=(workers,)) as pool:
             futures = {pool.submit(_call, fn, item): item for item in items}
             for fut in as_completed(futures):
                 ok, res = fut.result()

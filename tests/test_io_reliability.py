@@ -81,3 +81,45 @@ def test_other_os_errors_stay_item_errors():
     results = list(map_items(lambda item: _fail(errno.EACCES), [1, 2]))
     assert [ok for _, ok, _ in results] == [False, False]
     assert "Permission denied" in results[0][2] or "simulated" in results[0][2]
+
+
+def _threads_and_square(x: int) -> tuple[int, int]:
+    import SimpleITK as sitk
+
+    return sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), x * x
+
+
+def test_pool_workers_share_the_cores_and_give_the_same_results():
+    """Each of 2 pool workers gets half the cores for SimpleITK (no 2×2 threads on 2 cores); the
+    results equal those of the in-process path."""
+    import os
+
+    serial = {k: res[1] for k, ok, res in map_items(_threads_and_square, [1, 2, 3, 4], workers=1)}
+    pooled = list(map_items(_threads_and_square, [1, 2, 3, 4], workers=2))
+    assert all(ok for _, ok, _ in pooled)
+    assert {k: res[1] for k, _, res in pooled} == serial
+    assert {res[0] for _, _, res in pooled} == {max(1, (os.cpu_count() or 1) // 2)}
+
+
+def test_nifti_compression_runs_outside_the_calling_thread(tmp_path, monkeypatch):
+    """ISA-L must not run in the caller's thread: afterwards SimpleITK resampling in that thread
+    was 2-3× slower (pipeline/io.py:write_nifti)."""
+    import threading
+
+    import SimpleITK as sitk
+    from isal import igzip
+
+    seen = []
+    real = igzip.GzipFile
+
+    def spy(*args, **kwargs):
+        seen.append(threading.current_thread() is threading.main_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(igzip, "GzipFile", spy)
+    img = sitk.Image(8, 9, 10, sitk.sitkInt16)
+    img.SetSpacing((0.7, 0.8, 2.5))
+    io.write_nifti(tmp_path / "v.nii.gz", img)
+    assert seen == [False]
+    back = sitk.ReadImage(str(tmp_path / "v.nii.gz"))
+    assert back.GetSize() == img.GetSize() and back.GetSpacing() == img.GetSpacing()
