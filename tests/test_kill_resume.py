@@ -29,8 +29,10 @@ from pipeline.manifest import stable_view
 
 ARGS = ["--set", "train.epochs=6", "--set", "train.patience=100", "--set", "score.mc_samples=8", "--set", "evaluate.bootstrap=100",
         "--set", "extract.background.max_per_series=60", "--set", "run.threads=1"]
-# (stage to wait for, longest random delay after it started, s)
-PLAN = [("ingest", 0.8), ("ingest", 1.5), ("extract", 1.5), ("split", 0.05), ("train", 2.0), ("train", 4.0), ("score", 1.5), ("evaluate", 3.0)]
+# (stage to wait for, the random delay after it started as a fraction of that stage's wall time in
+# the reference run: from the machine's own speed, so a fast or a loaded machine both land inside)
+PLAN = [("ingest", 0.5), ("ingest", 0.9), ("extract", 0.9), ("split", 0.9), ("train", 0.4), ("train", 0.5), ("score", 0.9), ("evaluate", 0.9)]
+ORDER = ["ingest", "extract", "split", "train", "score", "evaluate"]
 
 
 def _cmd(cfg: Path, out: Path) -> list[str]:
@@ -53,14 +55,18 @@ def _files(run: Path) -> dict[str, str]:
 
 
 def kill_at(cmd: list[str], out: Path, stage: str, max_delay: float, rng: random.Random, log: list[str]) -> str | None:
-    """Start the run, wait until ``stage`` is running, SIGKILL after a random delay; returns the interrupted stage."""
+    """Start the run, wait until ``stage`` is running, SIGKILL after a random delay (s); returns the
+    interrupted stage. If a later stage starts first (``stage`` was finished by an earlier attempt),
+    the kill lands there instead."""
+    before = {n: st.get("started") for n, st in _manifest(out).get("stages", {}).items()}  # a killed stage stays "running"
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
+    wanted = ORDER[ORDER.index(stage):]
     while proc.poll() is None and time.time() < deadline:
-        st = _manifest(out).get("stages", {}).get(stage, {})
-        if st.get("status") == "running":
-            break
-        time.sleep(0.01)
+        stages = _manifest(out).get("stages", {})
+        if any(stages.get(n, {}).get("status") == "running" and stages[n].get("started") != before.get(n) for n in wanted):
+            break  # started by this process
+        time.sleep(0.005)
     delay = rng.uniform(0, max_delay)
     time.sleep(delay)
     if proc.poll() is not None:
@@ -91,7 +97,8 @@ def test_sigkill_in_every_stage_then_resume_gives_identical_outputs(tmp_path):
 
     seed = int(os.environ.get("KILL_SEED", "7"))
     rng, log = random.Random(seed), []
-    interrupted = [kill_at(_cmd(cfg, killed), killed, stage, delay, rng, log) for stage, delay in PLAN]
+    wall = {name: st["wall_time_s"] for name, st in _manifest(ref)["stages"].items()}
+    interrupted = [kill_at(_cmd(cfg, killed), killed, stage, frac * wall[stage], rng, log) for stage, frac in PLAN]
     final = subprocess.run(_cmd(cfg, killed), cwd=ROOT, capture_output=True, text=True, timeout=900)
     print(f"KILL_SEED={seed}\n" + "\n".join(log))
     assert final.returncode == 0, final.stderr
