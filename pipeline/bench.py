@@ -191,7 +191,9 @@ def _run_detector(specs: list[RunSpec], threads: int | None) -> dict:
               f"{time.perf_counter() - t0:.0f} s, AUROC {st['evaluate'].get('details', {}).get('auroc', float('nan')):.3f}", file=sys.stderr, flush=True)
         records.append({"detector": spec.detector, "sweep": spec.sweep, "repeat": spec.repeat, "run_dir": str(spec.run_dir),
                         "train_s": st["train"].get("wall_time_s"), "score_s": st["score"].get("wall_time_s"),
-                        "train_details": st["train"].get("details", {}), "train_counts": st["train"].get("counts", {})})
+                        "train_details": st["train"].get("details", {}), "train_counts": st["train"].get("counts", {}),
+                        # from the manifest, so a resumed run keeps the peak of the process that trained it
+                        "peak_rss_mb": max(float(st[n].get("peak_rss_mb") or 0.0) for n in ("train", "score", "evaluate"))})
     return {"records": records, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -285,7 +287,7 @@ def summarise(cfg: Config, path: Path, specs: list[RunSpec], results: dict[str, 
                        "train_s_mean": float(np.mean([r["train_s"] for r in reps])), "score_s_mean": float(np.mean([r["score_s"] for r in reps])),
                        "epochs_run": [r["train_details"].get("epochs_run") for r in reps], "best_epoch": [r["train_details"].get("best_epoch") for r in reps],
                        "train_samples": reps[0]["train_counts"].get("train_samples"), "parameters": reps[0]["train_counts"].get("parameters"),
-                       "peak_rss_mb": float(results[label]["peak_rss_mb"])}
+                       "peak_rss_mb": max((r["peak_rss_mb"] for r in reps if r.get("peak_rss_mb")), default=float(results[label]["peak_rss_mb"]))}
                 pooled = pd.concat(pooled_parts)
                 if bench.repeat == "folds" or len(tables[0]) < CI_MAX_TEST:
                     src = pooled if bench.repeat == "folds" else _view(tables[0], view)
@@ -406,7 +408,7 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
     lines += [f"AUROC is the mean ± std over {int(rows['n_repeats'].max())} {per}s (each {per}'s test set scored by its own model)."
               + (" The CI column is the percentile bootstrap 95% CI (1000 resamples) of the " + ("pooled out-of-fold scores." if doc["repeat"] == "folds" else "repeat-0 test set.") if "ci" in rows else ""),
               "LR-CV is the seeds' logistic-regression protocol (5-fold cross-validated probabilities from the 1-D score). "
-              "Times are per run (mean over repeats): train = the train stage, score = the score stage; peak RSS is the detector's process.", ""]
+              "Times are per run (mean over repeats): train = the train stage, score = the score stage; peak RSS is that of the detector's process while it trained, scored and evaluated (from the run manifests).", ""]
     sweep = doc.get("sweep_key")
     for view, vrows in rows.groupby("view", sort=False):
         if view:

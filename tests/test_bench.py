@@ -102,6 +102,13 @@ def test_bench_runs_publishes_and_resumes(tmp_path):
     run_bench([path], tmp_path / "data", out, runs, quick=False, jobs=0, only=None)
     m2 = json.loads((runs / "toy" / "pca" / "seed0" / "manifest.json").read_text())
     assert all("last_skipped" in m2["stages"][s] for s in ("train", "score", "evaluate"))
+    # peak memory comes from the runs' manifests, so the resumed publication keeps the training figures
+    doc2 = json.loads((out / "bench" / "toy.json").read_text())
+    peaks = [max(json.loads((runs / "toy" / "pca" / f"seed{k}" / "manifest.json").read_text())["stages"][s]["peak_rss_mb"]
+                 for s in ("train", "score", "evaluate")) for k in range(2)]
+    row2 = next(r for r in doc2["rows"] if r["detector"] == "PCA" and r["score"] == "pca_recon")
+    assert row2["peak_rss_mb"] == pytest.approx(max(peaks))
+    assert row2["peak_rss_mb"] == next(r for r in doc["rows"] if r["detector"] == "PCA" and r["score"] == "pca_recon")["peak_rss_mb"]
 
 
 def test_quick_mode_drops_detectors_marked_not_quick(tmp_path):
