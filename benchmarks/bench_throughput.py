@@ -324,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodules", type=Path, default=DEFAULT_NODULES, help="nodule table of that series")
     ap.add_argument("--copies", type=int, default=4, help="series copies with new UIDs for the batch measurements (default 4)")
     ap.add_argument("--repeat", type=int, default=5, help="interleaved repeats of the peer comparison (default 5)")
+    ap.add_argument("--stage-repeat", type=int, default=3, help="interleaved 1-worker/2-worker pairs per stage; medians are reported (default 3)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "medanomaly_bench", help="scratch folder (kept for reuse)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
@@ -352,16 +353,22 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args.series, args.nodules, args.work, args.copies)
         unit = {"ingest": "series", "extract": "series", "train": "samples", "score": "cubes"}
         print(f"\n## Stages at 1 and 2 workers ({args.copies} copies of {args.series.name} with new UIDs; work folder {args.work})")
-        print("| stage | workers | items | seconds | items/s | speed-up | CPU s per item | peak RSS MiB (largest process) |")
+        print(f"Each stage: {args.stage_repeat} interleaved pairs (1 worker, then 2); medians, and the speed-up's range over the pairs.")
+        print("| stage | workers | items | median s | items/s | speed-up (median; min-max of pairs) | CPU s per item | peak RSS MiB (largest process) |")
         print("|---|---|---|---|---|---|---|---|")
         for part in stages:
-            base = None
+            recs: dict[int, list[dict]] = {1: [], 2: []}
+            for _ in range(args.stage_repeat):
+                for w in (1, 2):
+                    recs[w].append(measure(part, w, args.work))
+            ratios = [a["seconds"] / b["seconds"] for a, b in zip(recs[1], recs[2])]
             for w in (1, 2):
-                rec = measure(part, w, args.work)
-                rate = rec["items"] / rec["seconds"]
-                base = base or rate
-                extra = f" ({rec['cubes'] / rec['seconds']:.0f} cubes/s)" if "cubes" in rec else ""
-                print(f"| {part} | {w} | {rec['items']} {unit[part]} | {rec['seconds']:.2f} | {rate:.2f}{extra} | {rate / base:.2f}× | {rec['cpu_s'] / rec['items']:.3f} | {rec['peak_rss_mb']:.0f} |", flush=True)
+                rs = recs[w]
+                sec, items = statistics.median(r["seconds"] for r in rs), rs[0]["items"]
+                extra = f" ({statistics.median(r['cubes'] / r['seconds'] for r in rs):.0f} cubes/s)" if "cubes" in rs[0] else ""
+                speed = "1.00×" if w == 1 else f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}-{max(ratios):.2f})"
+                cpu = statistics.median(r["cpu_s"] for r in rs) / items
+                print(f"| {part} | {w} | {items} {unit[part]} | {sec:.2f} | {items / sec:.2f}{extra} | {speed} | {cpu:.3f} | {max(r['peak_rss_mb'] for r in rs):.0f} |", flush=True)
     print(f"\nload average (1 min) before/after: {load0:.2f} / {os.getloadavg()[0]:.2f}")
     return 0
 

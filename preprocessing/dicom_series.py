@@ -26,6 +26,7 @@ from pydicom.encaps import parse_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from pipeline.engine import map_items
 from pipeline.errors import DicomReadError, InvalidSeriesError
 
 IMPLICIT_LE, EXPLICIT_LE, DEFLATED_LE, EXPLICIT_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"
@@ -166,25 +167,51 @@ def _check_pixel_data(path: Path, fp: BinaryIO, ds, tsyntax: str, pixel_offset: 
         raise DicomReadError(f"{path}: truncated file ({size} bytes; its compressed pixel data end at {end} bytes without the closing delimiter)")
 
 
-def discover(root: Path) -> tuple[dict[str, list[SliceHeader]], list[tuple[str, str]]]:
+HEADER_CHUNK = 64  # files per task when headers are read by several workers (≈ 0.05-0.1 s of work each)
+
+
+def _read_header_chunk(job: tuple[int, list[Path]]) -> tuple[int, list[SliceHeader | str]]:
+    """Headers of one chunk of files, in order; an unreadable file becomes its error message."""
+    index, paths = job
+    out: list[SliceHeader | str] = []
+    for path in paths:
+        try:
+            out.append(read_header(path))
+        except DicomReadError as exc:
+            out.append(str(exc))
+    return index, out
+
+
+def discover(root: Path, workers: int = 1, engine: str = "local") -> tuple[dict[str, list[SliceHeader]], list[tuple[str, str]]]:
     """Walk ``root`` recursively and group readable slices by SeriesInstanceUID.
 
-    Returns ``(series, errors)`` where errors are ``(file, message)`` for unreadable files.
+    Returns ``(series, errors)`` where errors are ``(file, message)`` for unreadable files. With
+    ``workers > 1`` the headers are read in chunks of :data:`HEADER_CHUNK` files by the engine's
+    workers (on a cluster the header walk of a large archive is otherwise the serial bottleneck,
+    docs/SCALING.md); the result is the same, in the same order.
     """
-    series: dict[str, list[SliceHeader]] = {}
-    errors: list[tuple[str, str]] = []
+    paths = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        for name in sorted(filenames):
-            if name.startswith(".") or name.upper() == "DICOMDIR":
-                continue
-            path = Path(dirpath) / name
-            try:
-                hdr = read_header(path)
-            except DicomReadError as exc:
-                errors.append((str(path), str(exc)))
-                continue
-            series.setdefault(hdr.series_uid, []).append(hdr)
+        paths += [Path(dirpath) / name for name in sorted(filenames) if not name.startswith(".") and name.upper() != "DICOMDIR"]
+    chunks = [(i, paths[i:i + HEADER_CHUNK]) for i in range(0, len(paths), HEADER_CHUNK)]
+    read: dict[int, list[SliceHeader | str]] = {}
+    if workers > 1 and len(chunks) > 1:
+        for key, ok, res in map_items(_read_header_chunk, chunks, workers, desc="headers", engine=engine, key=lambda c: str(c[0])):
+            if ok:
+                read[res[0]] = res[1]
+            else:  # an unexpected failure of the task: read that chunk here, so each file gets its own message
+                read[int(key)] = _read_header_chunk(chunks[int(key) // HEADER_CHUNK])[1]
+    else:
+        read = dict(_read_header_chunk(c) for c in chunks)
+    series: dict[str, list[SliceHeader]] = {}
+    errors: list[tuple[str, str]] = []
+    for i, chunk in chunks:
+        for path, hdr in zip(chunk, read[i]):
+            if isinstance(hdr, str):
+                errors.append((str(path), hdr))
+            else:
+                series.setdefault(hdr.series_uid, []).append(hdr)
     return series, errors
 
 

@@ -93,7 +93,7 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     if not root.exists():
         raise StageError(f"ingest.input: folder {root} does not exist")
     result = StageResult()
-    groups, file_errors = discover(root)
+    groups, file_errors = discover(root, cfg.run.workers, cfg.run.engine)
     for item, msg in file_errors:
         result.fail(item, msg)
     if not groups and not file_errors:

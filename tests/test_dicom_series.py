@@ -194,6 +194,23 @@ def test_discover_groups_series_and_reports_unreadable_files(tmp_path):
     assert "not a DICOM" in err[str(text)]
 
 
+def test_discover_with_workers_gives_the_same_result(tmp_path, monkeypatch):
+    """Headers read in chunks by 2 pool workers: the same series, slices, order and errors as serially."""
+    import preprocessing.dicom_series as ds
+
+    root = tmp_path / "archive"
+    make_ct_series(root / "patA" / "s1", N, patient_id="A")
+    make_ct_series(root / "patB" / "s2", 9, patient_id="B", prefix="img")
+    (root / "junk").mkdir()
+    (root / "junk" / "empty.dcm").write_bytes(b"")
+    monkeypatch.setattr(ds, "HEADER_CHUNK", 4)  # several chunks from a small archive
+    serial, serial_err = ds.discover(root)
+    pooled, pooled_err = ds.discover(root, workers=2)
+    assert pooled_err == serial_err and len(serial_err) == 1
+    assert {k: [h.path for h in v] for k, v in pooled.items()} == {k: [h.path for h in v] for k, v in serial.items()}
+    assert pooled == serial
+
+
 def test_discover_reports_truncated_file(tmp_path):
     root = tmp_path / "archive"
     a = make_ct_series(root / "s1", N)
