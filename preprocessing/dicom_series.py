@@ -171,7 +171,7 @@ HEADER_CHUNK = 64  # files per task when headers are read by several workers (â‰
 
 
 def _read_header_chunk(job: tuple[int, list[Path]]) -> tuple[int, list[SliceHeader | str]]:
-    """Headers of one chunk of files, in order; an unreadable file becomes its error message."""
+    """``(chunk number, headers)`` of one chunk of files, in order; an unreadable file becomes its error message."""
     index, paths = job
     out: list[SliceHeader | str] = []
     for path in paths:
@@ -194,16 +194,15 @@ def discover(root: Path, workers: int = 1, engine: str = "local") -> tuple[dict[
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         paths += [Path(dirpath) / name for name in sorted(filenames) if not name.startswith(".") and name.upper() != "DICOMDIR"]
-    chunks = [(i, paths[i:i + HEADER_CHUNK]) for i in range(0, len(paths), HEADER_CHUNK)]
-    read: dict[int, list[SliceHeader | str]] = {}
+    chunks = list(enumerate(paths[i:i + HEADER_CHUNK] for i in range(0, len(paths), HEADER_CHUNK)))
     if workers > 1 and len(chunks) > 1:
+        read: dict[int, list[SliceHeader | str]] = {}
         for key, ok, res in map_items(_read_header_chunk, chunks, workers, desc="headers", engine=engine, key=lambda c: str(c[0])):
-            if ok:
-                read[res[0]] = res[1]
-            else:  # an unexpected failure of the task: read that chunk here, so each file gets its own message
-                read[int(key)] = _read_header_chunk(chunks[int(key) // HEADER_CHUNK])[1]
+            # an unexpected failure of the task: read that chunk here, so each file gets its own message
+            k, headers = res if ok else _read_header_chunk(chunks[int(key)])
+            read[k] = headers
     else:
-        read = dict(_read_header_chunk(c) for c in chunks)
+        read = dict(map(_read_header_chunk, chunks))
     series: dict[str, list[SliceHeader]] = {}
     errors: list[tuple[str, str]] = []
     for i, chunk in chunks:

@@ -323,3 +323,22 @@ def test_header_read_never_parses_patient_name(tmp_path):
 
         ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
     assert "PatientName" not in ds and "SeriesInstanceUID" in ds
+
+
+def test_discover_rereads_a_chunk_whose_task_failed(tmp_path, monkeypatch):
+    """A chunk task that fails unexpectedly (a worker died) is read again in the driver: the result is still complete."""
+    import preprocessing.dicom_series as ds
+
+    root = tmp_path / "archive"
+    make_ct_series(root / "s1", N)
+    monkeypatch.setattr(ds, "HEADER_CHUNK", 3)
+    serial, _ = ds.discover(root)
+    real = ds.map_items
+
+    def flaky(fn, items, *args, **kwargs):
+        for key, ok, res in real(fn, items, *args, **kwargs):
+            yield (key, False, "worker died") if key == "1" else (key, ok, res)
+
+    monkeypatch.setattr(ds, "map_items", flaky)
+    pooled, errors = ds.discover(root, workers=2)
+    assert pooled == serial and errors == []
