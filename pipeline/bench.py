@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shlex
 import subprocess
 import sys
@@ -166,8 +165,8 @@ def prepare_data(specs: list[RunSpec]) -> None:
         run_stages(cfg, spec.data_dir, list(DATA_STAGES), log=lambda m: None)
 
 
-def _run_detector(specs: list[RunSpec], threads: int | None) -> dict:
-    """Child process: every run of one detector; returns per-run records and the peak RSS (MiB)."""
+def _run_detector(specs: list[RunSpec], threads: int | None) -> list[dict]:
+    """Child process: every run of one detector; returns its per-run records (peak RSS from the run manifests)."""
     import models  # noqa: F401 - registers the built-in models
     from pipeline.runner import STAGE_NAMES, run_stages
 
@@ -194,7 +193,7 @@ def _run_detector(specs: list[RunSpec], threads: int | None) -> dict:
                         "train_details": st["train"].get("details", {}), "train_counts": st["train"].get("counts", {}),
                         # from the manifest, so a resumed run keeps the peak of the process that trained it
                         "peak_rss_mb": max(float(st[n].get("peak_rss_mb") or 0.0) for n in ("train", "score", "evaluate"))})
-    return {"records": records, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return records
 
 
 def run_protocol(path: Path, data_root: Path | None, runs_root: Path, quick: bool, jobs: int = 1, only: list[str] | None = None, repeats: int | None = None) -> dict:
@@ -244,11 +243,11 @@ def _metrics(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n_boot:
     return detection_metrics(labels, scores, n_boot, 0.95, seed, groups)
 
 
-def summarise(cfg: Config, path: Path, specs: list[RunSpec], results: dict[str, dict], quick: bool, jobs: int, wall_s: float) -> dict:
+def summarise(cfg: Config, path: Path, specs: list[RunSpec], results: dict[str, list[dict]], quick: bool, jobs: int, wall_s: float) -> dict:
     """Rows of the protocol table: one per (detector, score[, sweep value][, view])."""
     bench = cfg.bench
     rows, curves, failures = [], [], []
-    records = {(r["detector"], r["sweep"], r["repeat"]): r for res in results.values() for r in res["records"]}
+    records = {(r["detector"], r["sweep"], r["repeat"]): r for recs in results.values() for r in recs}
     dets = {d.label: d for d in bench.detectors}
     refs = {(r.detector, r.score): r for r in bench.references}
     views = [None] + list(bench.views)
@@ -287,7 +286,7 @@ def summarise(cfg: Config, path: Path, specs: list[RunSpec], results: dict[str, 
                        "train_s_mean": float(np.mean([r["train_s"] for r in reps])), "score_s_mean": float(np.mean([r["score_s"] for r in reps])),
                        "epochs_run": [r["train_details"].get("epochs_run") for r in reps], "best_epoch": [r["train_details"].get("best_epoch") for r in reps],
                        "train_samples": reps[0]["train_counts"].get("train_samples"), "parameters": reps[0]["train_counts"].get("parameters"),
-                       "peak_rss_mb": max((r["peak_rss_mb"] for r in reps if r.get("peak_rss_mb")), default=float(results[label]["peak_rss_mb"]))}
+                       "peak_rss_mb": max(r["peak_rss_mb"] for r in reps)}
                 pooled = pd.concat(pooled_parts)
                 if bench.repeat == "folds" or len(tables[0]) < CI_MAX_TEST:
                     src = pooled if bench.repeat == "folds" else _view(tables[0], view)
