@@ -30,7 +30,11 @@ def device_for(name: str) -> torch.device:
     return torch.device(name)
 
 
+MODEL_KEYS = ("model_name", "params", "in_channels", "patch_size", "normalisation", "state_dict")  # what save_checkpoint writes itself
+
+
 def save_checkpoint(path: Path, model: Detector, normalisation: dict, extra: dict) -> None:
+    """Write the model (``MODEL_KEYS``) and ``extra`` (selection epoch, config, ...) as one torch archive."""
     payload = {
         "model_name": model.registry_name,
         "params": to_plain(model.params),

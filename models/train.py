@@ -28,8 +28,7 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from models import distributed
-
-from models.checkpoint import MODEL_DIR, MODEL_FILE, device_for, save_checkpoint
+from models.checkpoint import MODEL_DIR, MODEL_FILE, MODEL_KEYS, device_for, save_checkpoint
 from models.registry import Detector, build, sgd_step
 from pipeline import io
 from pipeline.config import Config
@@ -183,7 +182,7 @@ def _fit_after_training(model: Detector, ckpt_path: Path, train_x: np.ndarray, p
     best, payload = load_checkpoint(ckpt_path, device)
     terms = best.fit_after_training(torch.from_numpy(np.ascontiguousarray(centre_patch(train_x, patch))).to(device))
     if terms:
-        extra = {k: v for k, v in payload.items() if k not in ("model_name", "params", "in_channels", "patch_size", "normalisation", "state_dict")}
+        extra = {k: v for k, v in payload.items() if k not in MODEL_KEYS}
         save_checkpoint(ckpt_path, best, payload["normalisation"], extra | {"post_fit": terms})
     model.load_state_dict(best.state_dict())
     return terms

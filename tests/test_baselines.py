@@ -11,7 +11,7 @@ import torch
 from sklearn.decomposition import PCA as SkPCA
 
 from models.baselines import PCA2D, PCA3D, Intensity2D, Intensity3D, IntensityParams, PCAParams
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import MODEL_KEYS, load_checkpoint, save_checkpoint
 from models.registry import MODELS, Detector, ScoreOutput, build
 from models.score import centre_patch
 from models.train import fit
@@ -256,6 +256,7 @@ def test_checkpoint_round_trip(tmp_path, name, kw, shape):
     save_checkpoint(path, model, {"hu_window": [-1000, 400], "mode": "window"}, {"seed": 0})
     loaded, payload = load_checkpoint(path)
     assert type(loaded) is type(model) and loaded.params == model.params and payload["model_name"] == name
+    assert set(payload) == set(MODEL_KEYS) | {"seed"}  # MODEL_KEYS is exactly what save_checkpoint writes besides extra
     out = score(loaded, x)
     for k in ref.scores:
         assert torch.equal(out.scores[k], ref.scores[k]), k
