@@ -56,11 +56,6 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def peak_rss_mb() -> float:
-    """Largest peak RSS of this process and its finished children (MiB)."""
-    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
-
-
 def _config(work: Path, workers: int, threads: int = 2, **sections):
     from pipeline.config import validate
 
@@ -333,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         import models.score  # noqa: F401  imports before the clock: CPU time is the stage's own
         import models.train  # noqa: F401
         import preprocessing.extract  # noqa: F401
+        from pipeline.runner import peak_rss_mb
 
         c0 = cpu_seconds()
         rec = one(args.one, args.workers, args.work)
