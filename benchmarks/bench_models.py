@@ -32,9 +32,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import models  # noqa: E402,F401  (registers the built-in models)
-from models.registry import MODELS  # noqa: E402
-from models.score import score_array  # noqa: E402
+from models.inference import score_array  # noqa: E402
+from models.zoo import MODELS  # noqa: E402
 
 COLUMNS = ("model", "dims", "params", "K", "batch", "n", "items/s", "s/item", "note")
 

@@ -57,7 +57,8 @@ def cpu_seconds() -> float:
 
 
 def _config(work: Path, workers: int, threads: int = 2, **sections):
-    from pipeline.config import validate
+    from models.catalog import MODELS
+    from pipeline.core.config import validate
 
     raw = {"run": {"workers": workers, "threads": threads, "device": "cpu"},
            "ingest": {"input": str(work / "copies")},
@@ -65,7 +66,7 @@ def _config(work: Path, workers: int, threads: int = 2, **sections):
                        "background": {"enabled": True, "stride_mm": 16, "min_distance_mm": 32, "lung_fraction": 0.5}}}
     for k, v in sections.items():
         raw.setdefault(k, {}).update(v)
-    return validate(raw, base_dir=work)
+    return validate(raw, base_dir=work, models=MODELS)
 
 
 # ------------------------------------------------------------------------------------------
@@ -103,9 +104,9 @@ def floor(series: Path, out: Path) -> None:
 
 def floor_igzip(series: Path, out: Path) -> None:
     """The floor with our NIfTI writer instead of SimpleITK's gzip: what is left is our own overhead."""
-    from pipeline import io
+    from preprocessing.nifti import write_nifti
 
-    io.write_nifti(out / "floor.nii.gz", _resample_1mm_int16(_sitk_read(series)))
+    write_nifti(out / "floor.nii.gz", _resample_1mm_int16(_sitk_read(series)))
 
 
 def dicom2nifti_resample(series: Path, out: Path) -> None:
@@ -121,8 +122,8 @@ def ours_breakdown(series: Path, out: Path) -> dict[str, float]:
     """Seconds per step of our ingest of one series (where the time goes)."""
     import SimpleITK as sitk
 
-    from pipeline import io
     from preprocessing.dicom_series import discover, read_volume, validate_series
+    from preprocessing.nifti import write_nifti
     from preprocessing.resample import resample_isotropic
 
     t = [time.perf_counter()]
@@ -135,7 +136,7 @@ def ours_breakdown(series: Path, out: Path) -> dict[str, float]:
     t.append(time.perf_counter())
     hu = sitk.Cast(sitk.Round(iso), sitk.sitkInt16)
     t.append(time.perf_counter())
-    io.write_nifti(out / "x.nii.gz", hu)
+    write_nifti(out / "x.nii.gz", hu)
     t.append(time.perf_counter())
     names = ("headers (pydicom) + validation", "pixel read (SimpleITK/GDCM)", "resample to 1 mm", "round + cast int16", "write .nii.gz (igzip)")
     return {n: b - a for n, a, b in zip(names, t, t[1:])}
@@ -248,8 +249,8 @@ def _train(work: Path, workers: int) -> dict:
     import torch
 
     from models import distributed
-    from models.registry import build
-    from models.train import fit
+    from models.training import fit
+    from models.zoo import build
 
     if distributed.launched_by_torchrun():
         distributed.init("cpu")
@@ -269,13 +270,15 @@ def _train(work: Path, workers: int) -> dict:
 def _score_chunk(args: tuple) -> int:
     import torch
 
-    from models.registry import build
-    from models.score import centre_patch, score_array
-    from pipeline.config import validate
+    from models.catalog import MODELS
+    from models.inference import score_array
+    from models.zoo import build
+    from pipeline.core.config import validate
+    from preprocessing.cubes import centre_patch
 
     x, threads = args
     torch.set_num_threads(threads)
-    cfg = validate({"model": {"name": "vae3d"}}, base_dir=Path("."))
+    cfg = validate({"model": {"name": "vae3d"}}, base_dir=Path("."), models=MODELS)
     torch.manual_seed(0)
     model = build("vae3d", cfg.model, 1, 28).eval()
     score_array(model, centre_patch(x, 28), 100, 16, 0, torch.device("cpu"))
@@ -285,7 +288,7 @@ def _score_chunk(args: tuple) -> int:
 def _score(work: Path, workers: int) -> dict:
     import numpy as np
 
-    from pipeline.engine import map_items
+    from pipeline.core.engine import map_items
 
     x = _cubes(work, 192)
     chunks = [(c, 2 // workers) for c in np.array_split(x, workers)]
@@ -325,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        import models.score  # noqa: F401  imports before the clock: CPU time is the stage's own
-        import models.train  # noqa: F401
+        import models.scoring  # noqa: F401  imports before the clock: CPU time is the stage's own
+        import models.training  # noqa: F401
         import preprocessing.extract  # noqa: F401
         from pipeline.runner import peak_rss_mb
 

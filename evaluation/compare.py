@@ -7,7 +7,6 @@ manifest, so runs that differ by model or seed can be told apart.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -17,30 +16,36 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from pipeline import io  # noqa: E402
-from pipeline.errors import StageError  # noqa: E402
+from pipeline.core import artifacts, io  # noqa: E402
+from pipeline.core.errors import StageError  # noqa: E402
 
 
 def compare_runs(runs: list[Path], out: Path) -> pd.DataFrame:
+    """Primary-score metrics of each finished run in one table, and their ROC curves overlaid; written under ``out``."""
     rows, curves = [], []
     for run in runs:
-        mpath = run / "metrics.json"
-        if not mpath.is_file():
+        metrics = artifacts.read_json("metrics", run)
+        if metrics is None:
             raise StageError(f"{run}: no metrics.json (run the evaluate stage first)")
-        metrics = json.loads(mpath.read_text())
-        manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").exists() else {}
+        manifest = artifacts.read_json("manifest", run) or {}
         cfg = manifest.get("config", {})
         prim, score = metrics["primary"], metrics["primary_score"]
         ci = prim.get("auroc_ci") or [None, None]
         rows.append({"run": str(run), "model": cfg.get("model", {}).get("name"), "seed": cfg.get("run", {}).get("seed"), "score": score,
                      "n_normal": prim.get("n_normal"), "n_anomalous": prim.get("n_anomalous"), "auroc": prim.get("auroc"),
                      "auroc_ci_low": ci[0], "auroc_ci_high": ci[1], "auprc": prim.get("auprc"), "sens_at_95_spec": prim.get("sens_at_95_spec")})
-        scores = pd.read_csv(run / "scores.csv")
+        scores = artifacts.read_scores(run)
         test = scores[scores["split"] == metrics["split"]]
         if test["label"].nunique() == 2:
             fpr, tpr, _ = roc_curve(test["label"], test[score])
             curves.append((f"{run.name} ({rows[-1]['model']}, {score}): {prim['auroc']:.3f}", fpr, tpr))
     table = pd.DataFrame(rows)
+    with io.confine(out):
+        _write(out, table, curves)
+    return table
+
+
+def _write(out: Path, table: pd.DataFrame, curves: list) -> None:
     io.write_csv(out / "comparison.csv", table)
     io.write_text(out / "comparison.md", table.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else table.to_string(index=False))
     fig, ax = plt.subplots(figsize=(5.2, 4.8))
@@ -52,7 +57,6 @@ def compare_runs(runs: list[Path], out: Path) -> pd.DataFrame:
     fig.tight_layout()
     io.write_with(out / "roc_compare.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    return table
 
 
 def _has_tabulate() -> bool:

@@ -1,195 +1,31 @@
-"""Evaluate stage: ``metrics.json``, ``roc.png``, ``score_density.png`` and NIfTI overlays.
+"""Evaluate stage: ``scores.csv`` → ``metrics.json``, figures, ``report.html`` and overlays.
 
-Metrics are computed on the configured split (``test`` by default) for every score column;
-``evaluate.score`` names the primary one. Overlays: for each CT series,
-``overlays/<series>_residual.nii.gz`` (|x − reconstruction| of each scored cube's centre patch,
-in normalised intensity units) and ``overlays/<series>_score.nii.gz`` (the primary score painted
-over each cube's extent), both on the grid of ``volumes/<series>.nii.gz``. For 2D inputs (arrays,
-image files): ``overlays/top<rank>_<sample>.png`` and ``overlays/normal<rank>_<sample>.png``, the
-image, its reconstruction and the residual heatmap side by side.
+Metrics of every score on the configured split (AUROC with bootstrap CI, AUPRC, sensitivity at
+fixed specificity, the seeds' logistic-regression protocol); NIfTI overlays on each CT's own grid;
+PNG overlays for 2D inputs (:mod:`evaluation.evaluator`).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
-
-from evaluation.metrics import DEFINITIONS, detection_metrics, patient_level_auroc, per_class_auroc
-from evaluation.overlays import nodule_mask, paint, write_overlay
-from evaluation.plots import plot_density, plot_gallery, plot_overlay_2d, plot_pr, plot_roc, plot_roc_band
-from evaluation.report import write_report
-from models.checkpoint import read_normalisation
-from models.score import RESIDUALS_NPZ, centre_patch, load_scores, model_path
-from pipeline import io
-from pipeline.config import Config
-from pipeline.errors import StageError
-from pipeline.results import StageResult
-from preprocessing.extract import load_cubes, load_samples
-from preprocessing.intensity import denormalise
-from preprocessing.ingest import volume_path
-
-META_COLS = {"sample_id", "patient_id", "series_uid", "kind", "label", "class", "split", "p_value", "flagged"}
+from pipeline.core.results import StageResult
+from pipeline.core.schema import Config
+from pipeline.core.stage import Stage
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:
-    ec = cfg.evaluate
-    table = load_scores(run_dir)
-    score_cols = [c for c in table.columns if c not in META_COLS]
-    if ec.score not in score_cols:
-        raise StageError(f"evaluate.score: {ec.score!r} is not a score column; available: {', '.join(score_cols)}")
-    test = table[table["split"] == ec.split]
-    groups = test["patient_id"].to_numpy(str)
-    per_score = {c: detection_metrics(test["label"].to_numpy(), test[c].to_numpy(), ec.bootstrap, ec.ci, cfg.run.seed, groups) for c in score_cols}
-    samples = load_samples(run_dir).set_index("sample_id")  # read once: per-class labels and overlay geometry
-    classes = class_column(samples, test)
-    for c in score_cols:
-        if "auroc" in per_score[c]:
-            per_score[c]["patient_level"] = patient_level_auroc(test["label"].to_numpy(), test[c].to_numpy(), groups)
-            if classes is not None and len(np.unique(classes[test["label"].to_numpy() == 1])) > 1:
-                per_score[c]["per_class"] = per_class_auroc(classes, test["label"].to_numpy(), test[c].to_numpy())
-    metrics = {
-        "primary_score": ec.score,
-        "split": ec.split,
-        "primary": per_score[ec.score],
-        "scores": per_score,
-        "definitions": DEFINITIONS | {"score_orientation": "every score: higher = more anomalous"},
-    }
-    io.write_json(run_dir / "metrics.json", metrics)
-    outputs = [run_dir / "metrics.json"]
-    result = StageResult(counts={"evaluated": len(test), "anomalous": int(test["label"].sum())}, extra={"auroc": per_score[ec.score].get("auroc")})
-    if ec.overlays and cfg.ingest.format == "dicom":
-        outputs += write_overlays(run_dir, table, ec.score, result, samples)
-    if ec.figures:
-        outputs += write_figures_and_report(cfg, run_dir, table, test, score_cols, per_score, metrics)
-    result.outputs = outputs
-    return result
+    """Evaluate the run's scores."""
+    from evaluation import evaluator  # matplotlib, scikit-learn and SimpleITK load when the stage runs: see pipeline/core/stage.py
+
+    return evaluator.evaluate(cfg, run_dir)
 
 
-def write_figures_and_report(cfg: Config, run_dir: Path, table, test, score_cols: list[str], per_score: dict, metrics: dict) -> list[Path]:
-    """ROC, ROC band, precision-recall, density, galleries and ``report.html``."""
-    ec = cfg.evaluate
-    plot_roc(test, [ec.score] + [c for c in score_cols if c != ec.score], per_score, run_dir / "roc.png", f"ROC on {ec.split} split (n={len(test)})")
-    plot_density(test, ec.score, run_dir / "score_density.png")
-    plot_roc_band(test, ec.score, per_score, run_dir / "roc_band.png", min(ec.bootstrap, 500) or 100, cfg.run.seed)
-    plot_pr(test, [ec.score] + [c for c in score_cols if c != ec.score], per_score, run_dir / "pr.png")
-    outputs = [run_dir / n for n in ("roc.png", "score_density.png", "roc_band.png", "pr.png")]
-    patches = ScoredPatches(cfg, run_dir)
-    outputs += write_galleries(cfg, run_dir, test, ec.score, patches)
-    if ec.overlays and patches.cubes.ndim == 4 and ec.overlay_top_n > 0:  # 2D inputs: PNG overlays
-        outputs += write_png_overlays(cfg, run_dir, test, ec.score, patches)
-    curves = (model_path(cfg, run_dir).parent / "curves.png")
-    figures = [(run_dir / "roc.png", "ROC curves, all scores"), (run_dir / "roc_band.png", "ROC of the primary score with its 95% bootstrap band"),
-               (run_dir / "pr.png", "precision-recall"), (run_dir / "score_density.png", "score densities by class"), (curves, "training curves"),
-               (run_dir / "gallery_most_anomalous.png", "gallery: most anomalous test cases"), (run_dir / "gallery_least_anomalous.png", "gallery: least anomalous test cases")]
-    outputs.append(write_report(run_dir, cfg.to_dict(), metrics, table, figures))
-    return outputs
-
-
-class ScoredPatches:
-    """The normalised centre patches that were scored, with their residual maps and (2D) reconstructions, by sample ID."""
-
-    def __init__(self, cfg: Config, run_dir: Path) -> None:
-        with np.load(run_dir / RESIDUALS_NPZ) as z:
-            self.residual, ids = z["residual"], z["sample_id"]
-            self.reconstruction = z["reconstruction"] if "reconstruction" in z.files else None
-        self.row = {s: i for i, s in enumerate(ids)}
-        self.norm = read_normalisation(model_path(cfg, run_dir))
-        cube_ids, self.cubes = load_cubes(run_dir, self.norm)
-        self.cube_row = {s: i for i, s in enumerate(cube_ids)}
-        self.patch = self.residual.shape[-1]
-
-    def image(self, sample_id: str) -> np.ndarray:
-        return centre_patch(self.cubes[[self.cube_row[sample_id]]], self.patch)[0]
-
-    def residual_of(self, sample_id: str) -> np.ndarray:
-        return self.residual[self.row[sample_id]].astype(np.float32)
-
-    def reconstruction_of(self, sample_id: str) -> np.ndarray | None:
-        return None if self.reconstruction is None else self.reconstruction[self.row[sample_id]].astype(np.float32)
-
-
-def write_galleries(cfg: Config, run_dir: Path, test, score_col: str, patches: ScoredPatches, n: int = 6) -> list[Path]:
-    """Mid-slices (three planes for 3D) of the centre patch and its residual for the n most and least anomalous test cases."""
-    written = []
-    ordered = test.sort_values(score_col, ascending=False)
-    for name, part in (("most", ordered.head(n)), ("least", ordered.tail(n).iloc[::-1])):
-        imgs = [patches.image(s) for s in part["sample_id"]]
-        res = [patches.residual_of(s) for s in part["sample_id"]]
-        titles = [f"{'anomaly' if l else 'normal'}\n{score_col}={v:.4g}" for l, v in zip(part["label"], part[score_col])]
-        path = run_dir / f"gallery_{name}_anomalous.png"
-        plot_gallery(imgs, res, titles, path, f"{name} anomalous {cfg.evaluate.split} cases ({score_col})")
-        written.append(path)
-    return written
-
-
-def write_png_overlays(cfg: Config, run_dir: Path, test, score_col: str, patches: ScoredPatches) -> list[Path]:
-    """2D inputs: ``overlays/<rank>_<sample>.png`` (image | reconstruction | residual heatmap) for the
-    ``overlay_top_n`` most anomalous test cases and as many normal test cases drawn at random.
-    Image and reconstruction are shown in stored units (z-scores undone, so RGB keeps its colours);
-    the residual is in model units, as in ``residuals.npz``."""
-    n = cfg.evaluate.overlay_top_n
-    top = test.sort_values(score_col, ascending=False).head(n)
-    normals = test[test["label"] == 0]
-    normals = normals.sample(min(n, len(normals)), random_state=cfg.run.seed).sort_values(score_col, ascending=False)
-    written = []
-    for tag, part in (("top", top), ("normal", normals)):
-        for rank, row in enumerate(part.to_dict("records"), 1):
-            sid = str(row["sample_id"])
-            cls = f", class {row['class']}" if "class" in row else ""
-            title = f"{sid}: {'anomaly' if row['label'] else 'normal'}{cls}, {score_col} = {row[score_col]:.4g}"
-            path = run_dir / "overlays" / f"{tag}{rank:02d}_{safe_name(sid)}.png"
-            recon = patches.reconstruction_of(sid)
-            plot_overlay_2d(denormalise(patches.image(sid), patches.norm), None if recon is None else denormalise(recon, patches.norm),
-                            patches.residual_of(sid), title, path)
-            written.append(path)
-    return written
-
-
-def safe_name(text: str) -> str:
-    """A file-name-safe version of a sample ID (IDs of image files may hold path separators)."""
-    text = re.sub(r"\.(png|jpe?g|tiff?|dcm)$", "", text, flags=re.IGNORECASE)
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "sample"
-
-
-def class_column(samples, test) -> np.ndarray | None:
-    """Original class labels of the test samples (array datasets), for per-class AUROC."""
-    if "class" not in samples.columns:
-        return None
-    return samples.loc[test["sample_id"], "class"].to_numpy()
-
-
-def write_overlays(run_dir: Path, table, score_col: str, result: StageResult, samples) -> list[Path]:
-    """Residual and score overlays per series, on the ingested CT's grid."""
-    with np.load(run_dir / RESIDUALS_NPZ) as z:
-        residual, ids, offset = z["residual"], z["sample_id"], int(z["offset"])
-    row_of = {s: i for i, s in enumerate(ids)}
-    written = []
-    for series, grp in table.groupby("series_uid"):
-        if not isinstance(series, str) or not series:  # array datasets have no CT grid
-            continue
-        ct_path = volume_path(run_dir, series)
-        if not ct_path.exists():
-            result.fail(f"series {series}", f"overlay skipped: ingested CT {ct_path} not found")
-            continue
-        ct = sitk.ReadImage(str(ct_path))
-        shape = ct.GetSize()[::-1]
-        geo = samples.loc[grp["sample_id"]]
-        starts = geo[["start_i", "start_j", "start_k"]].to_numpy(int)
-        res = [residual[row_of[s], 0] for s in grp["sample_id"]]
-        out_res = run_dir / "overlays" / f"{series}_residual.nii.gz"
-        write_overlay(ct, paint(shape, starts + offset, res), out_res)
-        size = geo["size"].to_numpy(int)
-        values = grp[score_col].to_numpy(float)
-        blocks = [np.full((n, n, n), v, np.float32) for n, v in zip(size, values)]
-        out_score = run_dir / "overlays" / f"{series}_score.nii.gz"
-        write_overlay(ct, paint(shape, starts, blocks, fill=float(np.nanmin(values))), out_score)
-        written += [out_res, out_score]
-        nod = geo[geo["kind"] == "nodule"]
-        if len(nod):
-            out_mask = run_dir / "overlays" / f"{series}_nodules.nii.gz"
-            write_overlay(ct, nodule_mask(shape, nod[["i", "j", "k"]].to_numpy(int)), out_mask)
-            written.append(out_mask)
-    return written
+STAGE = Stage(
+    name="evaluate",
+    run=run,
+    reads=("evaluate", "run.seed"),
+    after=("score", "extract", "ingest"),
+    outputs=("metrics", "report", "figure", "overlay_residual", "overlay_score", "overlay_nodules", "overlay_png"),
+    help="metrics.json (AUROC with CI, AUPRC, ...), ROC and density plots, report.html, NIfTI/PNG overlays",
+)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline import io
+from preprocessing.nifti import write_nifti
 
 
 def paint(shape_zyx: tuple[int, int, int], starts_ijk: np.ndarray, blocks_zyx: list[np.ndarray] | np.ndarray, fill: float = 0.0) -> np.ndarray:
@@ -37,7 +37,7 @@ def write_overlay(reference: sitk.Image, volume_zyx: np.ndarray, path: Path) -> 
     """Write ``volume_zyx`` as NIfTI with exactly the geometry of ``reference``."""
     img = sitk.GetImageFromArray(volume_zyx.astype(np.float32))
     img.CopyInformation(reference)
-    io.write_nifti(path, img)
+    write_nifti(path, img)
 
 
 def nodule_mask(shape_zyx: tuple[int, int, int], centres_ijk: np.ndarray, radius_vox: int = 2) -> np.ndarray:

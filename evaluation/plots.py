@@ -10,9 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
 
-from pipeline import io  # noqa: E402
+from pipeline.core import io  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
@@ -156,4 +156,42 @@ def plot_density(table: pd.DataFrame, score_col: str, path: Path) -> None:
             ax.plot(v, np.zeros_like(v), "|", color=colour, ms=12)
     ax.set(xlabel=f"{score_col} (higher = more anomalous)", ylabel="density", title=f"{score_col} by class")
     ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_roc_curves(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str, legend_title: str = "AUROC") -> None:
+    """Overlaid ROC curves of ``(label, labels, scores)`` triples (non-finite scores dropped); the legend gives each AUROC."""
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    for label, y, s in curves:
+        y, s = np.asarray(y, int), np.asarray(s, float)
+        ok = np.isfinite(s)
+        if len(np.unique(y[ok])) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y[ok], s[ok])
+        ax.plot(fpr, tpr, lw=1.2, label=f"{label}: {roc_auc_score(y[ok], s[ok]):.3f}")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="1 − specificity (FPR)", ylabel="sensitivity (TPR)", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(fontsize=6.5, loc="lower right", title=legend_title, title_fontsize=7)
+    _save(fig, path)
+
+
+def plot_density_grid(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str) -> None:
+    """One small histogram per ``(title, labels, scores)``: normal vs anomalous densities (0.5-99.5% range)."""
+    n = len(panels)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.5 * rows), squeeze=False)
+    for ax, (name, y, s) in zip(axes.ravel(), panels):
+        y, s = np.asarray(y), np.asarray(s, float)
+        ok = np.isfinite(s)
+        lo, hi = np.quantile(s[ok], [0.005, 0.995])
+        bins = np.linspace(lo, hi, 40)
+        for lab, colour, text in ((0, "tab:blue", "normal"), (1, "tab:red", "anomaly")):
+            ax.hist(np.clip(s[ok & (y == lab)], lo, hi), bins=bins, density=True, alpha=0.5, color=colour, label=text)
+        ax.set_title(name[:48], fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    axes.ravel()[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
     _save(fig, path)

@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from pipeline import io
-from pipeline.manifest import stable_view
+from pipeline.core import artifacts, io
+from pipeline.core.manifest import stable_view
 
 
 def _img(path: Path, alt: str) -> str:
@@ -75,7 +75,7 @@ def _errors(manifest: dict) -> str:
 
 
 def write_report(run_dir: Path, cfg_dict: dict, metrics: dict, scores: pd.DataFrame, figures: list[tuple[Path, str]], top_n: int = 20) -> Path:
-    manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
+    manifest = artifacts.read_json("manifest", run_dir) or {}
     primary = metrics["primary_score"]
     prim = metrics["primary"]
     ci = prim.get("auroc_ci") or [None, None]
@@ -114,6 +114,6 @@ window.addEventListener("load", function () {{
 }});
 </script></body></html>
 """
-    out = run_dir / "report.html"
+    out = artifacts.path("report", run_dir)
     io.write_text(out, page)
     return out

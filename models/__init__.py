@@ -1,7 +1,5 @@
-"""Generative anomaly detectors built from MONAI blocks, their registry, training and scores.
+"""Anomaly detectors built from MONAI blocks: the catalog, the registry, training, scoring and inference.
 
-Importing the package registers the built-in models in :data:`models.registry.MODELS`.
+The package itself imports nothing: :mod:`models.catalog` (names, parameters, score names) is
+torch-free, :mod:`models.zoo` imports every detector family (torch, MONAI).
 """
-
-from models import registry  # noqa: F401
-from models import alphagan, baselines, joint, vae, wgan  # noqa: F401  (each registers its models)

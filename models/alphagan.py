@@ -46,15 +46,13 @@ the training curves, not a selection criterion (selection uses the validation L1
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models import nets
+from models.catalog import AdversarialAEParams, AlphaGANParams, BiGANParams
 from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d
-
 
 
 def bce_real(logits: torch.Tensor) -> torch.Tensor:
@@ -93,55 +91,9 @@ class PairDiscriminator(nn.Module):
         return self.forward_with_features(x, z)[0]
 
 
-@dataclass
-class AdversarialAEParams:
-    """Shared hyper-parameters of the BiGAN and α-GAN detectors (config section ``model``)."""
-
-    name: str = "bigan3d"
-    latent_dim: int = 128
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # G, D and E widths
-    strides: list[int] = field(default_factory=lambda: [2, 2, 1])  # product must divide the patch size
-    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas for all networks
-
-    def check(self, cfg) -> list[str]:
-        return nets.check_params(self, cfg)
-
-
-@dataclass
-class BiGANParams(AdversarialAEParams):
-    """BiGAN/ALI hyper-parameters."""
-
-    name: str = "bigan3d"
-    disc_features: int = 128  # width of the joint discriminator's image/code branches and hidden layer
-
-    def check(self, cfg) -> list[str]:
-        errs = super().check(cfg)
-        if self.disc_features < 1:
-            errs.append("model.disc_features: must be ≥ 1")
-        return errs
-
-
-@dataclass
-class AlphaGANParams(AdversarialAEParams):
-    """α-GAN hyper-parameters."""
-
-    name: str = "alphagan3d"
-    rec_weight: float = 10.0  # weight of the voxel-mean L1 reconstruction loss (seed 002: not given)
-    code_hidden: int = 256  # width of the code discriminator's two hidden layers
-
-    def check(self, cfg) -> list[str]:
-        errs = super().check(cfg)
-        if self.rec_weight < 0:
-            errs.append("model.rec_weight: must be ≥ 0")
-        if self.code_hidden < 1:
-            errs.append("model.code_hidden: must be ≥ 1")
-        return errs
-
-
 class AdversarialAE(Detector):
     """Base: encoder E and generator G with the seed-002 reconstruction/feature/discriminator scores."""
 
-    score_names = ("l1", "l2", "enc_fm", "disc_fm", "disc")
 
     def __init__(self, params: AdversarialAEParams, in_channels: int, patch_size: int) -> None:
         super().__init__(params, in_channels, patch_size)
@@ -185,7 +137,6 @@ class AdversarialAE(Detector):
 class BiGAN(AdversarialAE):
     """BiGAN/ALI with a joint (x, z) discriminator"""
 
-    Params = BiGANParams
 
     def __init__(self, params: BiGANParams, in_channels: int, patch_size: int) -> None:
         super().__init__(params, in_channels, patch_size)
@@ -226,7 +177,6 @@ class BiGAN(AdversarialAE):
 class AlphaGAN(AdversarialAE):
     """α-GAN: autoencoder with image and code discriminators (Rosca et al. 2017)"""
 
-    Params = AlphaGANParams
 
     def __init__(self, params: AlphaGANParams, in_channels: int, patch_size: int) -> None:
         super().__init__(params, in_channels, patch_size)

@@ -30,13 +30,12 @@ there a raw mean intensity (or ``high_fraction``) ranks nodules above lung. The 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from sklearn.decomposition import PCA as SkPCA
 
+from models.catalog import STATISTICS, IntensityParams, PCAParams
 from models.complexity import png_bits
 from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d
 
@@ -71,20 +70,6 @@ class ClosedFormDetector(Detector):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class PCAParams:
-    """PCA baseline hyper-parameters (config section ``model``)."""
-
-    name: str = "pca3d"
-    n_components: int = 32  # k principal components kept
-    whiten: bool = False  # only changes ``pca_latent`` (→ Hotelling T²); the reconstruction is the same
-
-    def check(self, cfg) -> list[str]:
-        if self.n_components < 1:
-            return ["model.n_components: must be ≥ 1"]
-        return []
-
-
 @register_2d_3d("pca")
 class PCADetector(ClosedFormDetector):
     """PCA reconstruction error (scikit-learn PCA on flattened patches)
@@ -99,8 +84,6 @@ class PCADetector(ClosedFormDetector):
     (randomised for large D, exact otherwise) with ``random_state=0``, so fits are reproducible.
     """
 
-    Params = PCAParams
-    score_names = ("pca_recon", "pca_latent")
 
     def __init__(self, params: PCAParams, in_channels: int, patch_size: int) -> None:
         super().__init__(params, in_channels, patch_size)
@@ -164,26 +147,6 @@ class PCADetector(ClosedFormDetector):
 # Intensity statistic
 # --------------------------------------------------------------------------------------------
 
-STATISTICS = ("mean", "std", "max", "high_fraction", "complexity")
-
-
-@dataclass
-class IntensityParams:
-    """Intensity-statistic baseline hyper-parameters (config section ``model``)."""
-
-    name: str = "intensity3d"
-    statistic: Literal["mean", "std", "max", "high_fraction", "complexity"] = "mean"  # complexity: PNG bits (models/complexity.py)
-    threshold: float = 0.5  # high_fraction: voxels above this value (model range; 0.5 ≈ −300 HU in [−1000, 400])
-    distance: Literal["two_sided", "upper", "lower"] = "two_sided"  # |z|, z (brighter = anomalous) or −z
-    min_std: float = 1e-6  # floor of the training standard deviation (constant training statistic)
-
-    def check(self, cfg) -> list[str]:
-        errs = []
-        if not self.min_std > 0:
-            errs.append("model.min_std: must be > 0")
-        if self.statistic == "high_fraction" and cfg.extract.normalise == "window" and not 0 <= self.threshold <= 1:
-            errs.append(f"model.threshold: {self.threshold} is outside the model range [0, 1] of window-normalised data")
-        return errs
 
 
 @register_2d_3d("intensity")
@@ -195,8 +158,6 @@ class IntensityDetector(ClosedFormDetector):
     training patch used for the residual map.
     """
 
-    Params = IntensityParams
-    score_names = ("intensity", "intensity_raw")
 
     def __init__(self, params: IntensityParams, in_channels: int, patch_size: int) -> None:
         super().__init__(params, in_channels, patch_size)

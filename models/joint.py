@@ -41,12 +41,11 @@ Residual map: |x − G(ẑ)|. Validation loss: per-sample mean |x − G(E(x))| o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
 from models import nets
+from models.catalog import JointParams
 from models.gan_losses import critic_loss, gradient_penalty
 from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d
 
@@ -83,36 +82,10 @@ def combined_score(ln: torch.Tensor, lo: torch.Tensor, lam: float) -> torch.Tens
     return lam * ln + (1.0 - lam) * lo
 
 
-@dataclass
-class JointParams:
-    """Jointly trained encoder WGAN-GP hyper-parameters (config section ``model``)."""
-
-    name: str = "joint3d"
-    latent_dim: int = 128  # N_z (study: 512 on 2D images)
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # G, D and E widths
-    strides: list[int] = field(default_factory=lambda: [2, 2, 1])  # product must divide the patch size
-    z_norm: Literal["unit", "none"] = "unit"  # unit: G normalises its input code to unit length (study/pGAN)
-    lambda_gp: float = 10.0
-    n_critic: int = 5  # critic steps per generator/encoder step
-    encoder_weight: float = 1.0  # μ: weight of ‖G(z) − G(E(G(z)))‖₁ in the G/E step
-    score_lambda: float = 0.05  # λ in a = λ·L_n + (1−λ)·L_o
-    betas: tuple[float, float] = (0.5, 0.9)  # Adam betas for all networks (WGAN-GP: (0, 0.9) or (0.5, 0.9))
-
-    def check(self, cfg) -> list[str]:
-        errs = nets.check_params(self, cfg)
-        if not 0.0 <= self.score_lambda <= 1.0:
-            errs.append("model.score_lambda: must be in [0, 1]")
-        if self.lambda_gp < 0 or self.encoder_weight < 0:
-            errs.append("model.lambda_gp / model.encoder_weight: must be ≥ 0")
-        return errs
-
-
 @register_2d_3d("joint")
 class JointEncoderGAN(Detector):
     """WGAN-GP with a jointly trained encoder (Berg et al. 2019)"""
 
-    Params = JointParams
-    score_names = ("joint", "joint_ln", "joint_lo")
 
     def __init__(self, params: JointParams, in_channels: int, patch_size: int) -> None:
         super().__init__(params, in_channels, patch_size)

@@ -34,30 +34,6 @@ def start_size(patch: int, strides: Sequence[int]) -> int:
     return patch // prod
 
 
-def check_strides(strides: Sequence[int], patch: int, key: str = "model.strides") -> list[str]:
-    """Config check: MONAI silently produces a different size when the strides do not divide the patch."""
-    size = patch
-    for s in strides:
-        if size % s:
-            return [f"{key}: {list(strides)} do not divide train.patch_size {patch} (MONAI would silently produce a different size)"]
-        size //= s
-    return []
-
-
-def check_params(p, cfg) -> list[str]:
-    """Config checks shared by the network-based detectors (whichever of these fields ``p`` has)."""
-    errs = check_strides(p.strides, cfg.train.patch_size)
-    if len(p.channels) != len(p.strides):
-        errs.append(f"model.strides: {len(p.strides)} values but model.channels has {len(p.channels)}")
-    if getattr(p, "latent_dim", 1) < 1:
-        errs.append("model.latent_dim: must be ≥ 1")
-    if getattr(p, "n_critic", 1) < 1:
-        errs.append("model.n_critic: must be ≥ 1")
-    if not all(0.0 <= b < 1.0 for b in getattr(p, "betas", ())):
-        errs.append("model.betas: each must be in [0, 1)")
-    return errs
-
-
 class GeneratorNet(nn.Module):
     """G: z (B, L) → image (B, C, *spatial) in [0, 1]."""
 

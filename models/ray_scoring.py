@@ -1,7 +1,7 @@
 """Batch scoring on Ray Data (``run.engine: ray``): ``map_batches`` with one model per actor.
 
 Each actor loads the checkpoint once and scores the batches it is given with
-:func:`models.score.score_array`, the function the local score stage uses, with the same
+:func:`models.inference.score_array`, the function the local score stage uses, with the same
 Monte-Carlo noise per batch; scores therefore do not depend on which actor scored a cube.
 ``run.workers`` actors run at once, each with ``run.threads`` torch threads (and one GPU each
 when the run uses CUDA). Rows carry their index, so the result is put back in input order.
@@ -28,7 +28,7 @@ class ModelActor:
         self.mc_samples, self.seed = mc_samples, seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from models.score import score_array
+        from models.inference import score_array
 
         scores, residual, _ = score_array(self.model, batch["x"], self.mc_samples, len(batch["x"]), self.seed, self.device)
         return {"index": batch["index"], "residual": residual, **{f"score:{k}": v for k, v in scores.items()}}
@@ -37,7 +37,7 @@ class ModelActor:
 def score_with_ray(checkpoint: Path, x: np.ndarray, mc_samples: int, batch_size: int, seed: int, device: str, threads: int,
                    actors: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Score (N, C, *spatial) patches on the Ray cluster; returns ``(scores, residuals)`` like ``score_array``."""
-    from pipeline.ray_engine import init_ray
+    from pipeline.core.ray_engine import init_ray
 
     ray = init_ray()
     ctx = ray.data.DataContext.get_current()

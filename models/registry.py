@@ -1,8 +1,9 @@
 """Model registry and the detector interface every registered model implements.
 
-A detector is a ``torch.nn.Module`` with a ``Params`` dataclass (validated by the config schema)
-and four methods used by the generic train/score stages. Adding a model is one module that
-subclasses :class:`Detector` and decorates it with ``@register("name")``.
+A detector is a ``torch.nn.Module`` with a ``Params`` dataclass (declared in :mod:`models.catalog`,
+validated by the config schema) and the methods the generic train/score stages call. A family
+module subclasses :class:`Detector` and decorates it with ``@register_2d_3d("family")``;
+:mod:`models.zoo` imports every family, so ``models.zoo.MODELS`` is the complete registry.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+
+from models.catalog import FAMILIES
 
 MODELS: dict[str, type["Detector"]] = {}
 
@@ -126,16 +129,18 @@ def sgd_step(module: nn.Module, x: torch.Tensor, optimizer: torch.optim.Optimize
 
 
 def register_2d_3d(base: str):
-    """Register a dimension-generic detector class as ``<base>2d`` and ``<base>3d``."""
+    """Register a dimension-generic detector class as ``<base>2d`` and ``<base>3d``.
+
+    Its ``Params`` and ``score_names`` are those of the family ``base`` in the torch-free
+    :mod:`models.catalog`, the one place that declares them.
+    """
+    params, scores = FAMILIES[base]
 
     def deco(cls: type[Detector]) -> type[Detector]:
+        cls.Params, cls.score_names = params, scores
         for dims in (2, 3):
             sub = type(f"{cls.__name__}{dims}D", (cls,), {"spatial_dims": dims, "__doc__": f"{cls.__doc__} ({dims}D)"})
             register(f"{base}{dims}d")(sub)
         return cls
 
     return deco
-
-
-def build(name: str, params, in_channels: int, patch_size: int) -> Detector:
-    return MODELS[name](params, in_channels, patch_size)

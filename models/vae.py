@@ -21,45 +21,18 @@ and the decoder over a K×B batch (in chunks, to bound memory).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import VarAutoEncoder
 
-from models import nets
+from models.catalog import VAEParams
 from models.complexity import png_bits
 from models.latent_density import LatentGMM
 from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d, sgd_step
 
 LOG_2PI = math.log(2 * math.pi)
-
-
-@dataclass
-class VAEParams:
-    """VAE hyper-parameters (config section ``model``)."""
-
-    name: str = "vae3d"
-    latent_dim: int = 32
-    channels: list[int] = field(default_factory=lambda: [8, 16, 32])  # sized for ≥10 cubes/s at K=100 on 2 CPU cores
-    strides: list[int] = field(default_factory=lambda: [2, 2, 1])  # product must divide the patch size
-    num_res_units: int = 0
-    norm: Literal["instance", "batch", "none"] = "instance"  # instance norm hides each image's overall intensity from the layers after it
-    decoder: Literal["gaussian", "bernoulli"] = "gaussian"
-    sigma: float = 0.7071067811865476  # Gaussian decoder σ (seeds: 1/√2); with learn_sigma its initial value
-    learn_sigma: bool = False  # σ is a trained parameter (maximum likelihood, "σ-VAE", Rybkin et al. 2021)
-    beta: float = 1.0  # KL weight in the training loss (seed 004: 0.01); scores always use β = 1
-    decode_chunk: int = 256  # decoder batch size when scoring K×B samples
-    latent_gmm: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # GMM sizes tried (by BIC on training codes) for the ``latent`` score; [] = off
-
-    def check(self, cfg) -> list[str]:
-        errs = nets.check_params(self, cfg)
-        if self.sigma <= 0:
-            errs.append("model.sigma: must be > 0")
-        if any(k < 1 for k in self.latent_gmm):
-            errs.append("model.latent_gmm: component counts must be ≥ 1")
-        return errs
 
 
 def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
@@ -111,8 +84,6 @@ def mc_scores(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, nll: Call
 class VAE(Detector):
     """VAE on MONAI's VarAutoEncoder"""
 
-    Params = VAEParams
-    score_names = ("elbo", "iwae", "recon", "kl", "latent", "elbo_ic")
 
     def __init__(self, params: VAEParams, in_channels: int, patch_size: int) -> None:
         super().__init__(params, in_channels, patch_size)

@@ -27,53 +27,17 @@ izi_f, ``residual`` and ``feature`` terms; one forward pass, no search.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 import torch
 
 from models import nets
+from models.catalog import FAnoGANParams, WGANParams
 from models.gan_losses import critic_loss, gradient_penalty
 from models.registry import Detector, ScoreOutput, register_2d_3d
-
-
-@dataclass
-class WGANParams:
-    """WGAN-GP hyper-parameters shared by the AnoGAN and f-AnoGAN detectors."""
-
-    name: str = "anogan3d"
-    latent_dim: int = 64
-    channels: list[int] = field(default_factory=lambda: [8, 16, 32])  # G and D; sized for the CPU speed targets
-    strides: list[int] = field(default_factory=lambda: [2, 2, 1])
-    lambda_gp: float = 10.0
-    n_critic: int = 5
-    betas: tuple[float, float] = (0.5, 0.9)
-    latent_prior: Literal["normal", "uniform"] = "normal"  # seed 000 used uniform z, seed 003 normal
-
-    def check(self, cfg) -> list[str]:
-        return nets.check_params(self, cfg)
-
-
-@dataclass
-class AnoGANParams(WGANParams):
-    search_steps: int = 100
-    search_lambda: float = 0.5  # weight of the feature term
-    search_optimizer: Literal["adam", "sgd"] = "adam"
-    search_lr: float = 0.05
-    restarts: int = 1
-
-
-@dataclass
-class FAnoGANParams(WGANParams):
-    name: str = "fanogan3d"
-    kappa: float = 1.0
-    encoder_epochs_fraction: float = 0.5
 
 
 class WGANGP(Detector):
     """WGAN-GP generator and critic with the shared training loop."""
 
-    Params = WGANParams
 
     def __init__(self, params: WGANParams, in_channels: int, patch_size: int) -> None:
         super().__init__(params, in_channels, patch_size)
@@ -127,8 +91,6 @@ class WGANGP(Detector):
 class AnoGAN(WGANGP):
     """WGAN-GP with AnoGAN's batched latent-search score"""
 
-    Params = AnoGANParams
-    score_names = ("anogan", "residual", "feature")
 
     def search(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Batched latent search; returns the best z per query and its loss terms (each (B,))."""
@@ -179,8 +141,6 @@ class AnoGAN(WGANGP):
 class FAnoGAN(WGANGP):
     """WGAN-GP followed by an izi_f encoder (f-AnoGAN)"""
 
-    Params = FAnoGANParams
-    score_names = ("fanogan", "residual", "feature")
 
     def __init__(self, params: FAnoGANParams, in_channels: int, patch_size: int) -> None:
         super().__init__(params, in_channels, patch_size)

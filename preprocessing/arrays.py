@@ -31,14 +31,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import io
-from pipeline.config import ArraySource, Config
-from pipeline.errors import StageError
-from pipeline.results import StageResult
+from pipeline.core import artifacts, io
+from pipeline.core.errors import StageError
+from pipeline.core.results import StageResult
+from pipeline.core.schema import ArraySource, Config
 from preprocessing.resample import resample_to_spacing
 
-ARRAYS_NPZ = "arrays.npz"
-ARRAYS_CSV = "arrays.csv"
 SPLIT_PREFIXES = ("train", "val", "test")
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -238,15 +236,16 @@ def write_arrays(run_dir: Path, table: pd.DataFrame, grids: list[np.ndarray], sp
     for i, g in enumerate(grids):
         padded[(i, slice(None), *[slice(0, n) for n in g.shape[1:]])] = g
     table = table.assign(row=np.arange(len(table)))
-    io.write_npz(run_dir / ARRAYS_NPZ, images=padded, shape=shapes, sample_id=table["sample_id"].to_numpy(str))
-    io.write_csv(run_dir / ARRAYS_CSV, table)
-    return [run_dir / ARRAYS_NPZ, run_dir / ARRAYS_CSV]
+    npz = artifacts.path("arrays", run_dir)
+    io.write_npz(npz, images=padded, shape=shapes, sample_id=table["sample_id"].to_numpy(str))
+    return [npz, artifacts.write_table("arrays_table", run_dir, table)]
 
 
-def extract(cfg: Config, run_dir: Path, cubes_npz: str, samples_csv: str) -> StageResult:
-    table = pd.read_csv(run_dir / ARRAYS_CSV, dtype={"sample_id": str, "patient_id": str, "source_split": str, "source": str}, keep_default_na=False)
-    with np.load(run_dir / ARRAYS_NPZ) as z:
-        images, shapes = z["images"], z["shape"]
+def extract(cfg: Config, run_dir: Path) -> StageResult:
+    """Centre-crop every image to ``extract.cube_size`` → ``cubes.npz`` and ``samples.csv`` (no geometry columns)."""
+    table = artifacts.read_arrays_table(run_dir)
+    z = artifacts.read_npz("arrays", run_dir, "run the ingest stage first")
+    images, shapes = z["images"], z["shape"]
     size = cfg.extract.cube_size
     result = StageResult()
     small = (shapes < size).any(1)
@@ -262,8 +261,8 @@ def extract(cfg: Config, run_dir: Path, cubes_npz: str, samples_csv: str) -> Sta
     extra = [c for c in table.columns if c not in ("sample_id", "patient_id", "label", "class", "source_split", "source", "row")]
     samples = table.iloc[keep].assign(kind="image", series_uid="", size=size)
     samples = samples[["sample_id", "patient_id", "series_uid", "kind", "label", "class", "source_split", "source", "size", *extra]].reset_index(drop=True)
-    io.write_npz(run_dir / cubes_npz, raw=crops, sample_id=samples["sample_id"].to_numpy(str))
-    io.write_csv(run_dir / samples_csv, samples)
+    cubes_path = artifacts.write_cubes(run_dir, crops, samples["sample_id"].to_numpy(str))
+    samples_path = artifacts.write_table("samples", run_dir, samples)
     result.counts = {"images": int(len(samples)), "normal": int((samples.label == 0).sum()), "anomalous": int((samples.label == 1).sum()), "too_small": int(small.sum())}
-    result.outputs = [run_dir / cubes_npz, run_dir / samples_csv]
+    result.outputs = [cubes_path, samples_path]
     return result

@@ -9,7 +9,18 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from pipeline.errors import ExtractionError
+from pipeline.core.errors import ExtractionError
+
+
+def centre_offset(size: int, patch: int) -> int:
+    """Index of the centre patch's first voxel inside a ``size`` cube (MONAI's centre-crop rule)."""
+    return (size - patch) // 2
+
+
+def centre_patch(x: np.ndarray, patch: int) -> np.ndarray:
+    """Centre ``patch``-sized crop of (N, C, *spatial) arrays (a view); the crop of scoring and validation, MONAI's centre-crop rule."""
+    o = [centre_offset(n, patch) for n in x.shape[2:]]
+    return x[(slice(None), slice(None), *[slice(a, a + patch) for a in o])]
 
 
 def cube_start(center_ijk: np.ndarray, size: int) -> np.ndarray:

@@ -26,8 +26,8 @@ from pydicom.encaps import parse_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from pipeline.engine import map_items
-from pipeline.errors import DicomReadError, InvalidSeriesError
+from pipeline.core.engine import map_items
+from pipeline.core.errors import DicomReadError, InvalidSeriesError
 
 IMPLICIT_LE, EXPLICIT_LE, DEFLATED_LE, EXPLICIT_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"
 # Transfer syntaxes whose pixel data are stored uncompressed (size is predictable).
@@ -72,6 +72,7 @@ class SliceHeader:
     columns: int
     instance_number: int | None
     transfer_syntax: str = EXPLICIT_LE
+    frames: int = 1  # NumberOfFrames (1 when absent)
 
 
 @dataclass
@@ -119,7 +120,7 @@ def read_header(path: Path) -> SliceHeader:
     except Exception as exc:  # pydicom raises many types on damaged headers
         raise DicomReadError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from None
     try:
-        return SliceHeader(
+        header = SliceHeader(
             path=path,
             series_uid=str(ds.SeriesInstanceUID),
             study_uid=str(ds.get("StudyInstanceUID", "")),
@@ -132,9 +133,31 @@ def read_header(path: Path) -> SliceHeader:
             columns=int(ds.Columns),
             instance_number=int(ds.InstanceNumber) if ds.get("InstanceNumber") not in (None, "") else None,
             transfer_syntax=tsyntax,
+            frames=int(ds.get("NumberOfFrames", 1) or 1),
         )
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         raise DicomReadError(f"{path}: malformed geometry tags ({exc})") from None
+    problem = _geometry_problem(header)
+    if problem:
+        raise DicomReadError(f"{path}: malformed geometry tags ({problem})")
+    return header
+
+
+def _geometry_problem(h: SliceHeader) -> str:
+    """Why a header's geometry cannot describe a slice ('' when it can): counts, finiteness, unit orthogonal cosines."""
+    if len(h.position) != 3 or len(h.orientation) != 6 or len(h.pixel_spacing) != 2:
+        return f"ImagePositionPatient/ImageOrientationPatient/PixelSpacing need 3/6/2 values, got {len(h.position)}/{len(h.orientation)}/{len(h.pixel_spacing)}"
+    values = np.array([*h.position, *h.orientation, *h.pixel_spacing], float)
+    if not np.all(np.isfinite(values)):
+        return "non-finite position, orientation or spacing"
+    if min(h.pixel_spacing) <= 0:
+        return f"PixelSpacing {list(h.pixel_spacing)} is not positive"
+    if h.rows < 1 or h.columns < 1 or h.frames < 1:
+        return f"Rows {h.rows}, Columns {h.columns}, NumberOfFrames {h.frames} must be ≥ 1"
+    row, col = np.asarray(h.orientation[:3]), np.asarray(h.orientation[3:])
+    if abs(np.linalg.norm(row) - 1) > 1e-2 or abs(np.linalg.norm(col) - 1) > 1e-2 or abs(row @ col) > 1e-2:
+        return f"ImageOrientationPatient {list(h.orientation)} is not two orthogonal unit vectors"
+    return ""
 
 
 def _check_pixel_data(path: Path, fp: BinaryIO, ds, tsyntax: str, pixel_offset: int, size: int) -> None:
@@ -283,6 +306,20 @@ def validate_series(slices: list[SliceHeader], min_slices: int = 8, spacing_tole
         rows=first.rows,
         columns=first.columns,
     )
+
+
+def check_size(info: SeriesInfo, spacing_mm: float, max_voxels: int) -> None:
+    """Reject a series whose declared pixels, or whose grid at ``spacing_mm``, exceed ``max_voxels``.
+
+    Uses the headers only, so a file declaring 65535 × 65535 pixels (or a PixelSpacing of 10⁶ mm)
+    is refused before SimpleITK allocates anything.
+    """
+    declared = info.rows * info.columns * sum(max(1, s.frames) for s in info.slices)
+    extent = np.array([info.columns * info.pixel_spacing_mm[1], info.rows * info.pixel_spacing_mm[0], len(info.slices) * info.slice_spacing_mm])
+    grid = int(np.prod(np.ceil(extent / spacing_mm)))
+    if declared > max_voxels or grid > max_voxels:
+        raise InvalidSeriesError(f"series {info.series_uid}: declared size {info.columns}×{info.rows}×{len(info.slices)} "
+                                 f"({declared:,} voxels; {grid:,} at {spacing_mm:g} mm) exceeds ingest.max_voxels {max_voxels:,}; not read")
 
 
 def read_volume(info: SeriesInfo) -> sitk.Image:

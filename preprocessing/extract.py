@@ -1,185 +1,38 @@
-"""Extract stage: nodule table + ingested volumes → ``cubes.npz`` and ``samples.csv``.
+"""Extract stage: ingested data → ``cubes.npz`` (raw patches in stored units) and ``samples.csv``.
 
-``cubes.npz`` holds ``raw`` (N, 1, S, S, S) int16 in HU, ``zyx`` order, exactly as cut from the
-1 mm volume, plus ``sample_id``. (Array datasets store (N, C, *spatial) float32 in source units.) Normalisation (HU window → [0, 1]) is applied on load with the
-config's window, the same function the model checkpoint records for new data.
-
-``samples.csv`` has one row per cube: sample_id, patient_id, series_uid, kind (nodule |
-background), nodule_id, label (0 normal, 1 anomaly), malignancy, centre (LPS mm and ijk),
-start index, padded flag, and ``affine_lps``: the 16 numbers (row-major) of the cube's own
-voxel(ijk)→LPS affine.
+DICOM CT: a ``cube_size``³ cube at every nodule of the table, plus optional background cubes of
+lung tissue (:mod:`preprocessing.cube_extract`). Array datasets and image folders: the centre
+``cube_size`` crop of every image (:func:`preprocessing.arrays.extract`). Intensities are
+normalised when the patches are loaded, with the normalisation the model checkpoint records.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import SimpleITK as sitk
-
-from pipeline import io
-from pipeline.config import Config
-from pipeline.engine import map_items
-from pipeline.errors import StageError
-from pipeline.results import StageResult
-from preprocessing.cubes import background_starts, cube_start, cut_cube
-from preprocessing.geometry import lps_affine, sub_affine, world_to_index
-from preprocessing.ingest import load_series_table, volume_path
-from preprocessing.intensity import normalise
-from preprocessing.nodules import read_nodules
-from preprocessing.resample import AIR_HU
-
-CUBES_NPZ = "cubes.npz"
-SAMPLES_CSV = "samples.csv"
-
-
-@dataclass(frozen=True)
-class _Job:
-    series_uid: str
-    patient_id: str
-    volume: Path
-    nodules: pd.DataFrame
-    cfg: object  # ExtractConfig
-    seed: int
-
-
-def _label(cfg, rating: float) -> int | None:
-    if cfg.nodule_label == "anomaly":
-        return 1
-    if not np.isfinite(rating):
-        return None
-    if rating <= cfg.normal_max_malignancy:
-        return 0
-    if rating >= cfg.anomaly_min_malignancy:
-        return 1
-    return None
-
-
-def _extract_series(job: _Job) -> dict:
-    cfg, size = job.cfg, job.cfg.cube_size
-    image = sitk.ReadImage(str(job.volume))
-    vol = sitk.GetArrayViewFromImage(image)  # zyx, HU int16
-    aff = lps_affine(image)
-    rows, cubes, errors = [], [], []
-    centres = []
-    for _, nod in job.nodules.iterrows():
-        item = f"nodule {nod['nodule_id']}"
-        xyz = np.array([nod["x_mm"], nod["y_mm"], nod["z_mm"]], dtype=float)
-        ijk = np.rint(world_to_index(aff, xyz)[0]).astype(int)
-        centres.append(ijk)
-        rating = float(nod[cfg.malignancy_column]) if cfg.malignancy_column in nod and pd.notna(nod[cfg.malignancy_column]) else float("nan")
-        label = _label(cfg, rating)
-        if label is None:
-            continue  # rating between the normal and anomaly bands: excluded by design, not an error
-        if np.any(ijk < 0) or np.any(ijk >= np.asarray(image.GetSize())):
-            errors.append((item, f"{item}: centre {xyz.tolist()} mm (LPS) lies outside series {job.series_uid} (index {ijk.tolist()}, size {list(image.GetSize())})"))
-            continue
-        start = cube_start(ijk, size)
-        cube, padded = cut_cube(vol, start, size, AIR_HU)
-        cubes.append(cube)
-        rows.append(_row(job, f"{job.series_uid}:{nod['nodule_id']}", "nodule", str(nod["nodule_id"]), label, rating, aff, ijk, start, padded, size))
-    n_bg = 0
-    if cfg.background.enabled:
-        rng = np.random.default_rng([job.seed, int(io.sha256_json(job.series_uid)[:8], 16)])
-        spacing = float(np.mean(image.GetSpacing()))
-        starts = background_starts(vol, size, max(1, int(round(cfg.background.stride_mm / spacing))), np.array(centres).reshape(-1, 3),
-                                   cfg.background.min_distance_mm / spacing, cfg.background.lung_fraction, cfg.background.lung_hu_max,
-                                   cfg.background.max_per_series, rng)
-        for start in starts:
-            cube, padded = cut_cube(vol, start, size, AIR_HU)
-            cubes.append(cube)
-            ijk = start + size // 2
-            rows.append(_row(job, f"{job.series_uid}:bg{'_'.join(map(str, ijk))}", "background", "", 0, float("nan"), aff, ijk, start, padded, size))
-            n_bg += 1
-    arr = np.stack(cubes).astype(np.int16) if cubes else np.zeros((0, size, size, size), np.int16)
-    return {"rows": rows, "cubes": arr, "errors": errors, "n_background": n_bg}
-
-
-def _row(job: _Job, sample_id: str, kind: str, nodule_id: str, label: int, rating: float, aff: np.ndarray, ijk: np.ndarray, start: np.ndarray, padded: bool, size: int) -> dict:
-    centre_lps = aff[:3, :3] @ ijk + aff[:3, 3]
-    return {
-        "sample_id": sample_id,
-        "patient_id": job.patient_id,
-        "series_uid": job.series_uid,
-        "kind": kind,
-        "nodule_id": nodule_id,
-        "label": int(label),
-        "malignancy": rating,
-        "x_mm": centre_lps[0], "y_mm": centre_lps[1], "z_mm": centre_lps[2],
-        "i": int(ijk[0]), "j": int(ijk[1]), "k": int(ijk[2]),
-        "start_i": int(start[0]), "start_j": int(start[1]), "start_k": int(start[2]),
-        "size": size,
-        "padded": bool(padded),
-        "affine_lps": " ".join(f"{v:.6f}" for v in sub_affine(aff, start).ravel()),
-    }
+from pipeline.core.results import StageResult
+from pipeline.core.schema import Config
+from pipeline.core.stage import Stage
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:
+    """Cut the patches of ``cfg.ingest.format``'s data."""
+    # imported when the stage runs (SimpleITK, SciPy): see pipeline/core/stage.py
     if cfg.ingest.format in ("arrays", "images"):  # both write the arrays.npz contract
-        from preprocessing.arrays import extract as extract_arrays
+        from preprocessing import arrays
 
-        return extract_arrays(cfg, run_dir, CUBES_NPZ, SAMPLES_CSV)
-    series = load_series_table(run_dir)
-    nodules, errors = read_nodules(cfg.extract.nodules, series)
-    result = StageResult()
-    for item, msg in errors:
-        result.fail(item, msg)
-    jobs = []
-    for _, s in series.iterrows():
-        nods = nodules[nodules["series_uid"] == s["series_uid"]]
-        if len(nods) == 0 and not cfg.extract.background.enabled:
-            continue
-        jobs.append(_Job(s["series_uid"], s["patient_id"], volume_path(run_dir, s["series_uid"]), nods, cfg.extract, cfg.run.seed))
-    rows, cubes = [], []
-    for item, ok, res in map_items(_extract_series, jobs, cfg.run.workers, engine=cfg.run.engine, desc="extract", key=lambda j: f"series {j.series_uid}"):
-        if not ok:
-            result.fail(item, res)
-            continue
-        result.ok(item)
-        for it, msg in res["errors"]:
-            result.fail(it, msg)
-        rows.extend(res["rows"])
-        cubes.append(res["cubes"])
-    if not rows:
-        raise StageError("extract: no cubes were extracted; see errors.csv", result.errors)
-    table = pd.DataFrame(rows)
-    order = np.argsort(table["sample_id"].to_numpy(), kind="stable")
-    table = table.iloc[order].reset_index(drop=True)
-    arr = np.concatenate(cubes)[order]
-    io.write_npz(run_dir / CUBES_NPZ, raw=arr[:, None], sample_id=table["sample_id"].to_numpy(dtype=str))
-    io.write_csv(run_dir / SAMPLES_CSV, table)
-    result.counts = {
-        "nodules_in_table": int(len(nodules) + len(errors)),
-        "nodule_cubes": int((table.kind == "nodule").sum()),
-        "background_cubes": int((table.kind == "background").sum()),
-        "padded_cubes": int(table.padded.sum()),
-        "normal": int((table.label == 0).sum()),
-        "anomalous": int((table.label == 1).sum()),
-    }
-    result.outputs = [run_dir / CUBES_NPZ, run_dir / SAMPLES_CSV]
-    return result
+        return arrays.extract(cfg, run_dir)
+    from preprocessing import cube_extract
+
+    return cube_extract.extract(cfg, run_dir)
 
 
-def load_samples(run_dir: Path) -> pd.DataFrame:
-    path = run_dir / SAMPLES_CSV
-    if not path.exists():
-        raise StageError(f"{path} not found: run the extract stage first")
-    table = pd.read_csv(path, dtype={"patient_id": str, "series_uid": str, "sample_id": str, "nodule_id": str, "source_split": str, "source": str})
-    return table.fillna({c: "" for c in ("series_uid", "nodule_id", "source_split", "source") if c in table.columns})
-
-
-def load_raw_cubes(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(sample_ids, cubes)`` as stored by extract (HU for CT, source units for arrays/images)."""
-    path = run_dir / CUBES_NPZ
-    if not path.exists():
-        raise StageError(f"{path} not found: run the extract stage first")
-    with np.load(path) as z:
-        return z["sample_id"], z["raw"]
-
-
-def load_cubes(run_dir: Path, norm: dict) -> tuple[np.ndarray, np.ndarray]:
-    """``(sample_ids, cubes)`` normalised to model range with ``norm`` (see :mod:`preprocessing.intensity`), shape (N, C, *spatial)."""
-    ids, raw = load_raw_cubes(run_dir)
-    return ids, normalise(raw, norm)
+STAGE = Stage(
+    name="extract",
+    run=run,
+    reads=("extract", "run.seed"),
+    after=("ingest",),
+    inputs=("extract.nodules",),
+    outputs=("cubes", "samples"),
+    help="nodule table + volumes (or images) → 32³ cubes / centre crops",
+)

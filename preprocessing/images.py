@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import Config
-from pipeline.engine import map_items
-from pipeline.errors import StageError
-from pipeline.results import StageResult
+from pipeline.core.engine import map_items
+from pipeline.core.errors import StageError
+from pipeline.core.results import StageResult
+from pipeline.core.schema import Config
 from preprocessing.arrays import spacing_text, write_arrays
 from preprocessing.images2d import conform_channels, read_image
 from preprocessing.labels import read_labels

@@ -2,7 +2,7 @@
 
 Every reader returns channel-first float32 pixels ``(C, rows, columns)`` in display intensity
 [0, 1] (C = 1 greyscale, C = 3 RGB) and the pixel spacing (row, column) in mm when the file
-carries one. Any defect raises :class:`~pipeline.errors.ItemError` naming the file, so the
+carries one. Any defect raises :class:`~pipeline.core.errors.ItemError` naming the file, so the
 ingest stage can report it and go on with the other files.
 
 DICOM (pydicom): Modality LUT / Rescale Slope-Intercept (``apply_modality_lut``), then the first
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ItemError
+from pipeline.core.errors import ItemError
 
 DICOM_SPACING_TAGS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
 

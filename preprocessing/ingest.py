@@ -1,131 +1,41 @@
-"""Ingest stage: DICOM folder tree → ``volumes/<series>.nii.gz`` (HU, 1 mm) and ``series.csv``.
+"""Ingest stage: the configured input (DICOM CT tree, array dataset, or folder of 2D images) → 1 mm grids.
 
-Per series: validate the headers, read the pixels in HU, resample to the isotropic grid with
-the original origin and direction, write NIfTI atomically. A finished series leaves a small
-record in ``ingest/done/`` keyed by its input files and the ingest config, so a killed ingest
-resumes without redoing finished series. A failing file or series becomes one line in
-``errors.csv``; the others go on.
+Writes ``volumes/<series>.nii.gz`` and ``series.csv`` for DICOM CT (:mod:`preprocessing.dicom_ingest`),
+or ``arrays.npz`` and ``arrays.csv`` for array datasets (:mod:`preprocessing.arrays`) and image
+folders (:mod:`preprocessing.images`).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-import SimpleITK as sitk
-
-from pipeline import io
-from pipeline.config import Config
-from pipeline.engine import map_items
-from pipeline.errors import StageError
-from pipeline.results import StageResult
-from preprocessing.dicom_series import SeriesInfo, discover, read_volume, validate_series
-from preprocessing.resample import resample_isotropic
-
-SERIES_CSV = "series.csv"
-VOLUMES_DIR = "volumes"
-
-
-def volume_path(run_dir: Path, series_uid: str) -> Path:
-    return run_dir / VOLUMES_DIR / f"{series_uid}.nii.gz"
-
-
-@dataclass(frozen=True)
-class _Job:
-    info: SeriesInfo
-    run_dir: Path
-    spacing_mm: float
-    antialias: bool
-    key: str  # content key of inputs + settings, for item-level resume
-
-
-def _series_key(info: SeriesInfo, spacing_mm: float, antialias: bool) -> str:
-    files = [(str(s.path), s.path.stat().st_size, s.path.stat().st_mtime_ns) for s in info.slices]
-    return io.sha256_json({"files": files, "spacing": spacing_mm, "antialias": antialias, "v": 1})
-
-
-def _ingest_one(job: _Job) -> dict:
-    info = job.info
-    out = volume_path(job.run_dir, info.series_uid)
-    record = job.run_dir / "ingest" / "done" / f"{info.series_uid}.json"
-    if record.exists() and out.exists():
-        row = json.loads(record.read_text())
-        if row.get("key") == job.key:
-            return row
-    image = read_volume(info)
-    iso = resample_isotropic(image, job.spacing_mm, job.antialias)
-    hu = sitk.Cast(sitk.Round(iso), sitk.sitkInt16)  # HU fit int16; halves the file size
-    io.write_nifti(out, hu)
-    row = {
-        "patient_id": info.patient_id,
-        "study_uid": info.study_uid,
-        "series_uid": info.series_uid,
-        "modality": info.modality,
-        "n_slices": len(info.slices),
-        "orig_spacing_x": info.pixel_spacing_mm[1],
-        "orig_spacing_y": info.pixel_spacing_mm[0],
-        "orig_spacing_z": info.slice_spacing_mm,
-        "orig_size": "x".join(map(str, image.GetSize())),
-        "size": "x".join(map(str, iso.GetSize())),
-        "origin_lps": " ".join(f"{v:.4f}" for v in iso.GetOrigin()),
-        "direction": " ".join(f"{v:.6f}" for v in iso.GetDirection()),
-        "volume": str(out.relative_to(job.run_dir)),
-        "status": "ok",
-        "key": job.key,
-    }
-    io.write_json(record, row)
-    return row
+from pipeline.core.results import StageResult
+from pipeline.core.schema import Config
+from pipeline.core.stage import Stage
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:
-    """Ingest every DICOM series under ``cfg.ingest.input`` (or an npz array dataset)."""
+    """Ingest ``cfg.ingest.input`` with the reader of ``cfg.ingest.format``."""
+    # The reader of the configured format is imported when the stage runs (pydicom, SimpleITK,
+    # Pillow): a light stage module keeps `pipeline validate` fast (pipeline/core/stage.py).
     if cfg.ingest.format == "arrays":
-        from preprocessing.arrays import ingest as ingest_arrays
+        from preprocessing import arrays
 
-        return ingest_arrays(cfg, run_dir)
+        return arrays.ingest(cfg, run_dir)
     if cfg.ingest.format == "images":
-        from preprocessing.images import ingest as ingest_images
+        from preprocessing import images
 
-        return ingest_images(cfg, run_dir)
-    root = cfg.ingest.input
-    if not root.exists():
-        raise StageError(f"ingest.input: folder {root} does not exist")
-    result = StageResult()
-    groups, file_errors = discover(root, cfg.run.workers, cfg.run.engine)
-    for item, msg in file_errors:
-        result.fail(item, msg)
-    if not groups and not file_errors:
-        raise StageError(f"ingest.input: folder {root} holds no files (hidden files and DICOMDIR are ignored)")
-    if not groups:
-        raise StageError(f"ingest.input: no readable DICOM image series under {root} ({len(file_errors)} unreadable file(s); see errors.csv)", result.errors)
-    jobs = []
-    for uid, slices in groups.items():
-        try:
-            info = validate_series(slices, cfg.ingest.min_slices, cfg.ingest.spacing_tolerance)
-        except Exception as exc:  # InvalidSeriesError, reported per series
-            result.fail(f"series {uid}", str(exc))
-            continue
-        jobs.append(_Job(info, run_dir, cfg.ingest.spacing_mm, cfg.ingest.antialias_on, _series_key(info, cfg.ingest.spacing_mm, cfg.ingest.antialias_on)))
-    rows = []
-    for item, ok, res in map_items(_ingest_one, jobs, cfg.run.workers, engine=cfg.run.engine, desc="ingest", key=lambda j: f"series {j.info.series_uid}"):
-        if ok:
-            rows.append(res)
-            result.ok(item)
-        else:
-            result.fail(item, res)
-    if not rows:
-        raise StageError(f"ingest: none of the {len(groups)} series under {root} could be ingested; see errors.csv", result.errors)
-    table = pd.DataFrame(rows).drop(columns=["key"]).sort_values("series_uid").reset_index(drop=True)
-    io.write_csv(run_dir / SERIES_CSV, table)
-    result.counts = {"files_unreadable": len(file_errors), "series_found": len(groups), "series_ingested": len(rows), "series_failed": len(groups) - len(rows)}
-    result.outputs = [run_dir / SERIES_CSV] + [run_dir / r["volume"] for r in rows]
-    return result
+        return images.ingest(cfg, run_dir)
+    from preprocessing import dicom_ingest
+
+    return dicom_ingest.ingest(cfg, run_dir)
 
 
-def load_series_table(run_dir: Path) -> pd.DataFrame:
-    path = run_dir / SERIES_CSV
-    if not path.exists():
-        raise StageError(f"{path} not found: run the ingest stage first")
-    return pd.read_csv(path, dtype={"patient_id": str, "series_uid": str, "study_uid": str})
+STAGE = Stage(
+    name="ingest",
+    run=run,
+    reads=("ingest",),
+    inputs=("ingest.input", "ingest.images.labels"),
+    outputs=("series", "volume", "ingest_record", "arrays", "arrays_table"),
+    help="DICOM CT series, array datasets or 2D images → resampled 1 mm grids",
+)

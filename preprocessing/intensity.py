@@ -12,7 +12,11 @@ are scored with exactly the values used in training:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from pipeline.core import artifacts
 
 MODES = ("window", "none", "minmax", "zscore")
 
@@ -66,3 +70,9 @@ def denormalise(x: np.ndarray, norm: dict) -> np.ndarray:
         lo, hi = norm["hu_window"]
         return x * (hi - lo) + lo
     return x
+
+
+def load_cubes(run_dir: Path, norm: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``(sample_ids, cubes)`` of a run, normalised to model range with ``norm``, shape (N, C, *spatial)."""
+    ids, raw = artifacts.read_raw_cubes(run_dir)
+    return ids, normalise(raw, norm)

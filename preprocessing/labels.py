@@ -14,13 +14,15 @@ value) becomes one error naming the CSV line; the other rows go on.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Config
-from pipeline.errors import StageError
+from pipeline.core.errors import StageError
+from pipeline.core.inputs import INPUTS
+from pipeline.core.schema import Config
 
 SPLITS = ("train", "val", "test")
 
@@ -36,12 +38,23 @@ def canonical_class(value) -> str:
 
 
 def labels_path(cfg: Config) -> Path:
-    """The configured labels CSV, or ``labels.csv`` inside the image folder."""
-    return cfg.ingest.images.labels or Path(cfg.ingest.input) / "labels.csv"
+    """The configured labels CSV, or ``labels.csv`` inside the image folder (the external input ``ingest.images.labels``)."""
+    return INPUTS["ingest.images.labels"].path(cfg)
+
+
+def leaves_folder(name: str) -> bool:
+    """True when the CSV's image name would point outside the image folder (absolute, or ``..`` above it).
+
+    Checked on the text, not on the resolved path, so a user's own symlinks inside the folder still work.
+    """
+    norm = os.path.normpath(name)
+    return os.path.isabs(name) or norm == ".." or norm.startswith(".." + os.sep) or "\0" in name
 
 
 def resolve_image(root: Path, name: str, extensions: list[str]) -> Path | None:
-    """``root/name`` if it is a file, else the first ``root/name<ext>`` that is one."""
+    """``root/name`` if it is a file, else the first ``root/name<ext>`` that is one (``name`` must stay inside ``root``)."""
+    if leaves_folder(name):
+        return None
     for cand in [root / name] + [root / f"{name}{ext}" for ext in extensions]:
         if cand.is_file():
             return cand
@@ -93,6 +106,9 @@ def read_labels(cfg: Config) -> tuple[pd.DataFrame, list[tuple[str, str]], dict[
             continue
         if label[i] < 0:
             left_out += 1
+            continue
+        if leaves_folder(ids[i]):
+            errors.append((f"image {ids[i]}", f"{where(i)}: image name {ids[i]!r} points outside the image folder {root}; row left out"))
             continue
         file = resolve_image(root, ids[i], ic.extensions)
         if file is None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import StageError
+from pipeline.core.errors import StageError
 
 REQUIRED = ("x_mm", "y_mm", "z_mm")
 

@@ -58,3 +58,19 @@ def gen():
     import torch
 
     return torch.Generator().manual_seed(0)
+
+
+def load_config(path, overrides=None):
+    """:func:`pipeline.core.config.load_config` with the built-in model catalog (as the CLI hands it in)."""
+    from models.catalog import MODELS
+    from pipeline.core import config
+
+    return config.load_config(path, overrides, models=MODELS)
+
+
+def validate(raw, base_dir, source=None):
+    """:func:`pipeline.core.config.validate` with the built-in model catalog."""
+    from models.catalog import MODELS
+    from pipeline.core import config
+
+    return config.validate(raw, base_dir, source, models=MODELS)

@@ -17,10 +17,11 @@ import torch
 
 torch.randn_like = lambda t, *a, **k: torch.zeros_like(t)  # z = μ: no per-rank noise (see docstring)
 
+from conftest import validate  # noqa: E402
+
 from models import distributed  # noqa: E402
-from models.registry import build  # noqa: E402
-from models.train import fit  # noqa: E402
-from pipeline.config import validate  # noqa: E402
+from models.training import fit  # noqa: E402
+from models.zoo import build  # noqa: E402
 
 
 def main(out: Path) -> None:

@@ -13,9 +13,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import validate
 
-from models.registry import MODELS
-from pipeline.config import validate
+from models.zoo import MODELS
 from pipeline.runner import STAGE_NAMES, run_stages
 
 

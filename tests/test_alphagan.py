@@ -8,16 +8,13 @@ import math
 
 import pytest
 import torch
+from conftest import check_score_output, gen, rand_input, validate
 
-from conftest import check_score_output, gen, rand_input
-from models.alphagan import (AlphaGAN2D, AlphaGAN3D, AlphaGANParams, BiGAN2D, BiGAN3D, BiGANParams, PairDiscriminator,
-                             bce_real)
+from models.alphagan import AlphaGAN2D, AlphaGAN3D, AlphaGANParams, BiGAN2D, BiGAN3D, BiGANParams, PairDiscriminator, bce_real
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.registry import MODELS, Detector
-from pipeline.config import validate
-from pipeline.errors import ConfigError
-
-
+from models.registry import Detector
+from models.zoo import MODELS
+from pipeline.core.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SHARED_DATA, validate
 
-from conftest import SHARED_DATA
-from pipeline.config import validate
-from pipeline.errors import StageError
+from pipeline.core.errors import StageError
 from preprocessing.arrays import extract, ingest, read_idx
+from preprocessing.grouped_splits import assert_no_leakage, make_splits
 from preprocessing.resample import grid_size, resample_to_spacing
-from preprocessing.splits import assert_no_leakage, make_splits
 
 
 def _idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:
@@ -55,7 +54,7 @@ def test_sources_idx_and_csv_are_concatenated_with_their_names(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     ingest(cfg, run)
-    extract(cfg, run, "cubes.npz", "samples.csv")
+    extract(cfg, run)
     samples = pd.read_csv(run / "samples.csv", keep_default_na=False)
     assert samples["source"].tolist() == ["t10k"] * 6 + ["csv"] * 4
     assert samples["label"].tolist() == [0, 0, 0, 1, 1, 0, 1, 0, 0, 0]
@@ -101,7 +100,7 @@ def test_per_image_spacing_gives_ragged_grids_and_too_small_is_per_item(tmp_path
     with np.load(run / "arrays.npz") as z:
         assert z["shape"].tolist() == [[20, 20], [10, 10], [5, 5]]
         assert z["images"].shape == (3, 1, 20, 20)
-    res = extract(cfg, run, "cubes.npz", "samples.csv")
+    res = extract(cfg, run)
     assert res.counts["images"] == 2 and len(res.errors) == 1
     assert "img000002" in res.errors[0][1] and "smaller than extract.cube_size 8" in res.errors[0][1]
     with np.load(run / "cubes.npz") as z:
@@ -136,7 +135,7 @@ def test_real_mnist_sources_and_protocol_split(tmp_path):
         "model": {"name": "pca2d"}}, base_dir=tmp_path)
     res = ingest(cfg, tmp_path)
     assert res.counts == {"images": 15000, "normal": 13491, "anomalous": 1509, "left_out_by_label": 0, "non_finite": 0, "resampled": 0}
-    extract(cfg, tmp_path, "cubes.npz", "samples.csv")
+    extract(cfg, tmp_path)
     samples = pd.read_csv(tmp_path / "samples.csv", keep_default_na=False)
     assert (samples.loc[samples.source == "t10k", "class"] == 9).sum() == 1009  # the documented count of 9s in t10k
     out = make_splits(samples, cfg.split, seed=0)
@@ -145,7 +144,8 @@ def test_real_mnist_sources_and_protocol_split(tmp_path):
 
 
 def test_a_changed_npz_input_reruns_ingest(tmp_path):
-    from pipeline.runner import STAGES, tree_digest
+    from pipeline.core.inputs import tree_digest
+    from pipeline.runner import STAGES
 
     f = tmp_path / "d.npz"
     np.savez(f, images=np.zeros((2, 4, 4)), labels=np.array([0, 1]))

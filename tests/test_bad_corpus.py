@@ -19,7 +19,6 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT, SAMPLE_CT, run_cli
 from corpus import build_corpus
 
@@ -189,7 +188,7 @@ def _outputs_intact(out: Path) -> None:
     """No temporary file left, and every output the manifest records has its recorded hash."""
     import json
 
-    from pipeline.io import sha256_file
+    from pipeline.core.io import sha256_file
 
     assert not [p for p in out.rglob("*") if ".tmp" in p.name], "temporary files left behind"
     for st in json.loads((out / "manifest.json").read_text())["stages"].values():

@@ -8,14 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import validate
 from sklearn.decomposition import PCA as SkPCA
 
 from models.baselines import PCA2D, PCA3D, Intensity2D, Intensity3D, IntensityParams, PCAParams
 from models.checkpoint import MODEL_KEYS, load_checkpoint, save_checkpoint
-from models.registry import MODELS, Detector, ScoreOutput, build
-from models.score import centre_patch
-from models.train import fit
-from pipeline.config import validate
+from models.registry import Detector, ScoreOutput
+from models.training import fit
+from models.zoo import MODELS, build
+from preprocessing.cubes import centre_patch
 
 torch.set_num_threads(2)
 

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import load_config
 
 from pipeline.bench import plan, run_bench, variant
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 
 def _data(path, n: int = 80, size: int = 12, seed: int = 0) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import ROOT, SHARED_DATA, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason=f"benchmark data not found at {SHARED_DATA}")]

@@ -8,7 +8,6 @@ import ast
 import importlib
 
 import pytest
-
 from conftest import ROOT
 
 SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))

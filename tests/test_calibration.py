@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from evaluation.calibration import fit_calibration, flag, p_values
+from models.calibration import fit_calibration, flag, p_values
 
 
 def test_gamma_p_values_are_uniform_on_held_out_normals():

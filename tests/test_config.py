@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import load_config
 
-from pipeline.config import Config, load_config
-from pipeline.errors import ConfigError
 from models.vae import VAEParams
+from pipeline.core.errors import ConfigError
+from pipeline.core.schema import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.errors import ExtractionError
+from pipeline.core.errors import ExtractionError
 from preprocessing.cubes import _box_sums, background_starts, cube_start, cut_cube, lung_mask
 
 SHAPE_ZYX = (12, 14, 16)  # z, y, x  -> ijk extents (16, 14, 12)

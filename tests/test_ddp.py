@@ -14,9 +14,9 @@ import sys
 import pandas as pd
 import pytest
 import torch
-
 from conftest import ROOT
-from models.checkpoint import load_checkpoint
+
+from models.checkpoint import load_checkpoint, read_checkpoint
 
 SCRIPT = ROOT / "tests" / "ddp_one_epoch.py"
 CONFIG = str(ROOT / "configs" / "ct_nodules.yaml")
@@ -35,8 +35,8 @@ def test_one_ddp_epoch_on_two_processes_equals_one_process(tmp_path):
     a, b = pd.read_csv(single / "curves.csv"), pd.read_csv(ddp / "curves.csv")
     for col in ("train_loss", "train_recon", "train_kl", "val_loss"):
         assert b[col][0] == pytest.approx(a[col][0], rel=1e-5), col
-    wa = torch.load(single / "model.pt", weights_only=False)
-    wb = torch.load(ddp / "model.pt", weights_only=False)
+    wa = read_checkpoint(single / "model.pt")
+    wb = read_checkpoint(ddp / "model.pt")
     assert wa["world_size"] == 1 and wb["world_size"] == 2
     init = torch.load(single / "init.pt")
     for k, v in wa["state_dict"].items():
@@ -63,7 +63,8 @@ def test_one_ddp_epoch_on_two_processes_equals_one_process(tmp_path):
 def test_pipeline_train_ddp_launches_torchrun_and_rank0_writes_the_model(tmp_path):
     out = tmp_path / "run"
     fast = ["--set", "train.epochs=1", "--set", "score.mc_samples=4", "--set", "evaluate.bootstrap=50"]
-    from pipeline.config import load_config
+    from conftest import load_config
+
     from pipeline.runner import run_stages
 
     run_stages(load_config(CONFIG, fast[1::2]), out, ["ingest", "extract", "split"], log=lambda m: None)
@@ -74,7 +75,7 @@ def test_pipeline_train_ddp_launches_torchrun_and_rank0_writes_the_model(tmp_pat
     manifest = json.loads((out / "manifest.json").read_text())
     train = manifest["stages"]["train"]
     assert train["status"] == "done" and train["details"]["world_size"] == 2
-    payload = torch.load(out / "model" / "model.pt", weights_only=False)
+    payload = read_checkpoint(out / "model" / "model.pt")
     assert payload["world_size"] == 2 and len(pd.read_csv(out / "model" / "curves.csv")) == 1
     model, _ = load_checkpoint(out / "model" / "model.pt")
     assert model.registry_name == "vae3d"

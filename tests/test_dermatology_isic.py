@@ -15,13 +15,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from conftest import ROOT, load_config
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from conftest import ROOT
 from evaluation.metrics import per_class_auroc
-from pipeline.config import load_config
+from models.checkpoint import read_checkpoint
 from pipeline.runner import STAGE_NAMES, run_stages
 
 CLASSES = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
@@ -100,7 +99,7 @@ def test_dermatology_config_on_synthetic_isic_layout(tmp_path, one_thread):
     with np.load(run / "cubes.npz") as z:
         ids = list(z["sample_id"])
     train_normals = [ids.index(s) for s in splits.loc[(splits.split == "train") & (splits.label == 0), "sample_id"]]
-    norm = torch.load(run / "model" / "model.pt", map_location="cpu", weights_only=False)["normalisation"]
+    norm = read_checkpoint(run / "model" / "model.pt")["normalisation"]
     assert norm["mode"] == "zscore"
     np.testing.assert_allclose(norm["mean"], raw[train_normals].mean(axis=(0, 2, 3)), rtol=1e-6)
     np.testing.assert_allclose(norm["std"], raw[train_normals].std(axis=(0, 2, 3)), rtol=1e-6)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from fixtures_dicom import COLS, INTERCEPT, PIXEL_SPACING, ROWS, make_ct_series, slice_pixels
-from pipeline.errors import DicomReadError, InvalidSeriesError
+
+from pipeline.core.errors import DicomReadError, InvalidSeriesError
 from preprocessing.dicom_series import discover, read_header, read_volume, slice_normal, validate_series
 
 N = 10

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import ExtractionError
+from pipeline.core.errors import ExtractionError
 from preprocessing.cubes import cube_start, cut_cube
 
 

@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from conftest import validate
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from pipeline.config import validate
-from pipeline.errors import ItemError
+from pipeline.core.errors import ItemError
 from preprocessing.arrays import extract
 from preprocessing.images import ingest
 from preprocessing.images2d import conform_channels, read_image
@@ -211,7 +211,7 @@ def test_bad_inputs_are_per_file_errors_and_the_rest_go_on(tmp_path):
     assert table["sample_id"].tolist() == ["a.png", "b", "c", "small.png"]
     assert table["label"].tolist() == [0, 0, 1, 0] and table["class"].tolist() == ["normal", "normal", "effusion", "normal"]
     assert table["file"].str.endswith(("a.png", "b.png", "c.dcm", "small.png")).all()
-    out = extract(cfg, run, "cubes.npz", "samples.csv")
+    out = extract(cfg, run)
     assert out.errors == [("image small.png", "image small.png: grid (6, 6) is smaller than extract.cube_size 8; left out")]
 
 
@@ -236,7 +236,7 @@ def test_known_spacing_resamples_to_expected_size(tmp_path):
 
 
 def test_images_config_is_validated_with_suggestions(tmp_path):
-    from pipeline.errors import ConfigError
+    from pipeline.core.errors import ConfigError
 
     base = {"ingest": {"format": "images", "input": "img"}, "model": {"name": "vae2d"}}
     with pytest.raises(ConfigError, match=r"ingest.images.label_colum: unknown key \(did you mean 'label_column'\?\)"):
@@ -253,7 +253,7 @@ def test_images_config_is_validated_with_suggestions(tmp_path):
 
 
 def test_labels_csv_with_missing_columns_names_them(tmp_path):
-    from pipeline.errors import StageError
+    from pipeline.core.errors import StageError
 
     (tmp_path / "img").mkdir()
     pd.DataFrame({"filename": ["a.png"], "diagnosis": ["x"]}).to_csv(tmp_path / "img" / "labels.csv", index=False)
@@ -294,7 +294,7 @@ def test_normalisation_modes():
 
 
 def test_unset_evaluate_score_follows_the_model(tmp_path):
-    from pipeline.errors import ConfigError
+    from pipeline.core.errors import ConfigError
 
     assert validate({"model": {"name": "pca2d"}}, base_dir=tmp_path).evaluate.score == "pca_recon"
     assert validate({"model": {"name": "vae2d"}}, base_dir=tmp_path).evaluate.score == "elbo"

@@ -9,12 +9,14 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import io
-from pipeline.engine import map_items
+from pipeline.core import io
+from pipeline.core.engine import map_items
 
 
 def test_npz_and_torch_outputs_are_byte_reproducible(tmp_path):
     import torch
+
+    from models.checkpoint import write_torch
 
     arrays = {"raw": np.arange(24, dtype=np.int16).reshape(2, 3, 4), "sample_id": np.array(["a", "b"])}
     io.write_npz(tmp_path / "a.npz", **arrays)
@@ -24,8 +26,8 @@ def test_npz_and_torch_outputs_are_byte_reproducible(tmp_path):
     with np.load(tmp_path / "a.npz") as z:
         assert np.array_equal(z["raw"], arrays["raw"]) and list(z["sample_id"]) == ["a", "b"]
     obj = {"w": torch.arange(5.0), "config": {"seed": 0}}
-    io.write_torch(tmp_path / "a.pt", obj)
-    io.write_torch(tmp_path / "sub" / "b.pt", obj)  # another name and folder
+    write_torch(tmp_path / "a.pt", obj)
+    write_torch(tmp_path / "sub" / "b.pt", obj)  # another name and folder
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "sub" / "b.pt").read_bytes()
     assert torch.equal(torch.load(tmp_path / "a.pt")["w"], obj["w"])
 
@@ -103,11 +105,13 @@ def test_pool_workers_share_the_cores_and_give_the_same_results():
 
 def test_nifti_compression_runs_outside_the_calling_thread(tmp_path, monkeypatch):
     """ISA-L must not run in the caller's thread: afterwards SimpleITK resampling in that thread
-    was 2-3× slower (pipeline/io.py:write_nifti)."""
+    was 2-3× slower (preprocessing/nifti.py:write_nifti)."""
     import threading
 
     import SimpleITK as sitk
     from isal import igzip
+
+    from preprocessing.nifti import write_nifti
 
     seen = []
     real = igzip.GzipFile
@@ -119,7 +123,7 @@ def test_nifti_compression_runs_outside_the_calling_thread(tmp_path, monkeypatch
     monkeypatch.setattr(igzip, "GzipFile", spy)
     img = sitk.Image(8, 9, 10, sitk.sitkInt16)
     img.SetSpacing((0.7, 0.8, 2.5))
-    io.write_nifti(tmp_path / "v.nii.gz", img)
+    write_nifti(tmp_path / "v.nii.gz", img)
     assert seen == [False]
     back = sitk.ReadImage(str(tmp_path / "v.nii.gz"))
     assert back.GetSize() == img.GetSize() and np.allclose(back.GetSpacing(), img.GetSpacing(), atol=1e-6)  # NIfTI stores float32

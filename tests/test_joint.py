@@ -7,16 +7,13 @@ import math
 
 import pytest
 import torch
+from conftest import check_score_output, gen, rand_input, validate
 
-from conftest import check_score_output, gen, rand_input
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.joint import (JointEncoderGAN2D, JointEncoderGAN3D, JointParams, combined_score, minmax, origin_score,
-                          residual_score, unit_normalise)
-from models.registry import MODELS, Detector, build
-from pipeline.config import validate
-from pipeline.errors import ConfigError
-
-
+from models.joint import JointEncoderGAN2D, JointEncoderGAN3D, JointParams, combined_score, minmax, origin_score, residual_score, unit_normalise
+from models.registry import Detector
+from models.zoo import MODELS, build
+from pipeline.core.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

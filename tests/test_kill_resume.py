@@ -6,7 +6,7 @@ twice, score, evaluate), each time resuming with the same command, and finally r
 Compared: every file of the run directory except ``manifest.json`` byte for byte (volumes,
 cubes, tables, model, curves, scores, residuals, metrics, figures, overlays, report, per-series
 ingest records, errors.csv), and the manifest without its clock fields
-(:func:`pipeline.manifest.stable_view`). The kill delays come from ``KILL_SEED`` (default 7).
+(:func:`pipeline.core.manifest.stable_view`). The kill delays come from ``KILL_SEED`` (default 7).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, SAMPLE_CT
 from corpus import copy_series, sample_files
-from pipeline.io import sha256_file
-from pipeline.manifest import stable_view
+
+from pipeline.core.io import sha256_file
+from pipeline.core.manifest import stable_view
 
 ARGS = ["--set", "train.epochs=6", "--set", "train.patience=100", "--set", "score.mc_samples=8", "--set", "evaluate.bootstrap=100",
         "--set", "extract.background.max_per_series=60", "--set", "run.threads=1"]

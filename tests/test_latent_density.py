@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import torch
+from conftest import rand_input
 from sklearn.mixture import GaussianMixture
 
-from conftest import rand_input
 from models.latent_density import LatentGMM
 from models.vae import VAE2D, VAEParams
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT, SHARED_DATA, load_config
 
-from conftest import ROOT, SHARED_DATA
-from pipeline.config import load_config
 from pipeline.runner import run_stages
 from preprocessing.resample import grid_size
 

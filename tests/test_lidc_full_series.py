@@ -11,8 +11,8 @@ import pandas as pd
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 from conftest import LIDC_NODULES, LIDC_SERIES, ROOT, needs_shared, run_cli
+
 from preprocessing.geometry import lps_affine, lps_to_ras, world_to_index
 
 pytestmark = [needs_shared, pytest.mark.shared_data]

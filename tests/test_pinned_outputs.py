@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 SHORT = ["--set", "train.epochs=2", "--set", "score.mc_samples=4", "--set", "evaluate.bootstrap=50",

@@ -15,9 +15,8 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
-
 from conftest import ROOT, SAMPLE_CT, run_cli
+from pydicom.uid import generate_uid
 
 CONFIG = str(ROOT / "configs" / "ct_nodules.yaml")
 FAST = ["--set", "train.epochs=3", "--set", "score.mc_samples=8", "--set", "evaluate.bootstrap=200"]

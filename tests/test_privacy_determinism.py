@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pydicom
-
 from conftest import ROOT, SAMPLE_CT, run_cli
 from corpus import copy_series, sample_files
 

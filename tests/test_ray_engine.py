@@ -19,8 +19,8 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT, SAMPLE_CT, run_cli
+
 from preprocessing.dicom_copy import copy_series
 
 CONFIG = str(ROOT / "configs" / "ct_nodules.yaml")
@@ -56,10 +56,10 @@ def new_data(tmp_path_factory):
 def model_dir(tmp_path_factory):
     """A model folder as the train stage writes it, with untrained weights (equality needs no training)."""
     import torch
+    from conftest import load_config
 
     from models.checkpoint import MODEL_FILE, save_checkpoint
-    from models.registry import build
-    from pipeline.config import load_config
+    from models.zoo import build
 
     cfg = load_config(CONFIG)
     torch.manual_seed(0)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import SplitConfig
-from preprocessing.splits import assert_no_leakage, assign_groups, make_splits
+from pipeline.core.schema import SplitConfig
+from preprocessing.grouped_splits import assert_no_leakage, assign_groups, make_splits
 
 SIZE = 32
 USED = ("train", "val", "test")
@@ -195,7 +195,7 @@ def test_single_patient_spatial_blocks_no_overlap():
 
 
 def test_group_by_patient_forced_with_one_patient_fails_cleanly():
-    from pipeline.errors import StageError
+    from pipeline.core.errors import StageError
 
     samples = single_patient_samples()
     with pytest.raises(StageError, match="group"):

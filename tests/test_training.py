@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from conftest import validate
 
 from models.checkpoint import load_checkpoint
-from models.registry import build
-from models.train import fit
-from pipeline.config import validate
+from models.training import fit
+from models.zoo import build
 
 
 def _cfg(tmp_path, epochs=6):

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from models import registry
-from models.registry import MODELS, Detector, ScoreOutput, build
+from models.registry import Detector, ScoreOutput
 from models.vae import VAE2D, VAE3D, VAEParams, bernoulli_nll, gaussian_nll, kl_standard_normal, log_normal, mc_scores
+from models.zoo import MODELS, build
 
 torch.set_num_threads(2)
 

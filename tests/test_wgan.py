@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import validate
 
 from models.gan_losses import gradient_penalty
-from models.registry import MODELS, build
 from models.wgan import AnoGANParams, FAnoGANParams
-from pipeline.config import validate
-from pipeline.errors import ConfigError
+from models.zoo import MODELS, build
+from pipeline.core.errors import ConfigError
 
 P = 28
 

@@ -17,7 +17,6 @@ import sys
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, SHARED_DATA, run_cli
 
 PNEUMONIA = SHARED_DATA / "pneumoniamnist.npz"

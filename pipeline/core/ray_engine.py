@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterator
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 RAY_MISSING = "run.engine: ray needs Ray, which is not installed; install it with: pip install medanomaly[ray]"
 

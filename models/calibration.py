@@ -7,7 +7,9 @@
 A sample is flagged when p < ``fpr`` (the target false-positive rate), or, with Benjamini-Hochberg
 for batch screening, when its BH-adjusted p-value (scipy ``false_discovery_control``) is < ``fpr``.
 The calibration is stored as ``calibration.json`` next to the model's run and reused when new
-data are scored with that model.
+data are scored with that model (checked by :func:`check_calibration` first: it is an input).
+It lives with the models because the score stage writes ``p_value`` and ``flagged`` into
+``scores.csv`` (the layers run one way: evaluation may use models, not the reverse).
 """
 
 from __future__ import annotations
@@ -33,6 +35,24 @@ def fit_calibration(normal_scores: np.ndarray, method: str = "gamma", fpr: float
     else:
         raise ValueError(f"unknown calibration method {method!r}")
     return calib
+
+
+def check_calibration(calib: dict, columns: list[str]) -> None:
+    """Raise (KeyError/TypeError/ValueError) unless ``calib`` is a calibration of one of ``columns`` that :func:`p_values` can use."""
+    if not isinstance(calib, dict) or calib.get("score") not in columns:
+        raise ValueError(f"its score {calib.get('score') if isinstance(calib, dict) else None!r} is not one of this model's scores")
+    if not (isinstance(calib["fpr"], (int, float)) and 0 < calib["fpr"] < 1):
+        raise ValueError("fpr must be in (0, 1)")
+    if calib["method"] == "gamma":
+        values = [calib[k] for k in ("shift", "shape", "scale")]
+        if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values) or calib["shape"] <= 0 or calib["scale"] <= 0:
+            raise ValueError("gamma shift, shape and scale must be finite numbers (shape, scale > 0)")
+    elif calib["method"] == "percentile":
+        ref = np.asarray(calib["normal_scores"], dtype=float)
+        if ref.ndim != 1 or len(ref) < 1:
+            raise ValueError("normal_scores must be a list of numbers")
+    else:
+        raise ValueError(f"unknown method {calib['method']!r}")
 
 
 def p_values(scores: np.ndarray, calib: dict) -> np.ndarray:

@@ -22,7 +22,6 @@ import contextlib
 import errno
 import gzip
 import hashlib
-import io as _io
 import json
 import os
 import shutil
@@ -30,19 +29,55 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+_ROOTS: list[Path] = []  # the folders writes are confined to (innermost last); see confine()
+
+
+@contextlib.contextmanager
+def confine(root: str | Path) -> Iterator[Path]:
+    """Within this block every writer of this module refuses a destination outside ``root``.
+
+    The runner confines each run to its run directory, the benchmark publisher to its output
+    folder; a path built from data (a UID, an ID, a file name from a CSV) therefore cannot write
+    anywhere else, whatever it contains (``..``, an absolute path, a symlinked folder).
+    """
+    real = Path(root).resolve()
+    _ROOTS.append(real)
+    try:
+        yield real
+    finally:
+        _ROOTS.pop()
+
+
+class OutsideRunError(ValueError):
+    """A write outside the folder the process is confined to (a bug or a hostile name, never retried)."""
+
+
+def check_confined(dest: str | Path) -> None:
+    """Raise :class:`OutsideRunError` when ``dest`` resolves outside the active :func:`confine` root."""
+    if not _ROOTS:
+        return
+    root, real = _ROOTS[-1], Path(dest).resolve()
+    if real != root and root not in real.parents:
+        raise OutsideRunError(f"refused to write {dest}: it resolves to {real}, outside the run folder {root}")
 
 
 @contextlib.contextmanager
 def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; on success rename it to ``dest``.
 
-    ``suffix`` keeps the extension libraries use to pick a format (e.g. ``.nii.gz``).
+    ``suffix`` keeps the extension libraries use to pick a format (e.g. ``.nii.gz``). A ``dest``
+    outside the active :func:`confine` root is refused before anything is created.
     """
     dest = Path(dest)
+    check_confined(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix if suffix is not None else "".join(dest.suffixes)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f"{TEMP_MARK}{suffix}", dir=dest.parent)
@@ -137,15 +172,6 @@ def write_npz(dest: str | Path, **arrays: np.ndarray) -> None:
                     np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
 
 
-def write_torch(dest: str | Path, obj: Any) -> None:
-    """``torch.save`` serialised in memory first: the archive's bytes do not depend on the file name."""
-    import torch
-
-    buf = _io.BytesIO()
-    torch.save(obj, buf)
-    write_bytes(dest, buf.getvalue())
-
-
 def write_with(dest: str | Path, writer: Callable[[Path], None]) -> None:
     """Atomically write ``dest`` with a library writer that takes a path (SimpleITK, matplotlib).
 
@@ -155,53 +181,6 @@ def write_with(dest: str | Path, writer: Callable[[Path], None]) -> None:
     with atomic_path(dest) as tmp:
         writer(tmp)
         _check_written(tmp, dest)
-
-
-def write_nifti(dest: str | Path, image, level: int = 1) -> None:
-    """Atomically write a SimpleITK image as ``.nii.gz``: SimpleITK writes the NIfTI (so the header
-    and geometry are SimpleITK's), ISA-L's igzip compresses it at ``level`` (0-3).
-
-    SimpleITK's own gzip (zlib) took 1.8 s for a 400×400×331 int16 CT on one core; igzip level 1
-    takes 0.33 s for a 7% larger file (docs/PERFORMANCE.md). ``mtime=0`` and an empty name make the
-    bytes depend on the image only.
-    """
-    import shutil
-    from concurrent.futures import ThreadPoolExecutor
-
-    import SimpleITK as sitk
-    from isal import igzip
-
-    with atomic_path(dest, suffix=".nii.gz") as tmp:
-        # the uncompressed file goes to the system temp folder: the output disk needs room for the .gz only
-        fd, raw_name = tempfile.mkstemp(suffix=".nii")
-        os.close(fd)
-        raw = Path(raw_name)
-        try:
-            sitk.WriteImage(image, str(raw), useCompression=False)
-            _check_nifti_size(raw, dest)  # SimpleITK returns normally after a short write on a full disk
-
-            def compress() -> None:
-                with open(raw, "rb") as src, open(tmp, "wb") as f, igzip.GzipFile(filename="", fileobj=f, mode="wb", compresslevel=level, mtime=0) as gz:
-                    shutil.copyfileobj(src, gz, 1 << 22)
-
-            # In a thread of its own: ISA-L's AVX-512 code leaves the calling thread's vector
-            # registers in a state that made SimpleITK's resampling in that thread 2-3× slower
-            # afterwards (AMD EPYC; 0.45 s → 1.3 s per LIDC series). The thread ends with the call.
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                pool.submit(compress).result()
-        finally:
-            raw.unlink(missing_ok=True)
-
-
-def _check_nifti_size(raw: Path, dest: Path) -> None:
-    """An uncompressed NIfTI must hold its header's offset plus every voxel."""
-    import nibabel as nib
-
-    hdr = nib.load(str(raw)).header
-    need = int(hdr.get_data_offset()) + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
-    have = raw.stat().st_size
-    if have < need:
-        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write: {have} of {need} bytes)", str(dest))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

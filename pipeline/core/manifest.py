@@ -8,6 +8,8 @@ regenerated from it, so it always lists the errors of the latest run of every st
 
 from __future__ import annotations
 
+import csv
+import io as _text
 import json
 import platform
 import sys
@@ -15,12 +17,11 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-import pandas as pd
+from pipeline.core import io
+from pipeline.core.artifacts import ARTIFACTS
 
-from pipeline import io
-
-MANIFEST = "manifest.json"
-ERRORS_CSV = "errors.csv"
+MANIFEST = ARTIFACTS["manifest"].pattern
+ERRORS_CSV = ARTIFACTS["errors"].pattern
 LIBRARIES = ("torch", "monai", "numpy", "SimpleITK", "pydicom", "nibabel", "scikit-learn", "scikit-image", "pandas", "scipy", "PyYAML", "matplotlib")
 
 
@@ -70,5 +71,9 @@ class Manifest:
         self.write_errors()
 
     def write_errors(self) -> None:
-        rows = [{"stage": name, "item": item, "error": msg} for name, st in self.stages.items() for item, msg in st.get("errors", [])]
-        io.write_csv(self.run_dir / ERRORS_CSV, pd.DataFrame(rows, columns=["stage", "item", "error"]))
+        """``errors.csv`` (written with the csv module: the runner stays free of pandas)."""
+        buf = _text.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["stage", "item", "error"])
+        writer.writerows([name, item, msg] for name, st in self.stages.items() for item, msg in st.get("errors", []))
+        io.write_text(self.run_dir / ERRORS_CSV, buf.getvalue())

@@ -2,10 +2,10 @@
 
 The default engine (``run.engine: local``) runs items in the current process (``workers: 1``) or
 in a local process pool of ``workers`` processes; ``run.engine: ray`` runs the same functions as
-Ray tasks (:mod:`pipeline.ray_engine`). Items are independent, so results are the same either way.
+Ray tasks (:mod:`pipeline.core.ray_engine`). Items are independent, so results are the same either way.
 An item that raises never stops the others: its exception becomes an ``(item, message)`` error,
-except a full or read-only output file system (:data:`pipeline.io.FATAL_ERRNOS`), which stops the run.
-:class:`~pipeline.errors.ItemError` messages are shown as they are; an unexpected exception is
+except a full or read-only output file system (:data:`pipeline.core.io.FATAL_ERRNOS`), which stops the run.
+:class:`~pipeline.core.errors.ItemError` messages are shown as they are; an unexpected exception is
 reported with its type so a bug is still visible without a traceback.
 """
 
@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from pipeline.errors import MedAnomalyError
-from pipeline.io import FATAL_ERRNOS
+from pipeline.core.errors import MedAnomalyError
+from pipeline.core.io import FATAL_ERRNOS
 
 
 def _call(fn: Callable, item: Any) -> tuple[bool, Any]:
@@ -60,7 +60,7 @@ def map_items(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 1, 
     bar = tqdm(total=len(items), desc=desc, unit="item", leave=False, disable=None)
     try:
         if engine == "ray":
-            from pipeline.ray_engine import map_tasks
+            from pipeline.core.ray_engine import map_tasks
 
             for i, ok, res in map_tasks(_call, fn, items):
                 bar.update()

@@ -1,0 +1,256 @@
+"""Benchmark results: per-protocol summaries of finished runs, their plots, and ``BENCHMARKS.md``.
+
+``pipeline bench`` (:mod:`pipeline.bench`) plans and runs the protocols; this module reads the
+finished runs' tables (``scores.csv``, ``metrics.json``), aggregates them per detector and score
+over seeds or folds (mean ± std, pooled bootstrap CI, LR protocol, AUPRC, sensitivity), draws the
+ROC and density figures with :mod:`evaluation.plots`, and writes the markdown tables.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from evaluation.metrics import detection_metrics
+from evaluation.plots import plot_density_grid, plot_roc_curves
+from pipeline.core import artifacts, io
+from pipeline.core.manifest import library_versions, now
+from pipeline.core.schema import Config
+
+CI_MAX_TEST = 300  # a repeat with fewer test samples than this also gets a pooled bootstrap CI
+
+
+class RunKey(Protocol):
+    """What a summary needs to know of a planned run."""
+
+    detector: str
+    sweep: float | None
+    repeat: int
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def _test_table(run_dir: Path, split: str) -> pd.DataFrame:
+    scores = artifacts.read_scores(run_dir)
+    samples = artifacts.read_samples(run_dir).set_index("sample_id")
+    test = scores[scores["split"] == split].copy()
+    if "class" in samples.columns:
+        test["class"] = samples.loc[test["sample_id"], "class"].to_numpy()
+    return test
+
+
+def _metrics(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n_boot: int, seed: int = 0) -> dict:
+    return detection_metrics(labels, scores, n_boot, 0.95, seed, groups)
+
+
+def summarise(cfg: Config, path: Path, specs: list[RunKey], results: dict[str, list[dict]], quick: bool, jobs: int, wall_s: float) -> dict:
+    """Rows of the protocol table: one per (detector, score[, sweep value][, view])."""
+    bench = cfg.bench
+    rows, curves, failures = [], [], []
+    records = {(r["detector"], r["sweep"], r["repeat"]): r for recs in results.values() for r in recs}
+    dets = {d.label: d for d in bench.detectors}
+    refs = {(r.detector, r.score): r for r in bench.references}
+    views = [None] + list(bench.views)
+    for (label, sweep), group in pd.DataFrame([{"d": s.detector, "s": s.sweep, "spec": s} for s in specs]).groupby(["d", "s"], dropna=False, sort=False):
+        sweep = None if pd.isna(sweep) else float(sweep)
+        reps = [records[(label, sweep, s.repeat)] for s in group["spec"]]
+        failures += [{"detector": label, "sweep": sweep, "repeat": r["repeat"], "error": r["error"], "run_dir": r["run_dir"]} for r in reps if "error" in r]
+        reps = [r for r in reps if "error" not in r]
+        if not reps:
+            continue
+        tables = [_test_table(Path(r["run_dir"]), "test").assign(repeat=r["repeat"]) for r in reps]
+        metrics_files = [artifacts.read_json("metrics", Path(r["run_dir"])) for r in reps]
+        primary = metrics_files[0]["primary_score"]
+        score_cols = dets[label].scores or [c for c in metrics_files[0]["scores"]]
+        for view in views:
+            for col in score_cols:
+                per_rep, pooled_parts = [], []
+                for t in tables:
+                    t = _view(t, view)
+                    if t["label"].nunique() < 2:
+                        continue
+                    m = _metrics(t["label"].to_numpy(), t[col].to_numpy(), t["patient_id"].to_numpy(str), 0)
+                    per_rep.append(m)
+                    pooled_parts.append(t)
+                if not per_rep:
+                    continue
+                auc = np.array([m["auroc"] for m in per_rep])
+                row = {"detector": label, "score": col, "primary": col == primary, "sweep": sweep, "view": view.label if view else "",
+                       "n_repeats": len(per_rep), "auroc_mean": float(auc.mean()), "auroc_std": float(auc.std(ddof=1)) if len(auc) > 1 else None,
+                       "auroc_each": [round(float(a), 4) for a in auc],
+                       "lr_cv_auroc_mean": float(np.mean([m["lr_protocol"].get("cv_auroc", np.nan) for m in per_rep])),
+                       "lr_fitted_auroc_mean": float(np.mean([m["lr_protocol"]["fitted_auroc"] for m in per_rep])),
+                       "auprc_mean": float(np.mean([m["auprc"] for m in per_rep])),
+                       "sens95_mean": float(np.mean([m["sens_at_95_spec"] for m in per_rep])),
+                       "n_test_normal": int(np.mean([m["n_normal"] for m in per_rep])), "n_test_anomalous": int(np.mean([m["n_anomalous"] for m in per_rep])),
+                       "train_s_mean": float(np.mean([r["train_s"] for r in reps])), "score_s_mean": float(np.mean([r["score_s"] for r in reps])),
+                       "epochs_run": [r["train_details"].get("epochs_run") for r in reps], "best_epoch": [r["train_details"].get("best_epoch") for r in reps],
+                       "train_samples": reps[0]["train_counts"].get("train_samples"), "parameters": reps[0]["train_counts"].get("parameters"),
+                       "peak_rss_mb": max(r["peak_rss_mb"] for r in reps)}
+                pooled = pd.concat(pooled_parts)
+                if bench.repeat == "folds" or len(tables[0]) < CI_MAX_TEST:
+                    src = pooled if bench.repeat == "folds" else _view(tables[0], view)
+                    m = _metrics(src["label"].to_numpy(), src[col].to_numpy(), src["patient_id"].to_numpy(str), 1000)
+                    row.update(ci_what="pooled out-of-fold" if bench.repeat == "folds" else "repeat 0", ci_auroc=m["auroc"], ci=m["auroc_ci"], ci_unit=m["bootstrap_unit"])
+                ref = refs.get((label, col))
+                if ref is not None and view is None and sweep is None:  # in a sweep the figure is a change: the drop table shows it
+                    row.update(reference=ref.auroc, reference_source=ref.source)
+                rows.append(row)
+                if col == primary and view is None:
+                    curve_src = pooled if bench.repeat == "folds" else _view(tables[0], None)
+                    curves.append({"detector": label, "score": col, "sweep": sweep, "labels": curve_src["label"].to_numpy().tolist(),
+                                   "scores": curve_src[col].to_numpy(float).tolist()})
+    return {"protocol": bench.protocol, "order": bench.order, "slug": slug(bench.protocol or path.stem), "config": str(path), "description": bench.description,
+            "selection": bench.selection, "repeat": bench.repeat, "sweep_key": bench.sweep_key, "quick": quick, "jobs": jobs,
+            "wall_s": wall_s, "run_time_s": float(sum(r["train_s"] + r["score_s"] for r in records.values() if "error" not in r)),
+            "finished": now(), "command": _command(), "commit": git_commit(), "machine": _machine(),
+            "references": [{"detector": r.detector, "score": r.score, "auroc": r.auroc, "source": r.source} for r in bench.references],
+            "rows": rows, "curves": curves, "failures": failures}
+
+
+def _view(t: pd.DataFrame, view) -> pd.DataFrame:
+    if view is None:
+        return t
+    keep = t["class"].isin(list(view.normal_classes) + list(view.anomaly_classes))
+    t = t[keep].copy()
+    t["label"] = t["class"].isin(view.anomaly_classes).astype(int)
+    return t
+
+
+def _command() -> str:
+    return "pipeline " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and "bench" in sys.argv else " ".join(sys.argv)
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The git commit the benchmark started from (read once, at the start)."""
+    try:
+        repo = Path(__file__).resolve().parent.parent
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + (" (with uncommitted changes)" if dirty else "") if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _machine() -> str:
+    """The machine line under each table (torch's version from its metadata: this process need not import it)."""
+    gpu = "NVIDIA GPU" if Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir()) else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {library_versions().get('torch')}, {gpu}, Python {platform.python_version()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Publishing: plots and BENCHMARKS.md
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_protocol(doc: dict, out_dir: Path) -> list[str]:
+    """ROC curves and score densities of each detector's primary score; returns the PNG names."""
+    curves = doc["curves"]
+    if not curves:
+        return []
+    name = doc["slug"]
+    what = "pooled out-of-fold test scores" if doc["repeat"] == "folds" else "repeat 0 test set"
+    tags = [c["detector"] + (f" @ {c['sweep']:g}" if c["sweep"] is not None else "") + f" · {c['score']}" for c in curves]
+    plot_roc_curves([(t, c["labels"], c["scores"]) for t, c in zip(tags, curves)], out_dir / f"{name}_roc.png",
+                    f"{doc['protocol']}: ROC ({what})", "detector · score: AUROC")
+    plot_density_grid([(t, c["labels"], c["scores"]) for t, c in zip(tags, curves)], out_dir / f"{name}_density.png",
+                      f"{doc['protocol']}: score densities ({what})")
+    return [f"{name}_roc.png", f"{name}_density.png"]
+
+
+def _fmt(v, nd: int = 3) -> str:
+    return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{nd}f}"
+
+
+def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
+    rows = pd.DataFrame(doc["rows"])
+    lines = [f"## {doc['protocol']}", "", doc["description"].strip(), ""]
+    if rows.empty:
+        return "\n".join(lines + [f"**Failed run**: {f['detector']}, repeat {f['repeat']}: {f['error']}" for f in doc.get("failures", [])] + [""])
+    if doc["selection"]:
+        lines += [f"**Selection rule (no test data).** {doc['selection'].strip()}", ""]
+    per = "fold" if doc["repeat"] == "folds" else "seed"
+    lines += [f"AUROC is the mean ± std over {int(rows['n_repeats'].max())} {per}s (each {per}'s test set scored by its own model)."
+              + (" The CI column is the percentile bootstrap 95% CI (1000 resamples) of the " + ("pooled out-of-fold scores." if doc["repeat"] == "folds" else "repeat-0 test set.") if "ci" in rows else ""),
+              "LR-CV is the seeds' logistic-regression protocol (5-fold cross-validated probabilities from the 1-D score). "
+              "Times are per run (mean over repeats): train = the train stage, score = the score stage; peak RSS is that of the detector's process while it trained, scored and evaluated (from the run manifests).", ""]
+    sweep = doc.get("sweep_key")
+    for view, vrows in rows.groupby("view", sort=False):
+        if view:
+            lines += [f"### View: {view}", ""]
+        head = ["detector", "score"] + ([sweep.split(".")[-1]] if sweep else []) + ["AUROC (mean ± std)"] + (["AUROC [95% CI]"] if "ci" in vrows else []) + \
+               ["LR-CV AUROC", "AUPRC", "sens@95%spec", "train s", "score s", "peak MB", "seed study"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for _, r in vrows.iterrows():
+            auc = _fmt(r["auroc_mean"]) + (f" ± {r['auroc_std']:.3f}" if r.get("auroc_std") is not None and np.isfinite(r.get("auroc_std")) else "")
+            if r["primary"]:
+                auc = f"**{auc}**"
+            cells = [r["detector"], r["score"]] + ([f"{r['sweep']:g}"] if sweep else []) + [auc]
+            if "ci" in vrows:
+                ci = r.get("ci")
+                cells.append(f"{_fmt(r.get('ci_auroc'))} [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) else "–")
+            ref = r.get("reference")
+            cells += [_fmt(r["lr_cv_auroc_mean"]), _fmt(r["auprc_mean"]), _fmt(r["sens95_mean"]), f"{r['train_s_mean']:.0f}", f"{r['score_s_mean']:.1f}",
+                      f"{r['peak_rss_mb']:.0f}", (f"{ref:.2f} ({r['reference_source']})" if isinstance(ref, float) and np.isfinite(ref) else "")]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+        lines.append("")
+    if sweep:
+        lines += _sweep_drop_table(rows[rows["view"] == ""], sweep, {(r["detector"], r["score"]): r for r in doc.get("references", [])})
+    n_tr = rows.groupby("detector")["train_samples"].first()
+    lines += [f"Test set per {per}: {int(rows['n_test_normal'].iloc[0])} normal, {int(rows['n_test_anomalous'].iloc[0])} anomalous. "
+              f"Training samples per run: " + ", ".join(f"{d} {int(n)}" for d, n in n_tr.items() if pd.notna(n)) + ".", ""]
+    for fail in doc.get("failures", []):
+        lines.append(f"**Failed run** (left out of the table): {fail['detector']}, repeat {fail['repeat']}: {fail['error']}")
+    for f in figures:
+        lines.append(f"![{f}]({fig_prefix}{f})")
+    lines += ["", f"Run: `{doc['command']}` at commit `{doc['commit']}`, finished {doc['finished']}, {doc['wall_s'] / 60:.1f} min wall "
+              f"for this invocation ({doc['machine']}; {doc['jobs']} job(s) at a time){'; QUICK mode (reduced size)' if doc['quick'] else ''}. "
+              f"Training and scoring of all its runs, resumed ones included, sum to {doc.get('run_time_s', float('nan')) / 60:.1f} min.", ""]
+    return "\n".join(lines)
+
+
+def _sweep_drop_table(rows: pd.DataFrame, sweep: str, refs: dict) -> list[str]:
+    prim = rows[rows["primary"]]
+    lines = [f"AUROC of each detector's primary score at {sweep.split('.')[-1]} = 0, then its change at each level (mean over repeats):", "",
+             "| detector | score | " + " | ".join(f"{v:g}" for v in sorted(prim["sweep"].unique())) + " | seed study |", "|---|---|" + "---|" * (prim["sweep"].nunique() + 1)]
+    for (det, score), g in prim.groupby(["detector", "score"], sort=False):
+        base = g.loc[g["sweep"] == 0, "auroc_mean"]
+        if base.empty:
+            continue
+        cells = [f"{a:.3f}" if v == 0 else f"{a - float(base.iloc[0]):+.3f}" for v, a in sorted(zip(g["sweep"], g["auroc_mean"]))]
+        ref = refs.get((det, score))
+        seed_fig = f"{ref['auroc']:+.2f} ({ref['source']})" if ref else ""
+        lines.append(f"| {det} | {score} | " + " | ".join(cells) + f" | {seed_fig} |")
+    return lines + [""]
+
+
+def write_markdown(out: Path, title_note: str = "") -> Path:
+    """Rebuild ``<out>/BENCHMARKS.md`` from every ``<out>/bench/*.json`` protocol result."""
+    docs = [json.loads(p.read_text()) for p in sorted((out / "bench").glob("*.json"))]
+    docs.sort(key=lambda d: d.get("order", 0))
+    parts = ["# Benchmarks", "",
+             "Generated by `pipeline bench` from the protocols in `configs/bench/` (do not edit by hand). "
+             "Every number below was measured by the command printed under its table. Data: `../shared/data` (see its README for the protocols).",
+             "The primary score of each detector is in bold. No hyper-parameter, epoch or score was chosen on test data; each protocol states its selection rule.", ""]
+    if title_note:
+        parts += [title_note, ""]
+    for d in docs:
+        figs = [f for f in (f"{d['slug']}_roc.png", f"{d['slug']}_density.png") if (out / "bench" / f).exists()]
+        parts.append(protocol_markdown(d, figs, "bench/"))
+    path = out / "BENCHMARKS.md"
+    io.write_text(path, "\n".join(parts))
+    return path

@@ -1,0 +1,235 @@
+"""The model catalog: every detector's name, hyper-parameters (config section ``model``) and score names.
+
+Torch-free on purpose: ``pipeline validate`` checks a config's ``model`` section against these
+dataclasses without importing torch or MONAI (the CLI hands :data:`MODELS` to
+:func:`pipeline.core.config.load_config`). The networks themselves live in the family modules
+(:mod:`models.vae`, :mod:`models.wgan`, ...), which register their implementation for a family
+name with :func:`models.registry.register_2d_3d`; their ``Params`` and ``score_names`` come from here.
+
+Adding a model: its parameter dataclass and one :func:`family` line here, its family module, and
+an import in :mod:`models.zoo`; the contract tests then cover it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model: ``<family><dims>d`` with its parameter class and score names (primary first)."""
+
+    name: str
+    family: str
+    spatial_dims: int
+    params: type
+    scores: tuple[str, ...]
+
+
+MODELS: dict[str, ModelSpec] = {}
+FAMILIES: dict[str, tuple[type, tuple[str, ...]]] = {}
+
+
+def family(name: str, params: type, scores: Sequence[str]) -> None:
+    """Register a dimension-generic family as ``<name>2d`` and ``<name>3d``."""
+    FAMILIES[name] = (params, tuple(scores))
+    for dims in (2, 3):
+        MODELS[f"{name}{dims}d"] = ModelSpec(f"{name}{dims}d", name, dims, params, tuple(scores))
+
+
+def check_strides(strides: Sequence[int], patch: int, key: str = "model.strides") -> list[str]:
+    """Config check: MONAI silently produces a different size when the strides do not divide the patch."""
+    size = patch
+    for s in strides:
+        if size % s:
+            return [f"{key}: {list(strides)} do not divide train.patch_size {patch} (MONAI would silently produce a different size)"]
+        size //= s
+    return []
+
+
+def check_params(p, cfg) -> list[str]:
+    """Config checks shared by the network-based detectors (whichever of these fields ``p`` has)."""
+    errs = check_strides(p.strides, cfg.train.patch_size)
+    if len(p.channels) != len(p.strides):
+        errs.append(f"model.strides: {len(p.strides)} values but model.channels has {len(p.channels)}")
+    if getattr(p, "latent_dim", 1) < 1:
+        errs.append("model.latent_dim: must be ≥ 1")
+    if getattr(p, "n_critic", 1) < 1:
+        errs.append("model.n_critic: must be ≥ 1")
+    if not all(0.0 <= b < 1.0 for b in getattr(p, "betas", ())):
+        errs.append("model.betas: each must be in [0, 1)")
+    return errs
+
+
+@dataclass
+class VAEParams:
+    """VAE hyper-parameters (config section ``model``)."""
+
+    name: str = "vae3d"
+    latent_dim: int = 32
+    channels: list[int] = field(default_factory=lambda: [8, 16, 32])  # sized for ≥10 cubes/s at K=100 on 2 CPU cores
+    strides: list[int] = field(default_factory=lambda: [2, 2, 1])  # product must divide the patch size
+    num_res_units: int = 0
+    norm: Literal["instance", "batch", "none"] = "instance"  # instance norm hides each image's overall intensity from the layers after it
+    decoder: Literal["gaussian", "bernoulli"] = "gaussian"
+    sigma: float = 0.7071067811865476  # Gaussian decoder σ (seeds: 1/√2); with learn_sigma its initial value
+    learn_sigma: bool = False  # σ is a trained parameter (maximum likelihood, "σ-VAE", Rybkin et al. 2021)
+    beta: float = 1.0  # KL weight in the training loss (seed 004: 0.01); scores always use β = 1
+    decode_chunk: int = 256  # decoder batch size when scoring K×B samples
+    latent_gmm: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # GMM sizes tried (by BIC on training codes) for the ``latent`` score; [] = off
+
+    def check(self, cfg) -> list[str]:
+        errs = check_params(self, cfg)
+        if self.sigma <= 0:
+            errs.append("model.sigma: must be > 0")
+        if any(k < 1 for k in self.latent_gmm):
+            errs.append("model.latent_gmm: component counts must be ≥ 1")
+        return errs
+
+
+@dataclass
+class WGANParams:
+    """WGAN-GP hyper-parameters shared by the AnoGAN and f-AnoGAN detectors."""
+
+    name: str = "anogan3d"
+    latent_dim: int = 64
+    channels: list[int] = field(default_factory=lambda: [8, 16, 32])  # G and D; sized for the CPU speed targets
+    strides: list[int] = field(default_factory=lambda: [2, 2, 1])
+    lambda_gp: float = 10.0
+    n_critic: int = 5
+    betas: tuple[float, float] = (0.5, 0.9)
+    latent_prior: Literal["normal", "uniform"] = "normal"  # seed 000 used uniform z, seed 003 normal
+
+    def check(self, cfg) -> list[str]:
+        return check_params(self, cfg)
+
+
+@dataclass
+class AnoGANParams(WGANParams):
+    search_steps: int = 100
+    search_lambda: float = 0.5  # weight of the feature term
+    search_optimizer: Literal["adam", "sgd"] = "adam"
+    search_lr: float = 0.05
+    restarts: int = 1
+
+
+@dataclass
+class FAnoGANParams(WGANParams):
+    name: str = "fanogan3d"
+    kappa: float = 1.0
+    encoder_epochs_fraction: float = 0.5
+
+
+@dataclass
+class JointParams:
+    """Jointly trained encoder WGAN-GP hyper-parameters (config section ``model``)."""
+
+    name: str = "joint3d"
+    latent_dim: int = 128  # N_z (study: 512 on 2D images)
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # G, D and E widths
+    strides: list[int] = field(default_factory=lambda: [2, 2, 1])  # product must divide the patch size
+    z_norm: Literal["unit", "none"] = "unit"  # unit: G normalises its input code to unit length (study/pGAN)
+    lambda_gp: float = 10.0
+    n_critic: int = 5  # critic steps per generator/encoder step
+    encoder_weight: float = 1.0  # μ: weight of ‖G(z) − G(E(G(z)))‖₁ in the G/E step
+    score_lambda: float = 0.05  # λ in a = λ·L_n + (1−λ)·L_o
+    betas: tuple[float, float] = (0.5, 0.9)  # Adam betas for all networks (WGAN-GP: (0, 0.9) or (0.5, 0.9))
+
+    def check(self, cfg) -> list[str]:
+        errs = check_params(self, cfg)
+        if not 0.0 <= self.score_lambda <= 1.0:
+            errs.append("model.score_lambda: must be in [0, 1]")
+        if self.lambda_gp < 0 or self.encoder_weight < 0:
+            errs.append("model.lambda_gp / model.encoder_weight: must be ≥ 0")
+        return errs
+
+
+@dataclass
+class AdversarialAEParams:
+    """Shared hyper-parameters of the BiGAN and α-GAN detectors (config section ``model``)."""
+
+    name: str = "bigan3d"
+    latent_dim: int = 128
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # G, D and E widths
+    strides: list[int] = field(default_factory=lambda: [2, 2, 1])  # product must divide the patch size
+    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas for all networks
+
+    def check(self, cfg) -> list[str]:
+        return check_params(self, cfg)
+
+
+@dataclass
+class BiGANParams(AdversarialAEParams):
+    """BiGAN/ALI hyper-parameters."""
+
+    name: str = "bigan3d"
+    disc_features: int = 128  # width of the joint discriminator's image/code branches and hidden layer
+
+    def check(self, cfg) -> list[str]:
+        errs = super().check(cfg)
+        if self.disc_features < 1:
+            errs.append("model.disc_features: must be ≥ 1")
+        return errs
+
+
+@dataclass
+class AlphaGANParams(AdversarialAEParams):
+    """α-GAN hyper-parameters."""
+
+    name: str = "alphagan3d"
+    rec_weight: float = 10.0  # weight of the voxel-mean L1 reconstruction loss (seed 002: not given)
+    code_hidden: int = 256  # width of the code discriminator's two hidden layers
+
+    def check(self, cfg) -> list[str]:
+        errs = super().check(cfg)
+        if self.rec_weight < 0:
+            errs.append("model.rec_weight: must be ≥ 0")
+        if self.code_hidden < 1:
+            errs.append("model.code_hidden: must be ≥ 1")
+        return errs
+
+
+@dataclass
+class PCAParams:
+    """PCA baseline hyper-parameters (config section ``model``)."""
+
+    name: str = "pca3d"
+    n_components: int = 32  # k principal components kept
+    whiten: bool = False  # only changes ``pca_latent`` (→ Hotelling T²); the reconstruction is the same
+
+    def check(self, cfg) -> list[str]:
+        if self.n_components < 1:
+            return ["model.n_components: must be ≥ 1"]
+        return []
+
+
+@dataclass
+class IntensityParams:
+    """Intensity-statistic baseline hyper-parameters (config section ``model``)."""
+
+    name: str = "intensity3d"
+    statistic: Literal["mean", "std", "max", "high_fraction", "complexity"] = "mean"  # complexity: PNG bits (models/complexity.py)
+    threshold: float = 0.5  # high_fraction: voxels above this value (model range; 0.5 ≈ −300 HU in [−1000, 400])
+    distance: Literal["two_sided", "upper", "lower"] = "two_sided"  # |z|, z (brighter = anomalous) or −z
+    min_std: float = 1e-6  # floor of the training standard deviation (constant training statistic)
+
+    def check(self, cfg) -> list[str]:
+        errs = []
+        if not self.min_std > 0:
+            errs.append("model.min_std: must be > 0")
+        if self.statistic == "high_fraction" and cfg.extract.normalise == "window" and not 0 <= self.threshold <= 1:
+            errs.append(f"model.threshold: {self.threshold} is outside the model range [0, 1] of window-normalised data")
+        return errs
+
+
+STATISTICS = ("mean", "std", "max", "high_fraction", "complexity")
+
+family("vae", VAEParams, ("elbo", "iwae", "recon", "kl", "latent", "elbo_ic"))
+family("anogan", AnoGANParams, ("anogan", "residual", "feature"))
+family("fanogan", FAnoGANParams, ("fanogan", "residual", "feature"))
+family("joint", JointParams, ("joint", "joint_ln", "joint_lo"))
+family("bigan", BiGANParams, ("l1", "l2", "enc_fm", "disc_fm", "disc"))
+family("alphagan", AlphaGANParams, ("l1", "l2", "enc_fm", "disc_fm", "disc"))
+family("pca", PCAParams, ("pca_recon", "pca_latent"))
+family("intensity", IntensityParams, ("intensity", "intensity_raw"))

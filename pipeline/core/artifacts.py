@@ -1,0 +1,213 @@
+"""The run-directory contract: the one place that names, reads and writes each file of a run.
+
+A run directory holds what the stages write (``docs/ARCHITECTURE.md`` shows the table). Every
+file is an :class:`Artifact` with a path pattern relative to the run directory (or, for the
+model files, relative to a model folder, which may live outside any run: ``pipeline score
+--model DIR``). Readers and writers for the tables and arrays shared between stages are here too,
+so a stage never reads another stage's files by a literal name.
+
+Names that come from data are untrusted: a SeriesInstanceUID becomes a file name only when it is
+a valid DICOM UI value (digits and dots, at most 64 characters, no empty component); any other
+UID is stored as ``series-<first 16 hex digits of its SHA-256>`` and the original stays in
+``series.csv`` (:func:`series_stem`). Every path an artifact resolves to is checked to stay inside
+its root (:func:`inside`), and the writers in :mod:`pipeline.core.io` refuse anything outside
+the run directory they are confined to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.core import io
+from pipeline.core.errors import StageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+UID_MAX = 64
+
+
+def is_dicom_uid(uid: str) -> bool:
+    """True for a valid DICOM UI value: components of digits (no leading zero) joined by dots, ≤ 64 characters."""
+    return isinstance(uid, str) and len(uid) <= UID_MAX and bool(UID_RE.match(uid))
+
+
+def series_stem(uid: str) -> str:
+    """The file-name stem of a series: the UID itself when valid, else ``series-<hash>`` (see the module docstring)."""
+    if is_dicom_uid(uid):
+        return uid
+    return "series-" + hashlib.sha256(str(uid).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def safe_component(text: str, limit: int = 80) -> str:
+    """A file-name-safe component from free text (a sample ID of an image file may hold separators)."""
+    text = re.sub(r"\.(png|jpe?g|tiff?|dcm)$", "", str(text), flags=re.IGNORECASE)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:limit] or "sample"
+
+
+def inside(root: Path, rel: str | Path) -> Path:
+    """``root / rel``, refused (:class:`StageError`) when it would leave ``root`` (absolute, ``..``, symlinked away)."""
+    root = Path(root)
+    target = root / rel
+    real_root = root.resolve()
+    real = target.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise StageError(f"refused path {target}: it resolves to {real}, outside {real_root}")
+    return target
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file of the run-directory contract: its pattern, the stage that writes it, what it holds."""
+
+    name: str
+    pattern: str  # relative to the run directory (``model/...`` files: relative to a model folder)
+    stage: str
+    doc: str
+
+    def path(self, root: Path, /, **keys: str) -> Path:
+        """The file under ``root``; a ``series`` key is turned into its safe stem, other keys made safe."""
+        safe = {k: (series_stem(v) if k == "series" else v if k == "rank" else safe_component(v)) for k, v in keys.items()}
+        return inside(root, self.pattern.format(**safe))
+
+
+def _declare(*items: Artifact) -> dict[str, Artifact]:
+    return {a.name: a for a in items}
+
+
+ARTIFACTS: dict[str, Artifact] = _declare(
+    Artifact("config", "config.yaml", "runner", "the resolved config of the last invocation"),
+    Artifact("manifest", "manifest.json", "runner", "per stage: fingerprint, inputs, output hashes, counts, errors, wall time, peak memory"),
+    Artifact("errors", "errors.csv", "runner", "one line per failed item: stage, item, message"),
+    Artifact("lock", "run.lock", "runner", "PID, host and start of the process using the run directory"),
+    Artifact("series", "series.csv", "ingest", "one row per ingested CT series: IDs, original geometry, volume path"),
+    Artifact("volume", "volumes/{series}.nii.gz", "ingest", "the CT in HU, int16, resampled to ingest.spacing_mm, LPS geometry kept"),
+    Artifact("ingest_record", "ingest/done/{series}.json", "ingest", "a finished series' row and input key (item-level resume)"),
+    Artifact("arrays", "arrays.npz", "ingest", "2D/array datasets: images padded to the largest size, their shapes and IDs"),
+    Artifact("arrays_table", "arrays.csv", "ingest", "2D/array datasets: one row per image"),
+    Artifact("cubes", "cubes.npz", "extract", "raw (N, C, *spatial) patches in stored units, sample_id"),
+    Artifact("samples", "samples.csv", "extract", "one row per patch: IDs, label, class, centre and voxel→LPS affine of cubes"),
+    Artifact("splits", "splits.csv", "split", "train / val / test / buffer / unused per sample, fold, group"),
+    Artifact("model_dir", "model", "train", "the model folder (everything pipeline score --model needs)"),
+    Artifact("scores", "scores.csv", "score", "one column per score (higher = more anomalous), p_value, flagged"),
+    Artifact("residuals", "residuals.npz", "score", "residual maps (float16) of the scored patches, their offset in the cube; 2D: reconstructions"),
+    Artifact("calibration", "calibration.json", "score", "the primary score's null distribution on normal validation data"),
+    Artifact("metrics", "metrics.json", "evaluate", "AUROC with CI, AUPRC, sensitivity at fixed specificity, LR protocol, per score"),
+    Artifact("report", "report.html", "evaluate", "one self-contained page: config, data, errors, metrics, figures, galleries, manifest"),
+    Artifact("figure", "{name}.png", "evaluate", "roc, roc_band, pr, score_density, gallery_most_anomalous, gallery_least_anomalous"),
+    Artifact("overlay_residual", "overlays/{series}_residual.nii.gz", "evaluate", "|x − reconstruction| on the CT grid (max over cubes)"),
+    Artifact("overlay_score", "overlays/{series}_score.nii.gz", "evaluate", "the primary score painted over each cube on the CT grid"),
+    Artifact("overlay_nodules", "overlays/{series}_nodules.nii.gz", "evaluate", "a small labelled ball at each nodule centre"),
+    Artifact("overlay_png", "overlays/{tag}{rank}_{sample}.png", "evaluate", "2D: image | reconstruction | residual of top and normal cases"),
+)
+
+# Files of a model folder (``<run>/model/`` or any folder given to ``pipeline score --model``).
+MODEL_FILES: dict[str, Artifact] = _declare(
+    Artifact("weights", "model.pt", "train", "the detector's state dict (tensors only; loaded with weights_only=True)"),
+    Artifact("meta", "model.json", "train", "model name, parameters, input shape, normalisation, selection epoch, training config"),
+    Artifact("model_manifest", "manifest.json", "train", "SHA-256 of model.pt and model.json, checked before loading"),
+    Artifact("curves", "curves.csv", "train", "training and validation loss per epoch"),
+    Artifact("curves_plot", "curves.png", "train", "the curves as a figure"),
+    Artifact("train_state", "train_state.pt", "train", "weights, optimisers and history of the last epoch (resume; removed at the end)"),
+)
+
+
+def path(artifact: str, root: Path, /, **keys: str) -> Path:
+    """Path of run-directory artifact ``artifact`` under ``root``."""
+    return ARTIFACTS[artifact].path(root, **keys)
+
+
+def model_dir(run_dir: Path) -> Path:
+    return path("model_dir", run_dir)
+
+
+def model_file(name: str, folder: Path) -> Path:
+    """Path of model-folder file ``name`` (``weights``, ``meta``, ...) inside ``folder``."""
+    return MODEL_FILES[name].path(folder)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables and arrays shared between stages
+# --------------------------------------------------------------------------------------------
+
+# Columns read as text (IDs): pandas would otherwise turn "0063" into 63.
+_TEXT = {"patient_id": str, "series_uid": str, "study_uid": str, "sample_id": str, "nodule_id": str,
+         "source_split": str, "source": str, "group": str}
+
+
+def _read_csv(name: str, run_dir: Path, hint: str, **kwargs: Any) -> "pd.DataFrame":
+    import pandas as pd  # pandas (and pyarrow with it, ~130 MB) loads when a table is read, not when the CLI starts
+
+    p = path(name, run_dir)
+    if not p.exists():
+        raise StageError(f"{p} not found: {hint}")
+    return pd.read_csv(p, dtype=_TEXT, **kwargs)
+
+
+def write_table(name: str, run_dir: Path, table: "pd.DataFrame") -> Path:
+    """Write a table artifact (``series``, ``samples``, ``splits``, ``scores``, ``arrays_table``); returns its path."""
+    p = path(name, run_dir)
+    io.write_csv(p, table)
+    return p
+
+
+def read_series(run_dir: Path) -> "pd.DataFrame":
+    return _read_csv("series", run_dir, "run the ingest stage first")
+
+
+def read_samples(run_dir: Path) -> "pd.DataFrame":
+    table = _read_csv("samples", run_dir, "run the extract stage first")
+    return table.fillna({c: "" for c in ("series_uid", "nodule_id", "source_split", "source") if c in table.columns})
+
+
+def read_splits(run_dir: Path) -> "pd.DataFrame":
+    return _read_csv("splits", run_dir, "run the split stage first")
+
+
+def read_scores(run_dir: Path) -> "pd.DataFrame":
+    return _read_csv("scores", run_dir, "run the score stage first").fillna({"series_uid": ""})
+
+
+def read_arrays_table(run_dir: Path) -> "pd.DataFrame":
+    return _read_csv("arrays_table", run_dir, "run the ingest stage first", keep_default_na=False)
+
+
+def read_npz(name: str, run_dir: Path, hint: str) -> dict[str, np.ndarray]:
+    """Every member of an ``.npz`` artifact, loaded (no pickles)."""
+    p = path(name, run_dir)
+    if not p.exists():
+        raise StageError(f"{p} not found: {hint}")
+    with np.load(p, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def read_raw_cubes(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(sample_ids, cubes)`` as stored by extract (HU for CT, source units for arrays/images)."""
+    z = read_npz("cubes", run_dir, "run the extract stage first")
+    return z["sample_id"], z["raw"]
+
+
+def write_cubes(run_dir: Path, raw: np.ndarray, sample_ids: np.ndarray) -> Path:
+    p = path("cubes", run_dir)
+    io.write_npz(p, raw=raw, sample_id=sample_ids)
+    return p
+
+
+def read_json(name: str, run_dir: Path) -> dict | None:
+    """A JSON artifact, or ``None`` when it does not exist."""
+    p = path(name, run_dir)
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def write_json(name: str, run_dir: Path, obj: Any) -> Path:
+    p = path(name, run_dir)
+    io.write_json(p, obj)
+    return p
