@@ -135,8 +135,8 @@ def read_header(path: Path) -> SliceHeader:
             transfer_syntax=tsyntax,
             frames=int(ds.get("NumberOfFrames", 1) or 1),
         )
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise DicomReadError(f"{path}: malformed geometry tags ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom converts values lazily and raises many types on damaged ones
+        raise DicomReadError(f"{path}: malformed header value ({type(exc).__name__}: {str(exc)[:200]})") from None
     problem = _geometry_problem(header)
     if problem:
         raise DicomReadError(f"{path}: malformed geometry tags ({problem})")
@@ -202,6 +202,8 @@ def _read_header_chunk(job: tuple[int, list[Path]]) -> tuple[int, list[SliceHead
             out.append(read_header(path))
         except DicomReadError as exc:
             out.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug on one hostile file must not stop the others
+            out.append(f"{path}: unexpected {type(exc).__name__} while reading the header: {str(exc)[:200]}")
     return index, out
 
 

@@ -114,8 +114,9 @@ def apply_overrides_switching_model(raw: dict, overrides: list[str], models: Cat
     new_name = next((v for keys, v in reversed(parsed) if keys == ["model", "name"]), None)
     notices: list[str] = []
     if new_name is not None and new_name != file_model.get("name") and new_name in models:
-        known = {f for f in models[new_name].params.__dataclass_fields__}
-        dropped = sorted(k for k in file_model if k not in known and k != "name")
+        old = models.get(file_model.get("name"))
+        old_keys = set(old.params.__dataclass_fields__) if old is not None else set()  # a typo of the file's own model stays an error
+        dropped = sorted(k for k in file_model if k in old_keys and k not in models[new_name].params.__dataclass_fields__)
         raw = {**raw, "model": {k: v for k, v in file_model.items() if k not in dropped}}
         if dropped:
             notices.append(f"model.name={new_name}: dropped the file's model key(s) {', '.join(dropped)} ({file_model.get('name')} parameters that {new_name} does not have)")
