@@ -6,6 +6,7 @@ Scores are oriented so that higher = more anomalous; labels are 1 for anomalies.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
@@ -77,8 +78,6 @@ def logistic_protocol(labels: np.ndarray, scores: np.ndarray, seed: int = 0) -> 
 
 def patient_level_auroc(labels: np.ndarray, scores: np.ndarray, patients: np.ndarray) -> dict:
     """AUROC of max score per patient vs 'patient has any anomaly'."""
-    import pandas as pd
-
     df = pd.DataFrame({"p": patients, "y": labels, "s": scores}).groupby("p").agg(y=("y", "max"), s=("s", "max"))
     if df["y"].nunique() < 2:
         return {"undefined": "needs patients with and without anomalies", "n_patients": int(len(df))}

@@ -12,24 +12,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from models.checkpoint import device_for, load_checkpoint
+from models.inference import score_array
+from pipeline.core.ray_engine import init_ray
 
 
 class ModelActor:
     """Holds one detector for the lifetime of a Ray Data actor and scores numpy batches."""
 
     def __init__(self, checkpoint: str, mc_samples: int, seed: int, device: str, threads: int) -> None:
-        import torch
-
-        from models.checkpoint import device_for, load_checkpoint
-
         torch.set_num_threads(threads)
         self.device = device_for(device)
         self.model, _ = load_checkpoint(Path(checkpoint), self.device)
         self.mc_samples, self.seed = mc_samples, seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from models.inference import score_array
-
         scores, residual, _ = score_array(self.model, batch["x"], self.mc_samples, len(batch["x"]), self.seed, self.device)
         return {"index": batch["index"], "residual": residual, **{f"score:{k}": v for k, v in scores.items()}}
 
@@ -37,8 +36,6 @@ class ModelActor:
 def score_with_ray(checkpoint: Path, x: np.ndarray, mc_samples: int, batch_size: int, seed: int, device: str, threads: int,
                    actors: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Score (N, C, *spatial) patches on the Ray cluster; returns ``(scores, residuals)`` like ``score_array``."""
-    from pipeline.core.ray_engine import init_ray
-
     ray = init_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from monai.data import DataLoader, Dataset
 from torch.utils.data import DistributedSampler
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from models import distributed
@@ -256,24 +257,19 @@ def _fit_after_training(model: Detector, ckpt_path: Path, train_x: np.ndarray, p
 
 def _write_curves(out_dir: Path, history: list[dict], plot: bool = True) -> None:
     """``curves.csv`` (every epoch, so a killed run keeps it) and ``curves.png`` (at the end: a figure per epoch costs more than a small model's epoch)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     df = pd.DataFrame(history)
     io.write_csv(artifacts.model_file("curves", out_dir), df)
     if not plot or df.empty:
         return
     cols = [c for c in df.columns if c.startswith("train_") or c == "val_loss"]
-    fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 2.8), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(cols), 2.8))  # no pyplot: no backend or global figure state
+    axes = fig.subplots(1, len(cols), squeeze=False)
     for ax, c in zip(axes[0], cols):
         ax.plot(df["epoch"], df[c], marker=".")
         ax.set_title(c)
         ax.set_xlabel("epoch")
     fig.tight_layout()
     io.write_with(artifacts.model_file("curves_plot", out_dir), lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
-    plt.close(fig)
 
 
 def _training_data(run_dir: Path) -> tuple[np.ndarray, list[int], list[int], list[int]]:

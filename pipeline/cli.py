@@ -23,7 +23,7 @@ from pipeline.core.config import apply_overrides_switching_model, load_config, r
 from pipeline.core.errors import ConfigError, MedAnomalyError
 from pipeline.core.inputs import check_inputs
 from pipeline.core.lock import unlock
-from pipeline.runner import BY_NAME, STAGE_NAMES, STAGES, run_stages
+from pipeline.runner import BY_NAME, STAGE_NAMES, STAGES, contract_markdown, run_stages
 
 EXIT_ITEM_ERRORS = 1
 EXIT_FAILED = 2
@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--debug", action="store_true")
     sp = sub.add_parser("unlock", help="remove a run directory's lock left by a run that is no longer running")
     sp.add_argument("run_dir", type=Path)
+    sp.add_argument("--debug", action="store_true")
+    sp = sub.add_parser("stages", help="print the stages (what each reads and writes) and the files of a run directory")
     sp.add_argument("--debug", action="store_true")
     sp = sub.add_parser("convert-model", help="rewrite a model folder of the old single-file format (weights + model.json + manifest)")
     sp.add_argument("model", type=Path, help="model folder (or its model.pt)")
@@ -230,7 +232,12 @@ def _convert(args) -> int:
     return 0
 
 
-COMMANDS = {"bench": _bench, "compare": _compare, "unlock": _unlock, "convert-model": _convert}
+def _stages(args) -> int:
+    print(contract_markdown())
+    return 0
+
+
+COMMANDS = {"bench": _bench, "compare": _compare, "unlock": _unlock, "convert-model": _convert, "stages": _stages}
 
 
 def _train_ddp(cfg, run_dir: Path) -> int:

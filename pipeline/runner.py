@@ -36,6 +36,18 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 BY_NAME = {s.name: s for s in STAGES}
 
 
+def contract_markdown() -> str:
+    """The stage declarations and the run-directory contract as markdown tables (``pipeline stages``; docs/ARCHITECTURE.md)."""
+    lines = ["| stage | module | reads (config) | after | external inputs | writes |", "|---|---|---|---|---|---|"]
+    for s in STAGES:
+        q = lambda items: ", ".join(f"`{i}`" for i in items) or "–"  # noqa: E731
+        lines.append(f"| `{s.name}` | `{s.run.__module__}` | {q(s.reads)} | {', '.join(s.after) or '–'} | {q(s.inputs)} | {', '.join(s.outputs)} |")
+    lines += ["", "| artifact | path | written by | what it holds |", "|---|---|---|---|"]
+    lines += [f"| `{a.name}` | `{a.pattern}` | {a.stage} | {a.doc} |" for a in artifacts.ARTIFACTS.values()]
+    lines += [f"| `{a.name}` | `model/{a.pattern}` | {a.stage} | {a.doc} |" for a in artifacts.MODEL_FILES.values()]
+    return "\n".join(lines)
+
+
 def _config_value(cfg: Config, key: str):
     if "." in key:
         section, attr = key.split(".", 1)

@@ -13,7 +13,7 @@ Images become channel-first float32 ``(C, *spatial)`` (a trailing channel axis o
 to the front). Images with NaN/inf are reported per item and dropped. Labels map to 0
 (``normal_labels``), 1 (``anomaly_labels``, default every other label) or are left out. When a
 pixel spacing is known (per image from the ``spacing`` key, or ``pixel_spacing_mm`` for all), each
-image is resampled to ``ingest.spacing_mm`` (see :func:`preprocessing.resample.resample_to_spacing`),
+image is resampled to ``ingest.spacing_mm`` (see :func:`preprocessing.resize.resample_to_spacing`),
 so images of one dataset may differ in size: ``arrays.npz`` stores them padded to the largest
 size (top-left aligned) with each image's valid ``shape``.
 
@@ -35,7 +35,7 @@ from pipeline.core import artifacts, io
 from pipeline.core.errors import StageError
 from pipeline.core.results import StageResult
 from pipeline.core.schema import ArraySource, Config
-from preprocessing.resample import resample_to_spacing
+from preprocessing.resize import resample_to_spacing
 
 SPLIT_PREFIXES = ("train", "val", "test")
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

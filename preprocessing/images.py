@@ -26,7 +26,7 @@ from pipeline.core.schema import Config
 from preprocessing.arrays import spacing_text, write_arrays
 from preprocessing.images2d import conform_channels, read_image
 from preprocessing.labels import read_labels
-from preprocessing.resample import resample_to_spacing
+from preprocessing.resize import resample_to_spacing
 
 
 @dataclass(frozen=True)

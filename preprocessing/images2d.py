@@ -31,6 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydicom.errors import InvalidDicomError
+from pydicom.misc import is_dicom
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from pipeline.core.errors import ItemError
 
@@ -49,7 +54,6 @@ class Image2D:
 
 def read_image(path: Path) -> Image2D:
     """Read a DICOM or PNG/JPEG/TIFF file (chosen by content, not by name)."""
-    from pydicom.misc import is_dicom
 
     path = Path(path)
     if not path.is_file():
@@ -68,9 +72,6 @@ def read_image(path: Path) -> Image2D:
 
 def read_dicom_2d(path: Path) -> Image2D:
     """One single-frame DICOM image (see the module docstring for the intensity pipeline)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     try:
         ds = pydicom.dcmread(path)
@@ -127,7 +128,6 @@ def _voi_to_unit(x: np.ndarray, ds) -> np.ndarray:
     that range are found by passing the extremes of the input through the same transform, so the
     scaling follows pydicom's own rules instead of repeating them here.
     """
-    from pydicom.pixels import apply_voi_lut
 
     x = np.asarray(x, np.float64)
     if ds.get("VOILUTSequence"):
@@ -152,7 +152,6 @@ def _voi_to_unit(x: np.ndarray, ds) -> np.ndarray:
 
 def read_picture(path: Path) -> Image2D:
     """A PNG, JPEG or TIFF file via Pillow (one frame, greyscale or colour)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:

@@ -15,7 +15,7 @@ from conftest import SHARED_DATA, validate
 from pipeline.core.errors import StageError
 from preprocessing.arrays import extract, ingest, read_idx
 from preprocessing.grouped_splits import assert_no_leakage, make_splits
-from preprocessing.resample import grid_size, resample_to_spacing
+from preprocessing.resize import grid_size, resample_to_spacing
 
 
 def _idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:

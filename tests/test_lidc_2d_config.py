@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, SHARED_DATA, load_config
 
 from pipeline.runner import run_stages
-from preprocessing.resample import grid_size
+from preprocessing.resize import grid_size
 
 LIDC_2D = SHARED_DATA / "lidc_nodules_2d.npz"
 

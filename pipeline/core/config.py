@@ -21,6 +21,7 @@ from typing import Any, Mapping, Protocol
 import yaml
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.ray_engine import require_ray
 from pipeline.core.schema import Config
 from pipeline.core.validation import build, suggest
 
@@ -206,8 +207,6 @@ def _cross_checks(cfg: Config, models: Catalog) -> list[str]:
     if cfg.run.workers < 1:
         errs.append("run.workers: must be ≥ 1")
     if cfg.run.engine == "ray":
-        from pipeline.core.ray_engine import require_ray  # ray is optional (medanomaly[ray]) and slow to import
-
         try:
             require_ray()
         except ConfigError as exc:

@@ -12,13 +12,16 @@ reported with its type so a bug is still visible without a traceback.
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterable, Iterator
 
+import SimpleITK as sitk
 from tqdm import tqdm
 
 from pipeline.core.errors import MedAnomalyError
 from pipeline.core.io import FATAL_ERRNOS
+from pipeline.core.ray_engine import map_tasks
 
 
 def _call(fn: Callable, item: Any) -> tuple[bool, Any]:
@@ -38,11 +41,7 @@ def _share_cores(workers: int) -> None:
     """Pool initializer: each of ``workers`` processes gets its share of the cores for the
     multi-threaded libraries (SimpleITK filters, torch), so 2 workers on 2 cores do not run 4
     threads that wait on each other."""
-    import sys
-
     n = max(1, (os.cpu_count() or 1) // workers)
-    import SimpleITK as sitk
-
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
     if "torch" in sys.modules:  # only if the parent already loaded it: importing torch costs ~1 s per worker
         sys.modules["torch"].set_num_threads(n)
@@ -60,8 +59,6 @@ def map_items(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 1, 
     bar = tqdm(total=len(items), desc=desc, unit="item", leave=False, disable=None)
     try:
         if engine == "ray":
-            from pipeline.core.ray_engine import map_tasks
-
             for i, ok, res in map_tasks(_call, fn, items):
                 bar.update()
                 yield key(items[i]), ok, res
