@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 print(f"{row['files']:>7} files ({row['headers']} headers, {row['errors']} errors): {row['seconds']:6.1f} s, "
                       f"RSS {row['baseline_mb']:.0f} MB after imports -> peak {row['peak_mb']:.0f} MB (+{row['growth_mb']:.1f} MB)"
-                      + (f"; plain dcmread(stop_before_pixels) of the {args.big_mb} MB-element file: +{row['plain_pydicom_growth_mb']:.0f} MB" if big else ""))
+                      + (f"; plain dcmread(stop_before_pixels) of the {args.big_mb} MB-element file: "
+                         f"+{row['plain_pydicom_growth_mb']:.0f} MB" if big else ""))
 
 
 if __name__ == "__main__":

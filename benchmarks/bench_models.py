@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--in-channels", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="MODEL.KEY=VALUE", help="override a default model parameter (repeatable)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="MODEL.KEY=VALUE",
+                    help="override a default model parameter (repeatable)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failing models")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -353,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         unit = {"ingest": "series", "extract": "series", "train": "samples", "score": "cubes"}
         print(f"\n## Stages at 1 and 2 workers ({args.copies} copies of {args.series.name} with new UIDs; work folder {args.work})")
         print(f"Each stage: {args.stage_repeat} interleaved pairs (1 worker, then 2); medians, and the speed-up's range over the pairs.")
-        print("| stage | workers | items | median s | items/s | speed-up (median; min-max of pairs) | CPU s per item | peak RSS MiB (largest process) |")
+        print("| stage | workers | items | median s | items/s | speed-up (median; min-max of pairs) | "
+              "CPU s per item | peak RSS MiB (largest process) |")
         print("|---|---|---|---|---|---|---|---|")
         for part in stages:
             recs: dict[int, list[dict]] = {1: [], 2: []}
@@ -367,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                 extra = f" ({statistics.median(r['cubes'] / r['seconds'] for r in rs):.0f} cubes/s)" if "cubes" in rs[0] else ""
                 speed = "1.00×" if w == 1 else f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}-{max(ratios):.2f})"
                 cpu = statistics.median(r["cpu_s"] for r in rs) / items
-                print(f"| {part} | {w} | {items} {unit[part]} | {sec:.2f} | {items / sec:.2f}{extra} | {speed} | {cpu:.3f} | {max(r['peak_rss_mb'] for r in rs):.0f} |", flush=True)
+                print(f"| {part} | {w} | {items} {unit[part]} | {sec:.2f} | {items / sec:.2f}{extra} | {speed} | {cpu:.3f} | "
+                      f"{max(r['peak_rss_mb'] for r in rs):.0f} |", flush=True)
     print(f"\nload average (1 min) before/after: {load0:.2f} / {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -21,7 +21,8 @@ from collections import Counter
 from pathlib import Path
 
 WRITE_CALL = re.compile(r'(openat|open|creat)\((?:AT_FDCWD|\d+), "([^"]+)", ([A-Z_|]+)')
-PATH_CALL = re.compile(r'\b(mkdir|mkdirat|rename|renameat2?|link|linkat|symlink|unlink|unlinkat)\((?:AT_FDCWD, |\d+, )?"([^"]+)"(?:, (?:AT_FDCWD, |\d+, )?"([^"]+)")?')
+PATH_CALL = re.compile(r'\b(mkdir|mkdirat|rename|renameat2?|link|linkat|symlink|unlink|unlinkat)\((?:AT_FDCWD, |\d+, )?"([^"]+)"'
+                       r'(?:, (?:AT_FDCWD, |\d+, )?"([^"]+)")?')
 
 
 def written_paths(log: Path) -> list[tuple[str, str]]:

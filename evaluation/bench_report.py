@@ -64,10 +64,12 @@ def summarise(cfg: Config, path: Path, specs: list[RunKey], results: dict[str, l
     dets = {d.label: d for d in bench.detectors}
     refs = {(r.detector, r.score): r for r in bench.references}
     views = [None] + list(bench.views)
-    for (label, sweep), group in pd.DataFrame([{"d": s.detector, "s": s.sweep, "spec": s} for s in specs]).groupby(["d", "s"], dropna=False, sort=False):
+    for (label, sweep), group in pd.DataFrame([{"d": s.detector, "s": s.sweep, "spec": s} for s in specs]).groupby(
+            ["d", "s"], dropna=False, sort=False):
         sweep = None if pd.isna(sweep) else float(sweep)
         reps = [records[(label, sweep, s.repeat)] for s in group["spec"]]
-        failures += [{"detector": label, "sweep": sweep, "repeat": r["repeat"], "error": r["error"], "run_dir": r["run_dir"]} for r in reps if "error" in r]
+        failures += [{"detector": label, "sweep": sweep, "repeat": r["repeat"], "error": r["error"], "run_dir": r["run_dir"]}
+                     for r in reps if "error" in r]
         reps = [r for r in reps if "error" not in r]
         if not reps:
             continue
@@ -95,16 +97,19 @@ def summarise(cfg: Config, path: Path, specs: list[RunKey], results: dict[str, l
                        "lr_fitted_auroc_mean": float(np.mean([m["lr_protocol"]["fitted_auroc"] for m in per_rep])),
                        "auprc_mean": float(np.mean([m["auprc"] for m in per_rep])),
                        "sens95_mean": float(np.mean([m["sens_at_95_spec"] for m in per_rep])),
-                       "n_test_normal": int(np.mean([m["n_normal"] for m in per_rep])), "n_test_anomalous": int(np.mean([m["n_anomalous"] for m in per_rep])),
+                       "n_test_normal": int(np.mean([m["n_normal"] for m in per_rep])),
+                       "n_test_anomalous": int(np.mean([m["n_anomalous"] for m in per_rep])),
                        "train_s_mean": float(np.mean([r["train_s"] for r in reps])), "score_s_mean": float(np.mean([r["score_s"] for r in reps])),
-                       "epochs_run": [r["train_details"].get("epochs_run") for r in reps], "best_epoch": [r["train_details"].get("best_epoch") for r in reps],
+                       "epochs_run": [r["train_details"].get("epochs_run") for r in reps],
+                       "best_epoch": [r["train_details"].get("best_epoch") for r in reps],
                        "train_samples": reps[0]["train_counts"].get("train_samples"), "parameters": reps[0]["train_counts"].get("parameters"),
                        "peak_rss_mb": max(r["peak_rss_mb"] for r in reps)}
                 pooled = pd.concat(pooled_parts)
                 if bench.repeat == "folds" or len(tables[0]) < CI_MAX_TEST:
                     src = pooled if bench.repeat == "folds" else _view(tables[0], view)
                     m = _metrics(src["label"].to_numpy(), src[col].to_numpy(), src["patient_id"].to_numpy(str), 1000)
-                    row.update(ci_what="pooled out-of-fold" if bench.repeat == "folds" else "repeat 0", ci_auroc=m["auroc"], ci=m["auroc_ci"], ci_unit=m["bootstrap_unit"])
+                    row.update(ci_what="pooled out-of-fold" if bench.repeat == "folds" else "repeat 0", ci_auroc=m["auroc"], ci=m["auroc_ci"],
+                               ci_unit=m["bootstrap_unit"])
                 ref = refs.get((label, col))
                 if ref is not None and view is None and sweep is None:  # in a sweep the figure is a change: the drop table shows it
                     row.update(reference=ref.auroc, reference_source=ref.source)
@@ -113,7 +118,8 @@ def summarise(cfg: Config, path: Path, specs: list[RunKey], results: dict[str, l
                     curve_src = pooled if bench.repeat == "folds" else _view(tables[0], None)
                     curves.append({"detector": label, "score": col, "sweep": sweep, "labels": curve_src["label"].to_numpy().tolist(),
                                    "scores": curve_src[col].to_numpy(float).tolist()})
-    return {"protocol": bench.protocol, "order": bench.order, "slug": slug(bench.protocol or path.stem), "config": str(path), "description": bench.description,
+    return {"protocol": bench.protocol, "order": bench.order, "slug": slug(bench.protocol or path.stem), "config": str(path),
+            "description": bench.description,
             "selection": bench.selection, "repeat": bench.repeat, "sweep_key": bench.sweep_key, "quick": quick, "jobs": jobs,
             "wall_s": wall_s, "run_time_s": float(sum(r["train_s"] + r["score_s"] for r in records.values() if "error" not in r)),
             "finished": now(), "command": _command(), "commit": git_commit(), "machine": _machine(),
@@ -140,7 +146,8 @@ def git_commit() -> str:
     try:
         repo = Path(__file__).resolve().parent.parent
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
         return sha + (" (with uncommitted changes)" if dirty else "") if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -185,14 +192,17 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
         lines += [f"**Selection rule (no test data).** {doc['selection'].strip()}", ""]
     per = "fold" if doc["repeat"] == "folds" else "seed"
     lines += [f"AUROC is the mean ± std over {int(rows['n_repeats'].max())} {per}s (each {per}'s test set scored by its own model)."
-              + (" The CI column is the percentile bootstrap 95% CI (1000 resamples) of the " + ("pooled out-of-fold scores." if doc["repeat"] == "folds" else "repeat-0 test set.") if "ci" in rows else ""),
+              + (" The CI column is the percentile bootstrap 95% CI (1000 resamples) of the "
+                 + ("pooled out-of-fold scores." if doc["repeat"] == "folds" else "repeat-0 test set.") if "ci" in rows else ""),
               "LR-CV is the seeds' logistic-regression protocol (5-fold cross-validated probabilities from the 1-D score). "
-              "Times are per run (mean over repeats): train = the train stage, score = the score stage; peak RSS is that of the detector's process while it trained, scored and evaluated (from the run manifests).", ""]
+              "Times are per run (mean over repeats): train = the train stage, score = the score stage; "
+              "peak RSS is that of the detector's process while it trained, scored and evaluated (from the run manifests).", ""]
     sweep = doc.get("sweep_key")
     for view, vrows in rows.groupby("view", sort=False):
         if view:
             lines += [f"### View: {view}", ""]
-        head = ["detector", "score"] + ([sweep.split(".")[-1]] if sweep else []) + ["AUROC (mean ± std)"] + (["AUROC [95% CI]"] if "ci" in vrows else []) + \
+        head = ["detector", "score"] + ([sweep.split(".")[-1]] if sweep else []) + ["AUROC (mean ± std)"] + \
+               (["AUROC [95% CI]"] if "ci" in vrows else []) + \
                ["LR-CV AUROC", "AUPRC", "sens@95%spec", "train s", "score s", "peak MB", "seed study"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for _, r in vrows.iterrows():
@@ -204,7 +214,8 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
                 ci = r.get("ci")
                 cells.append(f"{_fmt(r.get('ci_auroc'))} [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) else "–")
             ref = r.get("reference")
-            cells += [_fmt(r["lr_cv_auroc_mean"]), _fmt(r["auprc_mean"]), _fmt(r["sens95_mean"]), f"{r['train_s_mean']:.0f}", f"{r['score_s_mean']:.1f}",
+            cells += [_fmt(r["lr_cv_auroc_mean"]), _fmt(r["auprc_mean"]), _fmt(r["sens95_mean"]), f"{r['train_s_mean']:.0f}",
+                      f"{r['score_s_mean']:.1f}",
                       f"{r['peak_rss_mb']:.0f}", (f"{ref:.2f} ({r['reference_source']})" if isinstance(ref, float) and np.isfinite(ref) else "")]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
         lines.append("")
@@ -226,7 +237,8 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
 def _sweep_drop_table(rows: pd.DataFrame, sweep: str, refs: dict) -> list[str]:
     prim = rows[rows["primary"]]
     lines = [f"AUROC of each detector's primary score at {sweep.split('.')[-1]} = 0, then its change at each level (mean over repeats):", "",
-             "| detector | score | " + " | ".join(f"{v:g}" for v in sorted(prim["sweep"].unique())) + " | seed study |", "|---|---|" + "---|" * (prim["sweep"].nunique() + 1)]
+             "| detector | score | " + " | ".join(f"{v:g}" for v in sorted(prim["sweep"].unique())) + " | seed study |",
+             "|---|---|" + "---|" * (prim["sweep"].nunique() + 1)]
     for (det, score), g in prim.groupby(["detector", "score"], sort=False):
         base = g.loc[g["sweep"] == 0, "auroc_mean"]
         if base.empty:
@@ -245,7 +257,8 @@ def write_markdown(out: Path, title_note: str = "") -> Path:
     parts = ["# Benchmarks", "",
              "Generated by `pipeline bench` from the protocols in `configs/bench/` (do not edit by hand). "
              "Every number below was measured by the command printed under its table. Data: `../shared/data` (see its README for the protocols).",
-             "The primary score of each detector is in bold. No hyper-parameter, epoch or score was chosen on test data; each protocol states its selection rule.", ""]
+             "The primary score of each detector is in bold. "
+             "No hyper-parameter, epoch or score was chosen on test data; each protocol states its selection rule.", ""]
     if title_note:
         parts += [title_note, ""]
     for d in docs:

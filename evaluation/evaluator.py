@@ -82,7 +82,8 @@ def write_figures_and_report(cfg: Config, run_dir: Path, table, test, score_cols
     curves = artifacts.model_file("curves_plot", model_folder(cfg, run_dir))
     figures = [(fig("roc"), "ROC curves, all scores"), (fig("roc_band"), "ROC of the primary score with its 95% bootstrap band"),
                (fig("pr"), "precision-recall"), (fig("score_density"), "score densities by class"), (curves, "training curves"),
-               (fig("gallery_most_anomalous"), "gallery: most anomalous test cases"), (fig("gallery_least_anomalous"), "gallery: least anomalous test cases")]
+               (fig("gallery_most_anomalous"), "gallery: most anomalous test cases"),
+               (fig("gallery_least_anomalous"), "gallery: least anomalous test cases")]
     outputs.append(write_report(run_dir, cfg.to_dict(), metrics, table, figures))
     return outputs
 
@@ -117,7 +118,7 @@ def write_galleries(cfg: Config, run_dir: Path, test, score_col: str, patches: S
     for name, part in (("most", ordered.head(n)), ("least", ordered.tail(n).iloc[::-1])):
         imgs = [patches.image(s) for s in part["sample_id"]]
         res = [patches.residual_of(s) for s in part["sample_id"]]
-        titles = [f"{'anomaly' if l else 'normal'}\n{score_col}={v:.4g}" for l, v in zip(part["label"], part[score_col])]
+        titles = [f"{'anomaly' if lab else 'normal'}\n{score_col}={v:.4g}" for lab, v in zip(part["label"], part[score_col])]
         path = artifacts.path("figure", run_dir, name=f"gallery_{name}_anomalous")
         plot_gallery(imgs, res, titles, path, f"{name} anomalous {cfg.evaluate.split} cases ({score_col})")
         written.append(path)

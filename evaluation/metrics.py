@@ -43,7 +43,8 @@ def bootstrap_auroc(labels: np.ndarray, scores: np.ndarray, n: int = 1000, ci: f
     return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
 
 
-def cluster_bootstrap_auroc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n: int = 1000, ci: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def cluster_bootstrap_auroc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n: int = 1000, ci: float = 0.95,
+                            seed: int = 0) -> tuple[float, float]:
     """Percentile CI resampling whole patients (stratified by whether the patient has an anomaly)."""
     rng = np.random.default_rng(seed)
     uniq, inv = np.unique(groups, return_inverse=True)
@@ -100,7 +101,8 @@ def sensitivity_at_specificity(labels: np.ndarray, scores: np.ndarray, specifici
     return float(tpr[ok].max()) if ok.any() else 0.0
 
 
-def detection_metrics(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000, ci: float = 0.95, seed: int = 0, groups: np.ndarray | None = None) -> dict:
+def detection_metrics(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+                      groups: np.ndarray | None = None) -> dict:
     """AUROC with CI, AUPRC, sensitivity at fixed specificity, partial AUROC and the LR protocol.
 
     ``groups`` (patient IDs): when a patient contributes several samples, the CI resamples patients.
@@ -127,7 +129,8 @@ def detection_metrics(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000
         # patients contribute several samples, and there are enough patients per stratum to resample
         clustered = len(per_patient) < len(labels) and n_pat.min() >= 5
     if n_boot > 0:
-        boot = cluster_bootstrap_auroc(labels, scores, np.asarray(groups)[finite], n_boot, ci, seed) if clustered else bootstrap_auroc(labels, scores, n_boot, ci, seed)
+        boot = (cluster_bootstrap_auroc(labels, scores, np.asarray(groups)[finite], n_boot, ci, seed) if clustered
+                else bootstrap_auroc(labels, scores, n_boot, ci, seed))
     out["auroc_ci"] = list(boot) if n_boot > 0 else None
     out["bootstrap_unit"] = "patient" if clustered else "sample"
     out["ci_level"] = ci

@@ -104,7 +104,8 @@ def plot_gallery(images: list[np.ndarray], residuals: list[np.ndarray], titles: 
             ax.imshow(view, cmap="magma" if is_res else "gray", vmin=0, vmax=(rmax if is_res else 1))
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
-                ax.set_title(("residual " if is_res else "") + (("axial", "coronal", "sagittal")[c % 3] if dims == 3 else ("image" if not is_res else "")), fontsize=7)
+                ax.set_title(("residual " if is_res else "")
+                             + (("axial", "coronal", "sagittal")[c % 3] if dims == 3 else ("image" if not is_res else "")), fontsize=7)
         axes[r][0].set_ylabel(title, fontsize=6)
     fig.suptitle(heading, fontsize=9)
     _save(fig, path)

@@ -48,7 +48,8 @@ def _metrics_table(per_score: dict, primary: str) -> str:
             f"<tr{cls}><td>{html.escape(name)}</td><td class=auroc>{m['auroc']:.3f}</td><td>[{_fmt(ci[0])}, {_fmt(ci[1])}]</td>"
             f"<td>{_fmt(m.get('auprc'))}</td><td>{_fmt(m.get('sens_at_90_spec'))}</td><td>{_fmt(m.get('sens_at_95_spec'))}</td>"
             f"<td>{_fmt(m.get('pauroc_fpr10'))}</td><td>{_fmt(lr.get('cv_auroc'))}</td></tr>")
-    head = "<tr><th>score</th><th>AUROC</th><th>95% CI</th><th>AUPRC</th><th>sens@90%spec</th><th>sens@95%spec</th><th>pAUROC (FPR≤0.1)</th><th>LR protocol (CV)</th></tr>"
+    head = ("<tr><th>score</th><th>AUROC</th><th>95% CI</th><th>AUPRC</th><th>sens@90%spec</th><th>sens@95%spec</th>"
+            "<th>pAUROC (FPR≤0.1)</th><th>LR protocol (CV)</th></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -58,12 +59,15 @@ def _per_class(metrics: dict) -> str:
     if not per:
         return ""
     rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{m['n']}</td><td>{m['auroc']:.3f}</td></tr>" for c, m in per.items())
-    allrow = f"<tr class=primary><td>all anomalies</td><td>{metrics['primary'].get('n_anomalous')}</td><td>{metrics['primary']['auroc']:.3f}</td></tr>"
-    return f"<h3>Per-class AUROC ({html.escape(metrics['primary_score'])}): normals against each class</h3><table><tr><th>class</th><th>n</th><th>AUROC</th></tr>{rows}{allrow}</table>"
+    allrow = (f"<tr class=primary><td>all anomalies</td><td>{metrics['primary'].get('n_anomalous')}</td>"
+              f"<td>{metrics['primary']['auroc']:.3f}</td></tr>")
+    return (f"<h3>Per-class AUROC ({html.escape(metrics['primary_score'])}): normals against each class</h3>"
+            f"<table><tr><th>class</th><th>n</th><th>AUROC</th></tr>{rows}{allrow}</table>")
 
 
 def _split_summary(scores: pd.DataFrame) -> str:
-    g = scores.groupby("split").agg(patients=("patient_id", "nunique"), samples=("sample_id", "size"), normal=("label", lambda v: int((v == 0).sum())), anomalous=("label", "sum"))
+    g = scores.groupby("split").agg(patients=("patient_id", "nunique"), samples=("sample_id", "size"),
+                                    normal=("label", lambda v: int((v == 0).sum())), anomalous=("label", "sum"))
     return g.reset_index().to_html(index=False, border=0)
 
 
@@ -79,22 +83,26 @@ def write_report(run_dir: Path, cfg_dict: dict, metrics: dict, scores: pd.DataFr
     primary = metrics["primary_score"]
     prim = metrics["primary"]
     ci = prim.get("auroc_ci") or [None, None]
-    headline = (f"AUROC {prim['auroc']:.3f} (95% CI {_fmt(ci[0])}–{_fmt(ci[1])})" if "auroc" in prim else html.escape(prim.get("undefined", "AUROC undefined")))
+    headline = (f"AUROC {prim['auroc']:.3f} (95% CI {_fmt(ci[0])}–{_fmt(ci[1])})" if "auroc" in prim
+                else html.escape(prim.get("undefined", "AUROC undefined")))
     test = scores[scores["split"] == metrics["split"]]
     top = test.sort_values(primary, ascending=False).head(top_n)
     top_cols = [c for c in ("sample_id", "patient_id", "kind", "label", primary, "p_value", "flagged") if c in top.columns]
     body = f"""
 <h1>medanomaly report</h1>
-<p class=meta>Run <code>{html.escape(run_dir.name)}</code> · model <b>{html.escape(str(cfg_dict.get('model', {}).get('name')))}</b> · primary score <b>{html.escape(primary)}</b> on the <b>{html.escape(metrics['split'])}</b> split</p>
+<p class=meta>Run <code>{html.escape(run_dir.name)}</code> · model <b>{html.escape(str(cfg_dict.get('model', {}).get('name')))}</b> \
+· primary score <b>{html.escape(primary)}</b> on the <b>{html.escape(metrics['split'])}</b> split</p>
 <p class=headline id=headline>{headline}</p>
 <h2>Data</h2>{_split_summary(scores)}
 <h3>Errors from ingest and extract</h3>{_errors(manifest)}
-<h2>Metrics</h2><p>Higher score = more anomalous. CI: {html.escape(prim.get('bootstrap_unit', 'sample'))}-level stratified bootstrap.</p>{_metrics_table(metrics['scores'], primary)}{_per_class(metrics)}
+<h2>Metrics</h2><p>Higher score = more anomalous. CI: {html.escape(prim.get('bootstrap_unit', 'sample'))}-level stratified bootstrap.</p>\
+{_metrics_table(metrics['scores'], primary)}{_per_class(metrics)}
 <h2>Figures</h2><div class=figs>{''.join(_img(p, alt) for p, alt in figures if 'gallery' not in p.name)}</div>
 <h2>Galleries</h2><div class=figs>{''.join(_img(p, alt) for p, alt in figures if 'gallery' in p.name)}</div>
 <h2>Most anomalous {html.escape(metrics['split'])} samples</h2>{top[top_cols].to_html(index=False, border=0, float_format=lambda v: f'{v:.4g}')}
 <h2>Config</h2><pre>{html.escape(yaml.safe_dump(cfg_dict, sort_keys=False))}</pre>
-<h2>Manifest</h2><details><summary>manifest.json (without times, which are in the file)</summary><pre>{html.escape(json.dumps(stable_view(manifest), indent=1)[:200000])}</pre></details>
+<h2>Manifest</h2><details><summary>manifest.json (without times, which are in the file)</summary>\
+<pre>{html.escape(json.dumps(stable_view(manifest), indent=1)[:200000])}</pre></details>
 """
     page = f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>medanomaly report</title>

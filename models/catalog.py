@@ -77,7 +77,8 @@ class VAEParams:
     learn_sigma: bool = False  # σ is a trained parameter (maximum likelihood, "σ-VAE", Rybkin et al. 2021)
     beta: float = 1.0  # KL weight in the training loss (seed 004: 0.01); scores always use β = 1
     decode_chunk: int = 256  # decoder batch size when scoring K×B samples
-    latent_gmm: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # GMM sizes tried (by BIC on training codes) for the ``latent`` score; [] = off
+    # GMM sizes tried (by BIC on training codes) for the ``latent`` score; [] = off
+    latent_gmm: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
 
     def check(self, cfg) -> list[str]:
         errs = check_params(self, cfg)

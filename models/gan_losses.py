@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 
 
-def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Mean of (‖∇D(x̂)‖₂ − 1)² over interpolates x̂ with one ε ~ U(0,1) per sample."""
     eps = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), generator=generator, device="cpu").to(real)
     x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)

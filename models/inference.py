@@ -14,7 +14,8 @@ from tqdm import tqdm
 from models.registry import Detector
 
 
-def score_array(model: Detector, x: np.ndarray, mc_samples: int, batch_size: int, seed: int, device: torch.device) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
+def score_array(model: Detector, x: np.ndarray, mc_samples: int, batch_size: int, seed: int,
+                device: torch.device) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
     """Score already-normalised patches (N, C, *spatial); returns ``(scores, residual maps,
     reconstructions)`` (maps float16; reconstructions None when the model gives none)."""
     scores: dict[str, list[np.ndarray]] = {}

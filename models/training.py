@@ -142,8 +142,10 @@ def _fit_closed_form(model: Detector, train_x: np.ndarray, val: list[torch.Tenso
     terms = model.fit_arrays(x.to(device))
     loss = float(_validate(model, val, device, cfg.run.seed)) if val else float("nan")
     _write_curves(out_dir, [{"epoch": 0, **{f"train_{k}": v for k, v in terms.items()}, "val_loss": loss}])
-    save_checkpoint(artifacts.model_file("weights", out_dir), model, normalisation, {"epoch": 0, "val_loss": loss, "seed": cfg.run.seed, "config": cfg.to_dict()})
-    return {"best_epoch": 0, "best_val_loss": loss, "epochs_run": 1, "stop_reason": "closed-form fit", "train_seconds": time.perf_counter() - t0, "diverged": False}
+    save_checkpoint(artifacts.model_file("weights", out_dir), model, normalisation,
+                    {"epoch": 0, "val_loss": loss, "seed": cfg.run.seed, "config": cfg.to_dict()})
+    return {"best_epoch": 0, "best_val_loss": loss, "epochs_run": 1, "stop_reason": "closed-form fit",
+            "train_seconds": time.perf_counter() - t0, "diverged": False}
 
 
 def _resume(model: Detector, optimizers: list, out_dir: Path, fingerprint: str, has_val: bool, patience: int) -> _State:
@@ -256,7 +258,8 @@ def _fit_after_training(model: Detector, ckpt_path: Path, train_x: np.ndarray, p
 
 
 def _write_curves(out_dir: Path, history: list[dict], plot: bool = True) -> None:
-    """``curves.csv`` (every epoch, so a killed run keeps it) and ``curves.png`` (at the end: a figure per epoch costs more than a small model's epoch)."""
+    """``curves.csv`` (every epoch, so a killed run keeps it) and ``curves.png`` (at the end: a figure per
+    epoch costs more than a small model's epoch)."""
     df = pd.DataFrame(history)
     io.write_csv(artifacts.model_file("curves", out_dir), df)
     if not plot or df.empty:
@@ -297,7 +300,8 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     data_key = io.sha256_json([io.sha256_file(artifacts.path("cubes", run_dir)), train_idx, val_idx])
     summary = fit(model, cubes[train_idx], cubes[val_idx], cfg, out_dir, normalisation, data_key)
-    result = StageResult(counts={"train_samples": len(train_idx), "val_samples": len(val_idx), "parameters": sum(p.numel() for p in model.parameters())}, extra=summary)
+    result = StageResult(counts={"train_samples": len(train_idx), "val_samples": len(val_idx),
+                                 "parameters": sum(p.numel() for p in model.parameters())}, extra=summary)
     if summary["diverged"]:
         result.fail("training", summary["stop_reason"])
     result.outputs = [artifacts.model_file(n, out_dir) for n in ("weights", "meta", "model_manifest", "curves", "curves_plot")]

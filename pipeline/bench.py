@@ -94,7 +94,8 @@ def variant(raw: dict, det: BenchDetector, bench: BenchConfig, quick: bool, repe
     return out
 
 
-def plan(path: Path, data_root: Path | None, runs_root: Path, quick: bool, only: list[str] | None = None, repeats: int | None = None) -> tuple[Config, list[RunSpec]]:
+def plan(path: Path, data_root: Path | None, runs_root: Path, quick: bool, only: list[str] | None = None,
+         repeats: int | None = None) -> tuple[Config, list[RunSpec]]:
     """Every run of a protocol, each config validated up front (a typo fails before hours of training)."""
     raw, cfg = load_protocol(path, data_root, quick)
     bench = cfg.bench
@@ -173,7 +174,8 @@ def _run_detector(specs: list[RunSpec], threads: int | None) -> list[dict]:
             continue
         st = manifest.stages
         print(f"  {spec.detector} | {('sweep ' + format(spec.sweep, 'g') + ' | ') if spec.sweep is not None else ''}repeat {spec.repeat}: "
-              f"{time.perf_counter() - t0:.0f} s, AUROC {st['evaluate'].get('details', {}).get('auroc', float('nan')):.3f}", file=sys.stderr, flush=True)
+              f"{time.perf_counter() - t0:.0f} s, AUROC {st['evaluate'].get('details', {}).get('auroc', float('nan')):.3f}",
+              file=sys.stderr, flush=True)
         records.append({"detector": spec.detector, "sweep": spec.sweep, "repeat": spec.repeat, "run_dir": str(spec.run_dir),
                         "train_s": st["train"].get("wall_time_s"), "score_s": st["score"].get("wall_time_s"),
                         "train_details": st["train"].get("details", {}), "train_counts": st["train"].get("counts", {}),
@@ -182,7 +184,8 @@ def _run_detector(specs: list[RunSpec], threads: int | None) -> list[dict]:
     return records
 
 
-def run_protocol(path: Path, data_root: Path | None, runs_root: Path, quick: bool, jobs: int = 1, only: list[str] | None = None, repeats: int | None = None) -> dict:
+def run_protocol(path: Path, data_root: Path | None, runs_root: Path, quick: bool, jobs: int = 1, only: list[str] | None = None,
+                 repeats: int | None = None) -> dict:
     """Run (or resume) every run of one protocol; returns the protocol's result document.
 
     ``jobs``: detectors run at once, each in a fresh process (1 thread each when > 1); 0 runs
@@ -209,7 +212,8 @@ def run_protocol(path: Path, data_root: Path | None, runs_root: Path, quick: boo
     return summarise(cfg, path, specs, results, quick, jobs, time.perf_counter() - t0)
 
 
-def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root: Path, quick: bool, jobs: int, only: list[str] | None, repeats: int | None = None) -> Path:
+def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root: Path, quick: bool, jobs: int,
+              only: list[str] | None, repeats: int | None = None) -> Path:
     """``pipeline bench``: every protocol in turn; each protocol's result is saved as soon as it finishes."""
     (out / "bench").mkdir(parents=True, exist_ok=True)
     git_commit()  # the code that ran is the code at the start, whatever is committed meanwhile

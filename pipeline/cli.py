@@ -31,9 +31,11 @@ NEW_DATA_STAGES = ["ingest", "extract", "split", "score", "evaluate"]  # `pipeli
 
 
 def _common(sp: argparse.ArgumentParser, optional_config: bool = False) -> None:
-    sp.add_argument("config", nargs="?" if optional_config else None, help="YAML config; a bare name (ct_nodules.yaml) falls back to the bundled configs/"
+    sp.add_argument("config", nargs="?" if optional_config else None,
+                    help="YAML config; a bare name (ct_nodules.yaml) falls back to the bundled configs/"
                     + (" (omit with --model)" if optional_config else ""))
-    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set train.epochs=5 (repeatable)")
     sp.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -65,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("model", type=Path, help="model folder (or its model.pt)")
     sp.add_argument("--debug", action="store_true")
     for stage in STAGES:
-        sp = sub.add_parser(stage.name, help=f"run only the {stage.name} stage: {stage.help}" + (", or batch-score new data with --model" if stage.name == "score" else ""))
+        sp = sub.add_parser(stage.name, help=f"run only the {stage.name} stage: {stage.help}"
+                            + (", or batch-score new data with --model" if stage.name == "score" else ""))
         _common(sp, optional_config=stage.name == "score")
         _run_options(sp)
     _stage_options(sub.choices)
@@ -76,7 +79,8 @@ def _bench_parser(sub) -> None:
     sp = sub.add_parser("bench", help="run benchmark protocols (configs/bench/*.yaml) and write BENCHMARKS.md")
     sp.add_argument("configs", nargs="+", type=Path, help="protocol configs, e.g. configs/bench/*.yaml")
     sp.add_argument("--data-root", type=Path, help="folder holding the benchmark data (e.g. ../shared/data); paths in bench.data are relative to it")
-    sp.add_argument("--quick", action="store_true", help="every protocol at reduced size (minutes), written to runs/bench_quick/ unless --out is given")
+    sp.add_argument("--quick", action="store_true",
+                    help="every protocol at reduced size (minutes), written to runs/bench_quick/ unless --out is given")
     sp.add_argument("--out", type=Path, help="where BENCHMARKS.md and bench/*.png|json go (default: docs/, or runs/bench_quick with --quick)")
     sp.add_argument("--runs", type=Path, help="run directories (default: runs/bench, or runs/bench_quick/runs with --quick)")
     sp.add_argument("--jobs", type=int, default=1, help="detectors trained at the same time (each with one thread); times are then per-job")

@@ -58,7 +58,8 @@ def _channels_first(images: np.ndarray, spatial_dims: int, where: str) -> np.nda
         return np.moveaxis(images, -1, 1)
     if images.ndim == spatial_dims + 2:
         return images
-    raise StageError(f"{where}: images have shape {images.shape}; expected (N, *spatial) or (N, C, *spatial) with {spatial_dims} spatial dims (ingest.arrays.spatial_dims)")
+    raise StageError(f"{where}: images have shape {images.shape}; expected (N, *spatial) or (N, C, *spatial) "
+                     f"with {spatial_dims} spatial dims (ingest.arrays.spatial_dims)")
 
 
 def _open(path: Path):
@@ -84,7 +85,8 @@ def read_idx(path: Path) -> np.ndarray:
     start = 4 + 4 * ndim
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - start != expected:
-        raise StageError(f"{path}: IDX header says {tuple(dims)} ({expected} bytes of data) but the file holds {len(raw) - start}; truncated or corrupt")
+        raise StageError(f"{path}: IDX header says {tuple(dims)} ({expected} bytes of data) "
+                         f"but the file holds {len(raw) - start}; truncated or corrupt")
     return np.frombuffer(raw, dtype, offset=start).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -99,7 +101,8 @@ def _read_npz(path: Path, cfg, source: str) -> list[_Part]:
         parts = [(p, f"{p}_{ac.images}", f"{p}_{ac.labels}") for p in SPLIT_PREFIXES if f"{p}_{ac.images}" in keys]
         if not parts:
             if ac.images not in keys:
-                raise StageError(f"{path}: no key {ac.images!r} (or train_/val_/test_ prefixed); keys: {', '.join(sorted(keys))} (ingest.arrays.images)")
+                raise StageError(f"{path}: no key {ac.images!r} (or train_/val_/test_ prefixed); "
+                                 f"keys: {', '.join(sorted(keys))} (ingest.arrays.images)")
             parts = [("", ac.images, ac.labels)]
         out = []
         for prefix, ik, lk in parts:
@@ -111,7 +114,7 @@ def _read_npz(path: Path, cfg, source: str) -> list[_Part]:
             missing = [f"{k!r} ({what})" for what, k in wanted.items() if k and (f"{prefix}_{k}" if prefix else k) not in keys]
             if missing:
                 raise StageError(f"{path}: key(s) {', '.join(missing)} missing; keys: {', '.join(sorted(keys))}")
-            get = lambda k: z[f"{prefix}_{k}" if prefix else k]  # noqa: E731
+            get = lambda k, prefix=prefix: z[f"{prefix}_{k}" if prefix else k]  # noqa: E731
             ids = _ids(f"{source}:" * bool(source) + (prefix or "img"), n)
             cols = {"sample_id": ids, "patient_id": get(ac.patient_id).astype(str) if ac.patient_id else ids,
                     "class": z[lk].reshape(n, -1)[:, 0].astype(float), "source_split": np.full(n, prefix), "source": np.full(n, source)}
@@ -131,7 +134,8 @@ def _read_idx_pair(path: Path, labels_path: Path | None, cfg, source: str) -> li
     if len(lab) != len(img):
         raise StageError(f"{labels_path}: {len(lab)} labels for {len(img)} images in {path.name}")
     ids = _ids(f"{source}:" * bool(source) + "img", len(img))
-    return [_Part(list(img), {"sample_id": ids, "patient_id": ids, "class": lab.astype(float), "source_split": np.full(len(img), ""), "source": np.full(len(img), source)})]
+    return [_Part(list(img), {"sample_id": ids, "patient_id": ids, "class": lab.astype(float), "source_split": np.full(len(img), ""),
+                              "source": np.full(len(img), source)})]
 
 
 def _read_csv(path: Path, cfg, source: str) -> list[_Part]:
@@ -149,7 +153,8 @@ def _read_csv(path: Path, cfg, source: str) -> list[_Part]:
         raise StageError(f"{path}: rows hold {pixels.shape[1]} pixels, which is not the image shape {shape} (set ingest.arrays.image_shape)")
     img = pixels.reshape(len(pixels), 1, *shape)
     ids = _ids(f"{source}:" * bool(source) + "img", len(img))
-    return [_Part(list(img), {"sample_id": ids, "patient_id": ids, "class": lab, "source_split": np.full(len(img), ""), "source": np.full(len(img), source)})]
+    return [_Part(list(img), {"sample_id": ids, "patient_id": ids, "class": lab, "source_split": np.full(len(img), ""),
+                              "source": np.full(len(img), source)})]
 
 
 def _read_file(path: Path, labels_path: Path | None, cfg, source: str) -> list[_Part]:
@@ -192,7 +197,8 @@ def ingest(cfg: Config, run_dir: Path) -> StageResult:
     columns = {k: np.concatenate([p.columns[k] for p in parts]) for k in parts[0].columns}
     table = pd.DataFrame(columns)
     if table["sample_id"].duplicated().any():
-        raise StageError(f"ingest: duplicate sample IDs {table.loc[table['sample_id'].duplicated(), 'sample_id'].head(3).tolist()}; give each source a distinct name")
+        raise StageError(f"ingest: duplicate sample IDs {table.loc[table['sample_id'].duplicated(), 'sample_id'].head(3).tolist()}; "
+                         "give each source a distinct name")
     images = [im for p in parts for im in p.images]
     spacing = [s for p in parts for s in (p.spacing if p.spacing is not None else [None] * len(p.images))]
     if ac.pixel_spacing_mm is not None:
@@ -213,7 +219,8 @@ def ingest(cfg: Config, run_dir: Path) -> StageResult:
         table["spacing_mm"] = [spacing_text(spacing[i]) for i in keep]
     result.outputs = write_arrays(run_dir, table, grids, ac.spatial_dims)
     result.counts = {"images": int(len(table)), "normal": int((table.label == 0).sum()), "anomalous": int((table.label == 1).sum()),
-                     "left_out_by_label": int((label < 0).sum()), "non_finite": int((~finite).sum()), "resampled": int(sum(spacing[i] is not None for i in keep))}
+                     "left_out_by_label": int((label < 0).sum()), "non_finite": int((~finite).sum()),
+                     "resampled": int(sum(spacing[i] is not None for i in keep))}
     return result
 
 
@@ -260,9 +267,11 @@ def extract(cfg: Config, run_dir: Path) -> StageResult:
         crops[j] = images[(i, slice(None), *[slice(o, o + size) for o in off])]
     extra = [c for c in table.columns if c not in ("sample_id", "patient_id", "label", "class", "source_split", "source", "row")]
     samples = table.iloc[keep].assign(kind="image", series_uid="", size=size)
-    samples = samples[["sample_id", "patient_id", "series_uid", "kind", "label", "class", "source_split", "source", "size", *extra]].reset_index(drop=True)
+    samples = samples[["sample_id", "patient_id", "series_uid", "kind", "label", "class", "source_split", "source", "size",
+                       *extra]].reset_index(drop=True)
     cubes_path = artifacts.write_cubes(run_dir, crops, samples["sample_id"].to_numpy(str))
     samples_path = artifacts.write_table("samples", run_dir, samples)
-    result.counts = {"images": int(len(samples)), "normal": int((samples.label == 0).sum()), "anomalous": int((samples.label == 1).sum()), "too_small": int(small.sum())}
+    result.counts = {"images": int(len(samples)), "normal": int((samples.label == 0).sum()), "anomalous": int((samples.label == 1).sum()),
+                     "too_small": int(small.sum())}
     result.outputs = [cubes_path, samples_path]
     return result

@@ -1,7 +1,8 @@
 """Nodule cubes: nodule table + ingested CT volumes → ``cubes.npz`` and ``samples.csv``.
 
 ``cubes.npz`` holds ``raw`` (N, 1, S, S, S) int16 in HU, ``zyx`` order, exactly as cut from the
-1 mm volume, plus ``sample_id``. (Array datasets store (N, C, *spatial) float32 in source units.) Normalisation (HU window → [0, 1]) is applied on load with the
+1 mm volume, plus ``sample_id``. (Array datasets store (N, C, *spatial) float32 in source units.)
+Normalisation (HU window → [0, 1]) is applied on load with the
 config's window, the same function the model checkpoint records for new data.
 
 ``samples.csv`` has one row per cube: sample_id, patient_id, series_uid, kind (nodule |
@@ -69,7 +70,8 @@ def _extract_series(job: _Job) -> dict:
         if label is None:
             continue  # rating between the normal and anomaly bands: excluded by design, not an error
         if np.any(ijk < 0) or np.any(ijk >= np.asarray(image.GetSize())):
-            errors.append((item, f"{item}: centre {xyz.tolist()} mm (LPS) lies outside series {job.series_uid} (index {ijk.tolist()}, size {list(image.GetSize())})"))
+            errors.append((item, f"{item}: centre {xyz.tolist()} mm (LPS) lies outside series {job.series_uid} "
+                                 f"(index {ijk.tolist()}, size {list(image.GetSize())})"))
             continue
         start = cube_start(ijk, size)
         cube, padded = cut_cube(vol, start, size, AIR_HU)
@@ -92,7 +94,8 @@ def _extract_series(job: _Job) -> dict:
     return {"rows": rows, "cubes": arr, "errors": errors, "n_background": n_bg}
 
 
-def _row(job: _Job, sample_id: str, kind: str, nodule_id: str, label: int, rating: float, aff: np.ndarray, ijk: np.ndarray, start: np.ndarray, padded: bool, size: int) -> dict:
+def _row(job: _Job, sample_id: str, kind: str, nodule_id: str, label: int, rating: float, aff: np.ndarray, ijk: np.ndarray,
+         start: np.ndarray, padded: bool, size: int) -> dict:
     centre_lps = aff[:3, :3] @ ijk + aff[:3, 3]
     return {
         "sample_id": sample_id,
@@ -123,9 +126,11 @@ def extract(cfg: Config, run_dir: Path) -> StageResult:
         nods = nodules[nodules["series_uid"] == s["series_uid"]]
         if len(nods) == 0 and not cfg.extract.background.enabled:
             continue
-        jobs.append(_Job(s["series_uid"], s["patient_id"], artifacts.path("volume", run_dir, series=s["series_uid"]), nods, cfg.extract, cfg.run.seed))
+        jobs.append(_Job(s["series_uid"], s["patient_id"], artifacts.path("volume", run_dir, series=s["series_uid"]), nods,
+                         cfg.extract, cfg.run.seed))
     rows, cubes = [], []
-    for item, ok, res in map_items(_extract_series, jobs, cfg.run.workers, engine=cfg.run.engine, desc="extract", key=lambda j: f"series {j.series_uid}"):
+    for item, ok, res in map_items(_extract_series, jobs, cfg.run.workers, engine=cfg.run.engine, desc="extract",
+                                   key=lambda j: f"series {j.series_uid}"):
         if not ok:
             result.fail(item, res)
             continue

@@ -39,7 +39,8 @@ def cut_cube(volume_zyx: np.ndarray, start_ijk: np.ndarray, size: int, pad_value
     lo = np.maximum(start_zyx, 0)
     hi = np.minimum(start_zyx + size, shape)
     if np.any(hi <= lo):
-        raise ExtractionError(f"cube at index {tuple(int(v) for v in start_ijk)} does not overlap the volume of shape (x,y,z)={tuple(int(v) for v in shape[::-1])}")
+        raise ExtractionError(f"cube at index {tuple(int(v) for v in start_ijk)} does not overlap the volume "
+                              f"of shape (x,y,z)={tuple(int(v) for v in shape[::-1])}")
     padded = bool(np.any(start_zyx < 0) or np.any(start_zyx + size > shape))
     if not padded:
         z, y, x = start_zyx

@@ -92,7 +92,8 @@ def ingest(cfg: Config, run_dir: Path) -> StageResult:
     if not groups and not file_errors:
         raise StageError(f"ingest.input: folder {root} holds no files (hidden files and DICOMDIR are ignored)")
     if not groups:
-        raise StageError(f"ingest.input: no readable DICOM image series under {root} ({len(file_errors)} unreadable file(s); see errors.csv)", result.errors)
+        raise StageError(f"ingest.input: no readable DICOM image series under {root} "
+                         f"({len(file_errors)} unreadable file(s); see errors.csv)", result.errors)
     jobs = []
     for uid, slices in groups.items():
         try:
@@ -101,9 +102,11 @@ def ingest(cfg: Config, run_dir: Path) -> StageResult:
         except Exception as exc:  # InvalidSeriesError, reported per series
             result.fail(f"series {uid}", str(exc))
             continue
-        jobs.append(_Job(info, run_dir, cfg.ingest.spacing_mm, cfg.ingest.antialias_on, _series_key(info, cfg.ingest.spacing_mm, cfg.ingest.antialias_on)))
+        jobs.append(_Job(info, run_dir, cfg.ingest.spacing_mm, cfg.ingest.antialias_on,
+                         _series_key(info, cfg.ingest.spacing_mm, cfg.ingest.antialias_on)))
     rows = []
-    for item, ok, res in map_items(_ingest_one, jobs, cfg.run.workers, engine=cfg.run.engine, desc="ingest", key=lambda j: f"series {j.info.series_uid}"):
+    for item, ok, res in map_items(_ingest_one, jobs, cfg.run.workers, engine=cfg.run.engine, desc="ingest",
+                                   key=lambda j: f"series {j.info.series_uid}"):
         if ok:
             rows.append(res)
             result.ok(item)
@@ -112,6 +115,7 @@ def ingest(cfg: Config, run_dir: Path) -> StageResult:
     if not rows:
         raise StageError(f"ingest: none of the {len(groups)} series under {root} could be ingested; see errors.csv", result.errors)
     table = pd.DataFrame(rows).drop(columns=["key"]).sort_values("series_uid").reset_index(drop=True)
-    result.counts = {"files_unreadable": len(file_errors), "series_found": len(groups), "series_ingested": len(rows), "series_failed": len(groups) - len(rows)}
+    result.counts = {"files_unreadable": len(file_errors), "series_found": len(groups), "series_ingested": len(rows),
+                     "series_failed": len(groups) - len(rows)}
     result.outputs = [artifacts.write_table("series", run_dir, table)] + [run_dir / r["volume"] for r in rows]
     return result

@@ -107,7 +107,8 @@ def read_header(path: Path) -> SliceHeader:
         with open(path, "rb") as fp:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_TAGS), defer_size=1024)
             pixel_offset = fp.tell()  # pydicom rewinds to the start of the Pixel Data element
-            missing = [k for k in ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns") if k not in ds]
+            missing = [k for k in ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
+                       if k not in ds]
             if missing:
                 raise DicomReadError(f"{path}: not a cross-sectional image slice (missing {', '.join(missing)})")
             tsyntax = str(getattr(ds.file_meta, "TransferSyntaxUID", IMPLICIT_LE))
@@ -146,7 +147,8 @@ def read_header(path: Path) -> SliceHeader:
 def _geometry_problem(h: SliceHeader) -> str:
     """Why a header's geometry cannot describe a slice ('' when it can): counts, finiteness, unit orthogonal cosines."""
     if len(h.position) != 3 or len(h.orientation) != 6 or len(h.pixel_spacing) != 2:
-        return f"ImagePositionPatient/ImageOrientationPatient/PixelSpacing need 3/6/2 values, got {len(h.position)}/{len(h.orientation)}/{len(h.pixel_spacing)}"
+        return (f"ImagePositionPatient/ImageOrientationPatient/PixelSpacing need 3/6/2 values, "
+                f"got {len(h.position)}/{len(h.orientation)}/{len(h.pixel_spacing)}")
     values = np.array([*h.position, *h.orientation, *h.pixel_spacing], float)
     if not np.all(np.isfinite(values)):
         return "non-finite position, orientation or spacing"
@@ -171,7 +173,8 @@ def _check_pixel_data(path: Path, fp: BinaryIO, ds, tsyntax: str, pixel_offset: 
     # element header: tag(4) + length(4) implicit VR; tag(4) + VR(2) + reserved(2) + length(4) explicit VR
     element_header = 8 if tsyntax == IMPLICIT_LE else 12
     if tsyntax in _UNCOMPRESSED:
-        n_pixel = int(ds.Rows) * int(ds.Columns) * int(ds.get("BitsAllocated", 16)) // 8 * int(ds.get("SamplesPerPixel", 1)) * int(ds.get("NumberOfFrames", 1) or 1)
+        n_pixel = (int(ds.Rows) * int(ds.Columns) * int(ds.get("BitsAllocated", 16)) // 8 * int(ds.get("SamplesPerPixel", 1))
+                   * int(ds.get("NumberOfFrames", 1) or 1))
         expected = pixel_offset + element_header + n_pixel
         if size < expected:
             raise DicomReadError(f"{path}: truncated file ({size} bytes; its header and pixel data need {expected})")
@@ -258,7 +261,8 @@ def validate_series(slices: list[SliceHeader], min_slices: int = 8, spacing_tole
     undecodable = sorted({s.transfer_syntax for s in slices} - DECODABLE_TRANSFER_SYNTAXES)
     if undecodable:
         n = sum(s.transfer_syntax in undecodable for s in slices)
-        raise InvalidSeriesError(f"{tag}: unsupported transfer syntax {', '.join(map(transfer_syntax_name, undecodable))} in {n} of {len(slices)} file(s): "
+        raise InvalidSeriesError(f"{tag}: unsupported transfer syntax {', '.join(map(transfer_syntax_name, undecodable))} "
+                                 f"in {n} of {len(slices)} file(s): "
                                  "no decoder for it is installed (SimpleITK/GDCM); convert the files to an uncompressed transfer syntax first")
     if len(slices) < min_slices:
         raise InvalidSeriesError(f"{tag}: only {len(slices)} slice(s), need at least {min_slices} (ingest.min_slices)")
@@ -281,12 +285,14 @@ def validate_series(slices: list[SliceHeader], min_slices: int = 8, spacing_tole
     gaps = np.diff(along)
     if np.any(gaps < 1e-3):
         i = int(np.argmax(gaps < 1e-3))
-        raise InvalidSeriesError(f"{tag}: duplicate slice position {along[i]:.2f} mm along the normal ({slices[i].path.name}, {slices[i + 1].path.name})")
+        raise InvalidSeriesError(f"{tag}: duplicate slice position {along[i]:.2f} mm along the normal "
+                                 f"({slices[i].path.name}, {slices[i + 1].path.name})")
     disp = pos[-1] - pos[0]
     lateral = np.linalg.norm(disp - (disp @ normal) * normal)
     if lateral > 1e-3 * max(np.linalg.norm(disp), 1.0) + 0.01:
         angle = np.degrees(np.arctan2(lateral, abs(disp @ normal)))
-        raise InvalidSeriesError(f"{tag}: slice positions are sheared {angle:.1f}° from the slice normal (gantry tilt); not supported, reconstruct without tilt")
+        raise InvalidSeriesError(f"{tag}: slice positions are sheared {angle:.1f}° from the slice normal (gantry tilt); "
+                                 "not supported, reconstruct without tilt")
     spacing = float(np.median(gaps))
     bad = np.abs(gaps - spacing) > spacing_tolerance * spacing
     if np.any(bad):
@@ -294,7 +300,8 @@ def validate_series(slices: list[SliceHeader], min_slices: int = 8, spacing_tole
         ratio = gaps[i] / spacing
         if round(ratio) >= 2 and abs(ratio - round(ratio)) < spacing_tolerance:
             n_missing = int(round(ratio)) - 1
-            raise InvalidSeriesError(f"{tag}: {n_missing} missing slice(s) between {along[i]:.2f} and {along[i + 1]:.2f} mm (gap {gaps[i]:.2f} mm, spacing {spacing:.2f} mm)")
+            raise InvalidSeriesError(f"{tag}: {n_missing} missing slice(s) between {along[i]:.2f} and {along[i + 1]:.2f} mm "
+                                     f"(gap {gaps[i]:.2f} mm, spacing {spacing:.2f} mm)")
         raise InvalidSeriesError(f"{tag}: non-uniform slice spacing: gap {gaps[i]:.2f} mm at {along[i]:.2f} mm vs median {spacing:.2f} mm")
     first = slices[0]
     return SeriesInfo(

@@ -64,7 +64,8 @@ def ingest(cfg: Config, run_dir: Path) -> StageResult:
     for item, msg in row_errors:
         result.fail(item, msg)
     if table.empty:
-        raise StageError(f"ingest: no usable rows in the labels CSV ({len(row_errors)} error(s), {counts['left_out_by_label']} left out by label); see errors.csv")
+        raise StageError(f"ingest: no usable rows in the labels CSV ({len(row_errors)} error(s), "
+                         f"{counts['left_out_by_label']} left out by label); see errors.csv")
     jobs = [_Job(r.sample_id, r.file, None if np.isnan(r.spacing_csv) else float(r.spacing_csv), ic.pixel_spacing_mm, ic.channels,
                  cfg.ingest.spacing_mm, cfg.ingest.antialias_on) for r in table.itertuples()]
     loaded: dict[str, dict] = {}
@@ -82,7 +83,8 @@ def ingest(cfg: Config, run_dir: Path) -> StageResult:
         file=[str(f) for f in table["file"]], format=[r["format"] for r in info], orig_shape=[r["orig_shape"] for r in info],
         spacing_mm=[spacing_text(r["spacing"]) for r in info], spacing_source=[r["spacing_source"] for r in info])
     result.outputs = write_arrays(run_dir, table, [r["grid"] for r in info], 2)
-    result.counts = {"rows": counts["rows"], "images": int(len(table)), "normal": int((table.label == 0).sum()), "anomalous": int((table.label == 1).sum()),
+    result.counts = {"rows": counts["rows"], "images": int(len(table)), "normal": int((table.label == 0).sum()),
+                     "anomalous": int((table.label == 1).sum()),
                      "left_out_by_label": counts["left_out_by_label"], "failed": len(result.errors),
                      "resampled": int(sum(r["spacing"] is not None for r in info))}
     return result

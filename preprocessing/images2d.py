@@ -86,7 +86,8 @@ def read_dicom_2d(path: Path) -> Image2D:
     try:
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's defect
-        syntax = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "unknown transfer syntax") if hasattr(ds, "file_meta") else "unknown transfer syntax"
+        syntax = (getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "unknown transfer syntax") if hasattr(ds, "file_meta")
+                  else "unknown transfer syntax")
         first = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ItemError(f"{path}: cannot decode pixel data ({syntax}): {first}") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()

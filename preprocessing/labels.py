@@ -126,7 +126,9 @@ def read_labels(cfg: Config) -> tuple[pd.DataFrame, list[tuple[str, str]], dict[
             except ValueError:
                 spacing = np.nan
             if not (np.isfinite(spacing) and spacing > 0):
-                errors.append((f"image {ids[i]}", f"{where(i)}: pixel spacing {table.at[i, ic.spacing_column]!r} in column {ic.spacing_column!r} is not a positive number (mm)"))
+                errors.append((f"image {ids[i]}",
+                               f"{where(i)}: pixel spacing {table.at[i, ic.spacing_column]!r} in column {ic.spacing_column!r} "
+                               "is not a positive number (mm)"))
                 continue
         patient = table.at[i, ic.patient_column].strip() if ic.patient_column else ""
         rows.append({"sample_id": ids[i], "file": file, "patient_id": patient or ids[i], "class": classes[i], "label": int(label[i]),
@@ -140,7 +142,8 @@ def _check_columns(path: Path, table: pd.DataFrame, cfg: Config) -> None:
     ic = cfg.ingest.images
     wanted = {"id_column": ic.id_column, "patient_column": ic.patient_column, "label_column": ic.label_column,
               "split_column": ic.split_column, "spacing_column": ic.spacing_column}
-    problems = [f"ingest.images.{key}: no column {col!r}{_near(col, table.columns)}" for key, col in wanted.items() if col and col not in table.columns]
+    problems = [f"ingest.images.{key}: no column {col!r}{_near(col, table.columns)}" for key, col in wanted.items()
+                if col and col not in table.columns]
     problems += [f"ingest.images.class_columns: no column {col!r}{_near(col, table.columns)}" for col in ic.class_columns if col not in table.columns]
     problems += [f"ingest.images.keep: no column {col!r}{_near(col, table.columns)}" for col in ic.keep if col not in table.columns]
     if problems:

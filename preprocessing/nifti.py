@@ -41,7 +41,8 @@ def write_nifti(dest: str | Path, image, level: int = 1) -> None:
             _check_nifti_size(raw, dest)  # SimpleITK returns normally after a short write on a full disk
 
             def compress() -> None:
-                with open(raw, "rb") as src, open(tmp, "wb") as f, igzip.GzipFile(filename="", fileobj=f, mode="wb", compresslevel=level, mtime=0) as gz:
+                with open(raw, "rb") as src, open(tmp, "wb") as f, \
+                        igzip.GzipFile(filename="", fileobj=f, mode="wb", compresslevel=level, mtime=0) as gz:
                     shutil.copyfileobj(src, gz, 1 << 22)
 
             # In a thread of its own: ISA-L's AVX-512 code leaves the calling thread's vector

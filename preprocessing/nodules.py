@@ -58,9 +58,11 @@ def read_nodules(path: Path, series: pd.DataFrame) -> tuple[pd.DataFrame, list[t
             errors.append((item, f"{path}: {item} names neither a series_uid nor a patient_id"))
         elif uid is None:
             n = len(per_patient.get(patient, []))
-            errors.append((item, f"{path}: {item} has no series_uid and patient {patient} has {n} ingested series" + ("" if n else " (unknown patient ID)") + "; give its series_uid"))
+            errors.append((item, f"{path}: {item} has no series_uid and patient {patient} has {n} ingested series"
+                                 + ("" if n else " (unknown patient ID)") + "; give its series_uid"))
         elif uid not in known:
-            errors.append((item, f"{path}: {item} refers to series {uid}, which is not among the ingested series (unknown ID, or the series failed ingest)"))
+            errors.append((item, f"{path}: {item} refers to series {uid}, which is not among the ingested series "
+                                 "(unknown ID, or the series failed ingest)"))
         else:
             keep.append(i)
             uids.append(uid)

@@ -26,5 +26,6 @@ def resample_to_spacing(image: np.ndarray, spacing: tuple[float, ...], target_mm
     if list(image.shape[1:]) == size:
         return np.asarray(image, dtype=np.float32)
     mode = "bilinear" if len(size) == 2 else "trilinear"
-    out = Resized("img", spatial_size=size, mode=mode, align_corners=False, anti_aliasing=antialias)({"img": np.asarray(image, dtype=np.float32)})["img"]
+    out = Resized("img", spatial_size=size, mode=mode, align_corners=False, anti_aliasing=antialias)(
+        {"img": np.asarray(image, dtype=np.float32)})["img"]
     return np.asarray(out, dtype=np.float32)

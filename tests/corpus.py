@@ -96,7 +96,7 @@ def _tilt(deg: float) -> Callable[[Dataset, int], None]:
 
 def build_dicom_cases(root: Path, src: Path = SAMPLE_SERIES) -> list[Case]:
     files = sample_files(src)
-    n, mid = len(files), len(files) // 2
+    mid = len(files) // 2
     cases: list[Case] = []
 
     # two good series mixed in one folder: the original and a copy with new UIDs
@@ -106,53 +106,64 @@ def build_dicom_cases(root: Path, src: Path = SAMPLE_SERIES) -> list[Case]:
         shutil.copy(f, mixed / f"a-{f.name}")
     copy_uid = copy_series(files, mixed, prefix="b-")
     original_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
-    cases.append(Case("two series mixed in one folder", "LIDC sample + a copy with new UIDs, files interleaved", "", f"series {original_uid}", "", "both series ingested"))
+    cases.append(Case("two series mixed in one folder", "LIDC sample + a copy with new UIDs, files interleaved",
+                      "", f"series {original_uid}", "", "both series ingested"))
     cases.append(Case("(second series of that folder)", "copy", "", f"series {copy_uid}", "", "ingested"))
 
     bad = root / "files"
     bad.mkdir()
     data = files[mid].read_bytes()
     (bad / "truncated.dcm").write_bytes(data[: len(data) - len(data) // 3])  # cut inside the pixel data
-    cases.append(Case("truncated file", "LIDC slice, last third cut off", "ingest", str(bad / "truncated.dcm"), "truncated file", "file skipped; its series goes on without it"))
+    cases.append(Case("truncated file", "LIDC slice, last third cut off", "ingest", str(bad / "truncated.dcm"),
+                      "truncated file", "file skipped; its series goes on without it"))
     shutil.copy(get_testdata_file("MR_truncated.dcm"), bad / "MR_truncated.dcm")
-    cases.append(Case("truncated file (pydicom)", "pydicom MR_truncated.dcm", "ingest", str(bad / "MR_truncated.dcm"), "truncated file", "file skipped"))
+    cases.append(Case("truncated file (pydicom)", "pydicom MR_truncated.dcm", "ingest", str(bad / "MR_truncated.dcm"),
+                      "truncated file", "file skipped"))
     (bad / "zero.dcm").write_bytes(b"")
     cases.append(Case("zero-byte file", "empty file", "ingest", str(bad / "zero.dcm"), "empty file (0 bytes)", "file skipped"))
     shutil.copy(get_testdata_file("zipMR.gz"), bad / "zipMR.gz")
     cases.append(Case("not a DICOM file", "pydicom zipMR.gz (a gzip archive)", "ingest", str(bad / "zipMR.gz"), "not a DICOM file", "file skipped"))
     (bad / "dangling.dcm").symlink_to(bad / "moved_away.dcm")
-    cases.append(Case("dangling link (file gone)", "symbolic link to a missing file", "ingest", str(bad / "dangling.dcm"), "cannot be read (No such file or directory)", "file skipped"))
+    cases.append(Case("dangling link (file gone)", "symbolic link to a missing file", "ingest", str(bad / "dangling.dcm"),
+                      "cannot be read (No such file or directory)", "file skipped"))
     ds = pydicom.dcmread(files[mid])
     del ds.PixelData
     ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
     ds.save_as(bad / "no_pixels.dcm")
-    cases.append(Case("DICOM without pixel data", "LIDC slice with Pixel Data removed", "ingest", str(bad / "no_pixels.dcm"), "no pixel data", "file skipped"))
+    cases.append(Case("DICOM without pixel data", "LIDC slice with Pixel Data removed", "ingest", str(bad / "no_pixels.dcm"),
+                      "no pixel data", "file skipped"))
     shutil.copy(get_testdata_file("rtplan.dcm"), bad / "rtplan.dcm")
-    cases.append(Case("DICOM that is not an image", "pydicom rtplan.dcm (RT Plan)", "ingest", str(bad / "rtplan.dcm"), "not a cross-sectional image slice", "file skipped"))
+    cases.append(Case("DICOM that is not an image", "pydicom rtplan.dcm (RT Plan)", "ingest", str(bad / "rtplan.dcm"),
+                      "not a cross-sectional image slice", "file skipped"))
 
     def series_case(name: str, folder: str, made_from: str, message: str, files_: list[Path], edit=None) -> None:
         uid = copy_series(files_, root / folder, edit)
         cases.append(Case(name, made_from, "ingest", f"series {uid}", message, "series rejected, others go on"))
 
-    series_case("missing slice in the middle", "missing_slice", "LIDC series without its middle slice", "1 missing slice(s)", files[:mid] + files[mid + 1:])
-    series_case("duplicate slice positions", "duplicate", "LIDC series with one slice stored twice", "duplicate slice position", files[:mid + 1] + [files[mid]] + files[mid + 1:])
+    series_case("missing slice in the middle", "missing_slice", "LIDC series without its middle slice", "1 missing slice(s)",
+                files[:mid] + files[mid + 1:])
+    series_case("duplicate slice positions", "duplicate", "LIDC series with one slice stored twice", "duplicate slice position",
+                files[:mid + 1] + [files[mid]] + files[mid + 1:])
 
     def shift_upper(ds: Dataset, k: int) -> None:
         if k > mid:
             ds.ImagePositionPatient[2] = float(ds.ImagePositionPatient[2]) + 1.25  # one gap of 1.5x the spacing
 
-    series_case("non-uniform slice spacing", "nonuniform", "LIDC series, upper half shifted by half a slice", "non-uniform slice spacing", files, shift_upper)
+    series_case("non-uniform slice spacing", "nonuniform", "LIDC series, upper half shifted by half a slice", "non-uniform slice spacing",
+                files, shift_upper)
 
     def one_coronal(ds: Dataset, k: int) -> None:
         if k == mid:
             ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
 
-    series_case("mixed orientations", "mixed_orientation", "LIDC series with one slice relabelled coronal", "2 different slice orientations", files, one_coronal)
+    series_case("mixed orientations", "mixed_orientation", "LIDC series with one slice relabelled coronal", "2 different slice orientations",
+                files, one_coronal)
     series_case("gantry-tilted series", "tilted", "LIDC series, planes tilted 15° about x, table stepping along z", "gantry tilt", files, _tilt(15.0))
     series_case("single-slice series", "single_slice", "one LIDC slice as its own series", "only 1 slice(s)", [files[mid]])
     single = root / "single_slice" / "CT_small.dcm"
     shutil.copy(get_testdata_file("CT_small.dcm"), single)
-    cases.append(Case("single-slice series (pydicom)", "pydicom CT_small.dcm", "ingest", f"series {pydicom.dcmread(single).SeriesInstanceUID}", "only 1 slice(s)", "series rejected"))
+    cases.append(Case("single-slice series (pydicom)", "pydicom CT_small.dcm", "ingest", f"series {pydicom.dcmread(single).SeriesInstanceUID}",
+                      "only 1 slice(s)", "series rejected"))
     series_case("unsupported transfer syntax (no decoder)", "deflate_frames", "LIDC series re-encoded with Deflated Image Frame Compression (zlib)",
                 "unsupported transfer syntax Deflated Image Frame Compression", files, _deflate_frames)
     return cases
@@ -163,7 +174,8 @@ def build_nodules(path: Path, dicom_cases: list[Case], sample_nodules: Path = SA
     good = pd.read_csv(sample_nodules, dtype=str)
     uid = good["series_uid"][0]
     rejected = next(c.item.split(" ", 1)[1] for c in dicom_cases if c.name == "missing slice in the middle")
-    top = volume_z_top if volume_z_top is not None else max(float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]) for f in SAMPLE_SERIES.glob("*.dcm"))
+    top = (volume_z_top if volume_z_top is not None
+           else max(float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]) for f in SAMPLE_SERIES.glob("*.dcm")))
     base = good.iloc[0].to_dict()
     rows = [
         {**base, "nodule_id": "edge", "z_mm": f"{top - 2.0:.2f}"},
@@ -176,10 +188,14 @@ def build_nodules(path: Path, dicom_cases: list[Case], sample_nodules: Path = SA
     pd.concat([good, pd.DataFrame(rows)], ignore_index=True).to_csv(path, index=False)
     return [
         Case("nodule at the volume edge", "sample nodule moved 2 mm below the top slice", "", f"{uid}:edge", "", "cube padded with air, padded=True"),
-        Case("nodule outside the volume", "sample nodule moved 40 mm above the top slice", "extract", "nodule outside", "lies outside series", "nodule skipped"),
-        Case("nodule with unknown series ID", "new random series UID", "extract", "nodule unknown-series", "not among the ingested series", "nodule skipped"),
-        Case("nodule with unknown patient ID", "no series_uid, patient NO-SUCH-PATIENT", "extract", "nodule unknown-patient", "unknown patient ID", "nodule skipped"),
-        Case("nodule in a rejected series", "series of the missing-slice case", "extract", "nodule rejected-series", "not among the ingested series", "nodule skipped"),
+        Case("nodule outside the volume", "sample nodule moved 40 mm above the top slice", "extract",
+             "nodule outside", "lies outside series", "nodule skipped"),
+        Case("nodule with unknown series ID", "new random series UID", "extract",
+             "nodule unknown-series", "not among the ingested series", "nodule skipped"),
+        Case("nodule with unknown patient ID", "no series_uid, patient NO-SUCH-PATIENT", "extract",
+             "nodule unknown-patient", "unknown patient ID", "nodule skipped"),
+        Case("nodule in a rejected series", "series of the missing-slice case", "extract",
+             "nodule rejected-series", "not among the ingested series", "nodule skipped"),
         Case("nodule without a coordinate", "x_mm empty", "extract", "nodule no-coordinate", "non-finite coordinates", "nodule skipped"),
     ]
 
@@ -231,9 +247,12 @@ if __name__ == "__main__":
             print(f"{part:8s} {c.name:45s} {c.stage or 'ok':8s} {c.item}  => {c.message or c.outcome}")
     if "--run" in sys.argv:
         cfg = target / "cfg.yaml"
-        cfg.write_text((ROOT / "configs" / "ct_nodules.yaml").read_text().replace("../sample_data/ct/LIDC-IDRI-0063", str(target / "corpus" / "dicom"))
+        cfg.write_text((ROOT / "configs" / "ct_nodules.yaml").read_text()
+                       .replace("../sample_data/ct/LIDC-IDRI-0063", str(target / "corpus" / "dicom"))
                        .replace("../sample_data/ct/nodules.csv", str(target / "corpus" / "nodules.csv")))
-        fast = ["--set", "train.epochs=1", "--set", "score.mc_samples=2", "--set", "evaluate.bootstrap=20", "--set", "extract.background.max_per_series=40"]
-        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(cfg), "--out", str(target / "run"), *fast], cwd=ROOT, capture_output=True, text=True)
+        fast = ["--set", "train.epochs=1", "--set", "score.mc_samples=2", "--set", "evaluate.bootstrap=20",
+                "--set", "extract.background.max_per_series=40"]
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(cfg), "--out", str(target / "run"), *fast],
+                              cwd=ROOT, capture_output=True, text=True)
         print(f"\nexit code {proc.returncode}; stderr ends: {proc.stderr.strip().splitlines()[-1]}\n")
         print(observed_table(parts["dicom"] + parts["nodules"], target / "run"))

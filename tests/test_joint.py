@@ -245,7 +245,8 @@ def test_z_norm_none_trains_and_scores():
 # ---------------------------------------------------------------- batch invariance, checkpoint
 
 
-@pytest.mark.parametrize("cls,shape", [(JointEncoderGAN3D, (3, 1, PATCH, PATCH, PATCH)), (JointEncoderGAN2D, (4, 3, PATCH, PATCH))], ids=["joint3d", "joint2d"])
+@pytest.mark.parametrize("cls,shape", [(JointEncoderGAN3D, (3, 1, PATCH, PATCH, PATCH)), (JointEncoderGAN2D, (4, 3, PATCH, PATCH))],
+                         ids=["joint3d", "joint2d"])
 def test_batch_invariance(cls, shape):
     model = make_model(cls, shape[1])
     x = rand_input(*shape, seed=2)

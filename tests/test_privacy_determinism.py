@@ -19,7 +19,8 @@ FAST = ["--set", "train.epochs=2", "--set", "score.mc_samples=4", "--set", "eval
 def _config(tmp_path: Path, dicom: Path) -> Path:
     text = (ROOT / "configs" / "ct_nodules.yaml").read_text()
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(text.replace("../sample_data/ct/LIDC-IDRI-0063", str(dicom)).replace("../sample_data/ct/nodules.csv", str(SAMPLE_CT / "nodules.csv")))
+    cfg.write_text(text.replace("../sample_data/ct/LIDC-IDRI-0063", str(dicom))
+                   .replace("../sample_data/ct/nodules.csv", str(SAMPLE_CT / "nodules.csv")))
     return cfg
 
 

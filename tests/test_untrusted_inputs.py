@@ -16,10 +16,10 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
-from PIL import Image
-
 from conftest import ROOT, SAMPLE_CT, run_cli, validate
 from corpus import copy_series, sample_files
+from PIL import Image
+
 from models.checkpoint import read_checkpoint, save_checkpoint, write_torch
 from models.model_folder import ModelFileError, read_meta
 from models.zoo import build
@@ -111,7 +111,8 @@ def test_labels_csv_names_outside_the_image_folder_are_refused(tmp_path):
     for name in ("a.png", "b.png"):
         Image.fromarray(np.full((20, 20), 7, np.uint8)).save(img / name)
     Image.fromarray(np.full((20, 20), 9, np.uint8)).save(tmp_path / "secret.png")
-    pd.DataFrame({"image": ["a.png", "b.png", "../secret.png", str(tmp_path / "secret.png")], "label": ["n", "n", "n", "n"]}).to_csv(img / "labels.csv", index=False)
+    pd.DataFrame({"image": ["a.png", "b.png", "../secret.png", str(tmp_path / "secret.png")],
+                  "label": ["n", "n", "n", "n"]}).to_csv(img / "labels.csv", index=False)
     cfg = validate({"ingest": {"format": "images", "input": str(img), "images": {"normal_classes": ["n"]}},
                     "extract": {"cube_size": 8, "normalise": "minmax"}, "train": {"patch_size": 8}, "model": {"name": "pca2d"}}, base_dir=tmp_path)
     from preprocessing.images import ingest
@@ -158,7 +159,8 @@ def _model_folder(folder: Path) -> Path:
     raw = {"model": {"name": "vae3d", "latent_dim": 4, "channels": [4, 8], "strides": [2, 2]}, "run": {"device": "cpu"}}
     cfg = validate(raw, base_dir=folder)
     model = build("vae3d", cfg.model, 1, 28)
-    save_checkpoint(folder / "model.pt", model, {"hu_window": [-1000.0, 400.0], "mode": "window", "cube_size": 32}, {"seed": 0, "config": cfg.to_dict()})
+    save_checkpoint(folder / "model.pt", model, {"hu_window": [-1000.0, 400.0], "mode": "window", "cube_size": 32},
+                    {"seed": 0, "config": cfg.to_dict()})
     return folder
 
 
@@ -290,6 +292,7 @@ def test_switching_the_model_on_the_command_line_drops_the_other_models_keys(tmp
     assert proc.returncode == 0, proc.stderr
     assert "note: model.name=joint2d: dropped the file's model key(s) num_res_units (vae2d parameters that joint2d does not have)" in proc.stderr
     bad = tmp_path / "bad.yaml"
-    bad.write_text((ROOT / "configs" / "xray.yaml").read_text().replace("  num_res_units: 0", "  num_res_unitz: 0").replace("../sample_data", str(ROOT / "sample_data")))
+    bad.write_text((ROOT / "configs" / "xray.yaml").read_text().replace("  num_res_units: 0", "  num_res_unitz: 0")
+                   .replace("../sample_data", str(ROOT / "sample_data")))
     proc = run_cli("validate", str(bad), "--set", "model.name=joint2d")
     one_error_line(proc, "model.num_res_unitz: unknown key")

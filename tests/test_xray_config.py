@@ -73,7 +73,8 @@ def test_xray_config_on_the_full_official_pneumoniamnist_split(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "sample_data" / "make_xray_sample.py"), str(PNEUMONIA), str(data), "--train", "1214", "--val", "135",
                     "--test-normal", "234", "--test-pneumonia", "390"], check=True, capture_output=True)
     run = tmp_path / "run"
-    res = run_cli("run", "configs/xray.yaml", "--out", str(run), "--set", f"ingest.input={data}", "--set", f"ingest.images.labels={data / 'labels.csv'}",
+    res = run_cli("run", "configs/xray.yaml", "--out", str(run), "--set", f"ingest.input={data}",
+                  "--set", f"ingest.images.labels={data / 'labels.csv'}",
                   timeout=3600)
     assert res.returncode == 0, res.stderr[-3000:]
     _check_run(run, 624, 0.70)

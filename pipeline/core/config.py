@@ -120,11 +120,13 @@ def apply_overrides_switching_model(raw: dict, overrides: list[str], models: Cat
         dropped = sorted(k for k in file_model if k in old_keys and k not in models[new_name].params.__dataclass_fields__)
         raw = {**raw, "model": {k: v for k, v in file_model.items() if k not in dropped}}
         if dropped:
-            notices.append(f"model.name={new_name}: dropped the file's model key(s) {', '.join(dropped)} ({file_model.get('name')} parameters that {new_name} does not have)")
+            notices.append(f"model.name={new_name}: dropped the file's model key(s) {', '.join(dropped)} "
+                           f"({file_model.get('name')} parameters that {new_name} does not have)")
         score = (raw.get("evaluate") or {}).get("score")
         if score is not None and score not in models[new_name].scores and all(keys != ["evaluate", "score"] for keys, _ in parsed):
             raw["evaluate"] = {k: v for k, v in raw["evaluate"].items() if k != "score"}
-            notices.append(f"model.name={new_name}: evaluate.score {score!r} is not a score of {new_name}; using its primary score {models[new_name].scores[0]!r}")
+            notices.append(f"model.name={new_name}: evaluate.score {score!r} is not a score of {new_name}; "
+                           f"using its primary score {models[new_name].scores[0]!r}")
     raw = copy.deepcopy(raw)
     for keys, value in parsed:
         set_dotted(raw, keys, value)
@@ -178,7 +180,8 @@ def _cross_checks(cfg: Config, models: Catalog) -> list[str]:
     if cfg.model is not None:
         names = models[cfg.model.name].scores
         if names and cfg.evaluate.score not in names:
-            errs.append(f"evaluate.score: {cfg.evaluate.score!r} is not a score of model {cfg.model.name}{suggest(cfg.evaluate.score, names)}; its scores: {', '.join(names)}")
+            errs.append(f"evaluate.score: {cfg.evaluate.score!r} is not a score of model {cfg.model.name}{suggest(cfg.evaluate.score, names)}; "
+                        f"its scores: {', '.join(names)}")
     for name in ("epochs", "batch_size", "patch_size"):
         if getattr(cfg.train, name) < 1:
             errs.append(f"train.{name}: must be ≥ 1")

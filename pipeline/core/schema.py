@@ -89,7 +89,8 @@ class IngestConfig:
     spacing_mm: float = 1.0  # isotropic output spacing
     min_slices: int = 8  # series with fewer slices are rejected
     spacing_tolerance: float = 0.1  # allowed relative deviation of slice gaps from the median
-    max_voxels: int = 2**30  # a series whose declared size (or 1 mm grid) exceeds this is rejected before its pixels are read (≈ 16 GiB peak at the limit)
+    # a series whose declared size (or 1 mm grid) exceeds this is rejected before its pixels are read (≈ 16 GiB peak at the limit)
+    max_voxels: int = 2**30
     antialias: Optional[bool] = None  # Gaussian pre-filter on downsampled axes; default: on for images, off for CT and arrays
 
     @property
@@ -118,7 +119,9 @@ class ExtractConfig:
     nodules: Path = Path("nodules.csv")
     cube_size: int = 32
     hu_window: tuple[float, float] = (-1000.0, 400.0)  # intensity window (HU for CT; e.g. [0, 255] for 8-bit images)
-    normalise: Literal["window", "none", "minmax", "zscore"] = "window"  # window: clip to hu_window, scale to [0,1]; minmax: each sample to [0,1]; zscore: per-channel mean/std of the training normals (stored in the checkpoint)
+    # window: clip to hu_window, scale to [0,1]; minmax: each sample to [0,1]; zscore: per-channel mean/std of the training normals
+    # (stored in the checkpoint)
+    normalise: Literal["window", "none", "minmax", "zscore"] = "window"
     nodule_label: Literal["anomaly", "malignancy"] = "malignancy"
     malignancy_column: str = "malignancy_median"
     normal_max_malignancy: float = 3.0  # rating ≤ this → normal (label 0)
@@ -130,7 +133,8 @@ class ExtractConfig:
 class SplitConfig:
     """Stratified, patient-grouped splits written to ``splits.csv``."""
 
-    method: Literal["holdout", "kfold", "predefined", "sample", "test_only"] = "holdout"  # predefined: the dataset's own split; sample: fixed-size draws (below); test_only: score everything (new data)
+    # predefined: the dataset's own split; sample: fixed-size draws (below); test_only: score everything (new data)
+    method: Literal["holdout", "kfold", "predefined", "sample", "test_only"] = "holdout"
     test_fraction: float = 0.25
     val_fraction: float = 0.2  # of the non-test groups
     n_folds: int = 5
@@ -169,7 +173,8 @@ class ScoreConfig:
     fpr: float = 0.05  # flag samples with p < fpr (the target false-positive rate)
     bh: bool = False  # Benjamini-Hochberg over the scored batch instead of a per-sample cut
     batch_size: int = 16
-    splits: list[str] = field(default_factory=lambda: ["train", "val", "test", "buffer", "unused"])  # which samples are scored (overlays paint what is scored)
+    # which samples are scored (overlays paint what is scored)
+    splits: list[str] = field(default_factory=lambda: ["train", "val", "test", "buffer", "unused"])
 
 
 @dataclass

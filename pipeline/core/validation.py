@@ -38,7 +38,8 @@ def build(cls, raw: Any, prefix: str, base_dir: Path, errors: list[str], skip: s
         if key not in fields:
             continue
         kwargs[key] = coerce(value, hints[key], f"{prefix}{key}", base_dir, errors)
-    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in kwargs and n not in raw]
+    required = [n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in kwargs and n not in raw]
     if required:
         errors.append(f"{prefix.rstrip('.') or 'config'}: missing required key(s) {', '.join(map(repr, required))}")
         return None
