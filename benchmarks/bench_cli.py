@@ -60,7 +60,8 @@ def main() -> None:
         for r in range(args.repeat + 1):
             runs = {
                 "validate": [sys.executable, "-m", "pipeline.cli", "validate", cfg],
-                "ingest": [sys.executable, "-m", "pipeline.cli", "ingest", cfg, "--set", f"ingest.input={args.series.resolve()}", "--out", f"{td}/run{r}"],
+                "ingest": [sys.executable, "-m", "pipeline.cli", "ingest", cfg, "--set", f"ingest.input={args.series.resolve()}",
+                           "--out", f"{td}/run{r}"],
                 "peer": [sys.executable, "-c", PEER, str(args.series.resolve()), _fresh(Path(td) / f"peer{r}")],
             }
             for name, cmd in runs.items():

@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from evaluation.ensemble import ensemble_scores
 from evaluation.metrics import detection_metrics
 from evaluation.plots import plot_density_grid, plot_roc_curves
 from pipeline.core import artifacts, io
@@ -57,74 +58,110 @@ def _metrics(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n_boot:
 
 
 def summarise(cfg: Config, path: Path, specs: list[RunKey], results: dict[str, list[dict]], quick: bool, jobs: int, wall_s: float) -> dict:
-    """Rows of the protocol table: one per (detector, score[, sweep value][, view])."""
+    """The protocol's result document: one row per (detector or ensemble, score[, sweep value][, view]), curves, failures."""
     bench = cfg.bench
-    rows, curves, failures = [], [], []
     records = {(r["detector"], r["sweep"], r["repeat"]): r for recs in results.values() for r in recs}
+    groups: dict[tuple[str, float | None], list[dict]] = {}
+    for s in specs:
+        groups.setdefault((s.detector, s.sweep), []).append(records[(s.detector, s.sweep, s.repeat)])
+    failures = [{"detector": r["detector"], "sweep": r["sweep"], "repeat": r["repeat"], "error": r["error"], "run_dir": r["run_dir"]}
+                for reps in groups.values() for r in reps if "error" in r]
     dets = {d.label: d for d in bench.detectors}
-    refs = {(r.detector, r.score): r for r in bench.references}
-    views = [None] + list(bench.views)
-    for (label, sweep), group in pd.DataFrame([{"d": s.detector, "s": s.sweep, "spec": s} for s in specs]).groupby(
-            ["d", "s"], dropna=False, sort=False):
-        sweep = None if pd.isna(sweep) else float(sweep)
-        reps = [records[(label, sweep, s.repeat)] for s in group["spec"]]
-        failures += [{"detector": label, "sweep": sweep, "repeat": r["repeat"], "error": r["error"], "run_dir": r["run_dir"]}
-                     for r in reps if "error" in r]
+    rows, curves = [], []
+    for (label, sweep), reps in groups.items():
         reps = [r for r in reps if "error" not in r]
-        if not reps:
-            continue
-        tables = [_test_table(Path(r["run_dir"]), "test").assign(repeat=r["repeat"]) for r in reps]
-        metrics_files = [artifacts.read_json("metrics", Path(r["run_dir"])) for r in reps]
-        primary = metrics_files[0]["primary_score"]
-        score_cols = dets[label].scores or [c for c in metrics_files[0]["scores"]]
-        for view in views:
-            for col in score_cols:
-                per_rep, pooled_parts = [], []
-                for t in tables:
-                    t = _view(t, view)
-                    if t["label"].nunique() < 2:
-                        continue
-                    m = _metrics(t["label"].to_numpy(), t[col].to_numpy(), t["patient_id"].to_numpy(str), 0)
-                    per_rep.append(m)
-                    pooled_parts.append(t)
-                if not per_rep:
-                    continue
-                auc = np.array([m["auroc"] for m in per_rep])
-                row = {"detector": label, "score": col, "primary": col == primary, "sweep": sweep, "view": view.label if view else "",
-                       "n_repeats": len(per_rep), "auroc_mean": float(auc.mean()), "auroc_std": float(auc.std(ddof=1)) if len(auc) > 1 else None,
-                       "auroc_each": [round(float(a), 4) for a in auc],
-                       "lr_cv_auroc_mean": float(np.mean([m["lr_protocol"].get("cv_auroc", np.nan) for m in per_rep])),
-                       "lr_fitted_auroc_mean": float(np.mean([m["lr_protocol"]["fitted_auroc"] for m in per_rep])),
-                       "auprc_mean": float(np.mean([m["auprc"] for m in per_rep])),
-                       "sens95_mean": float(np.mean([m["sens_at_95_spec"] for m in per_rep])),
-                       "n_test_normal": int(np.mean([m["n_normal"] for m in per_rep])),
-                       "n_test_anomalous": int(np.mean([m["n_anomalous"] for m in per_rep])),
-                       "train_s_mean": float(np.mean([r["train_s"] for r in reps])), "score_s_mean": float(np.mean([r["score_s"] for r in reps])),
-                       "epochs_run": [r["train_details"].get("epochs_run") for r in reps],
-                       "best_epoch": [r["train_details"].get("best_epoch") for r in reps],
-                       "train_samples": reps[0]["train_counts"].get("train_samples"), "parameters": reps[0]["train_counts"].get("parameters"),
-                       "peak_rss_mb": max(r["peak_rss_mb"] for r in reps)}
-                pooled = pd.concat(pooled_parts)
-                if bench.repeat == "folds" or len(tables[0]) < CI_MAX_TEST:
-                    src = pooled if bench.repeat == "folds" else _view(tables[0], view)
-                    m = _metrics(src["label"].to_numpy(), src[col].to_numpy(), src["patient_id"].to_numpy(str), 1000)
-                    row.update(ci_what="pooled out-of-fold" if bench.repeat == "folds" else "repeat 0", ci_auroc=m["auroc"], ci=m["auroc_ci"],
-                               ci_unit=m["bootstrap_unit"])
-                ref = refs.get((label, col))
-                if ref is not None and view is None and sweep is None:  # in a sweep the figure is a change: the drop table shows it
-                    row.update(reference=ref.auroc, reference_source=ref.source)
-                rows.append(row)
-                if col == primary and view is None:
-                    curve_src = pooled if bench.repeat == "folds" else _view(tables[0], None)
-                    curves.append({"detector": label, "score": col, "sweep": sweep, "labels": curve_src["label"].to_numpy().tolist(),
-                                   "scores": curve_src[col].to_numpy(float).tolist()})
+        if reps:
+            tables = [_test_table(Path(r["run_dir"]), "test").assign(repeat=r["repeat"]) for r in reps]
+            metrics = artifacts.read_json("metrics", Path(reps[0]["run_dir"]))
+            _add_rows(bench, label, sweep, reps, tables, metrics["primary_score"], dets[label].scores or list(metrics["scores"]), rows, curves)
+    for ens in bench.ensembles:
+        for sweep in sorted({s for _, s in groups}, key=lambda v: -1 if v is None else v):
+            member_reps = [[r for r in groups.get((m, sweep), []) if "error" not in r] for m in ens.members]
+            by_repeat = [dict((r["repeat"], r) for r in reps) for reps in member_reps]
+            common = sorted(set.intersection(*[set(d) for d in by_repeat])) if by_repeat else []
+            if common:
+                reps = [_ensemble_record(ens, [d[k] for d in by_repeat]) for k in common]
+                tables = [_ensemble_table(ens, [d[k] for d in by_repeat]).assign(repeat=k) for k in common]
+                _add_rows(bench, ens.label, sweep, reps, tables, "ensemble", ["ensemble"], rows, curves)
     return {"protocol": bench.protocol, "order": bench.order, "slug": slug(bench.protocol or path.stem), "config": str(path),
-            "description": bench.description,
-            "selection": bench.selection, "repeat": bench.repeat, "sweep_key": bench.sweep_key, "quick": quick, "jobs": jobs,
-            "wall_s": wall_s, "run_time_s": float(sum(r["train_s"] + r["score_s"] for r in records.values() if "error" not in r)),
+            "description": bench.description, "selection": bench.selection, "repeat": bench.repeat, "sweep_key": bench.sweep_key,
+            "quick": quick, "jobs": jobs, "wall_s": wall_s,
+            "run_time_s": float(sum(r["train_s"] + r["score_s"] for r in records.values() if "error" not in r)),
             "finished": now(), "command": _command(), "commit": git_commit(), "machine": _machine(),
             "references": [{"detector": r.detector, "score": r.score, "auroc": r.auroc, "source": r.source} for r in bench.references],
+            "ensembles": [{"label": e.label, "members": list(e.members), "method": e.method} for e in bench.ensembles],
             "rows": rows, "curves": curves, "failures": failures}
+
+
+def _ensemble_record(ens, member_records: list[dict]) -> dict:
+    """A run record for an ensemble: times and memory of its members (summed; the largest peak)."""
+    return {"repeat": member_records[0]["repeat"], "run_dir": member_records[0]["run_dir"],
+            "train_s": sum(r["train_s"] for r in member_records), "score_s": sum(r["score_s"] for r in member_records),
+            "train_details": {}, "train_counts": member_records[0]["train_counts"] | {"parameters": None},
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in member_records)}
+
+
+def _ensemble_table(ens, member_records: list[dict]) -> pd.DataFrame:
+    """The test rows of one repeat with the ensemble score of the members' runs (no test label is read)."""
+    table = ensemble_scores([Path(r["run_dir"]) for r in member_records], ens.method)
+    test = table[table["split"] == "test"].copy()
+    if "class" not in test.columns:
+        samples = artifacts.read_samples(Path(member_records[0]["run_dir"])).set_index("sample_id")
+        if "class" in samples.columns:
+            test["class"] = samples.loc[test["sample_id"], "class"].to_numpy()
+    return test
+
+
+def _add_rows(bench, label: str, sweep: float | None, reps: list[dict], tables: list[pd.DataFrame], primary: str, score_cols: list[str],
+              rows: list[dict], curves: list[dict]) -> None:
+    """Append the rows (each score × view) and the primary score's curve of one detector at one sweep value."""
+    refs = {(r.detector, r.score): r for r in bench.references}
+    for view in [None] + list(bench.views):
+        for col in score_cols:
+            row = _score_row(bench, label, col, sweep, view, reps, tables)
+            if row is None:
+                continue
+            row["primary"] = col == primary
+            ref = refs.get((label, col))
+            if ref is not None and view is None and sweep is None:  # in a sweep the figure is a change: the drop table shows it
+                row.update(reference=ref.auroc, reference_source=ref.source)
+            rows.append(row)
+            if col == primary and view is None:
+                src = pd.concat(tables) if bench.repeat == "folds" else _view(tables[0], None)
+                curves.append({"detector": label, "score": col, "sweep": sweep, "labels": src["label"].to_numpy().tolist(),
+                               "scores": src[col].to_numpy(float).tolist()})
+
+
+def _score_row(bench, label: str, col: str, sweep: float | None, view, reps: list[dict], tables: list[pd.DataFrame]) -> dict | None:
+    """Metrics of one score over the repeats (mean ± std, LR protocol, AUPRC, ...) and a pooled bootstrap CI for small test sets."""
+    per_rep, pooled_parts = [], []
+    for t in tables:
+        t = _view(t, view)
+        if t["label"].nunique() < 2:
+            continue
+        per_rep.append(_metrics(t["label"].to_numpy(), t[col].to_numpy(), t["patient_id"].to_numpy(str), 0))
+        pooled_parts.append(t)
+    if not per_rep:
+        return None
+    auc = np.array([m["auroc"] for m in per_rep])
+    mean = lambda key: float(np.mean([m[key] for m in per_rep]))  # noqa: E731
+    row = {"detector": label, "score": col, "sweep": sweep, "view": view.label if view else "",
+           "n_repeats": len(per_rep), "auroc_mean": float(auc.mean()), "auroc_std": float(auc.std(ddof=1)) if len(auc) > 1 else None,
+           "auroc_each": [round(float(a), 4) for a in auc],
+           "lr_cv_auroc_mean": float(np.mean([m["lr_protocol"].get("cv_auroc", np.nan) for m in per_rep])),
+           "lr_fitted_auroc_mean": float(np.mean([m["lr_protocol"]["fitted_auroc"] for m in per_rep])),
+           "auprc_mean": mean("auprc"), "sens95_mean": mean("sens_at_95_spec"),
+           "n_test_normal": int(mean("n_normal")), "n_test_anomalous": int(mean("n_anomalous")),
+           "train_s_mean": float(np.mean([r["train_s"] for r in reps])), "score_s_mean": float(np.mean([r["score_s"] for r in reps])),
+           "epochs_run": [r["train_details"].get("epochs_run") for r in reps], "best_epoch": [r["train_details"].get("best_epoch") for r in reps],
+           "train_samples": reps[0]["train_counts"].get("train_samples"), "parameters": reps[0]["train_counts"].get("parameters"),
+           "peak_rss_mb": max(r["peak_rss_mb"] for r in reps)}
+    if bench.repeat == "folds" or len(tables[0]) < CI_MAX_TEST:
+        src = pd.concat(pooled_parts) if bench.repeat == "folds" else _view(tables[0], view)
+        m = _metrics(src["label"].to_numpy(), src[col].to_numpy(), src["patient_id"].to_numpy(str), 1000)
+        row.update(ci_what="pooled out-of-fold" if bench.repeat == "folds" else "repeat 0", ci_auroc=m["auroc"], ci=m["auroc_ci"],
+                   ci_unit=m["bootstrap_unit"])
+    return row
 
 
 def _view(t: pd.DataFrame, view) -> pd.DataFrame:

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from monai.data import DataLoader, Dataset
 from torch.utils.data import DistributedSampler
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from models import distributed

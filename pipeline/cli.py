@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("runs", nargs="+", type=Path, help="run directories")
     sp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
     sp.add_argument("--debug", action="store_true")
+    sp = sub.add_parser("ensemble", help="combine finished runs' p-values (normal validation data) into one ensemble score")
+    sp.add_argument("runs", nargs="+", type=Path, help="run directories of the members (same data, same splits)")
+    sp.add_argument("--out", type=Path, required=True, help="output folder for scores.csv and metrics.json")
+    sp.add_argument("--method", choices=("fisher", "mean_neglog"), default="fisher")
+    sp.add_argument("--debug", action="store_true")
     sp = sub.add_parser("unlock", help="remove a run directory's lock left by a run that is no longer running")
     sp.add_argument("run_dir", type=Path)
     sp.add_argument("--debug", action="store_true")
@@ -224,6 +229,15 @@ def _compare(args) -> int:
     return 0
 
 
+def _ensemble(args) -> int:
+    from evaluation.ensemble import write_ensemble  # pandas and scikit-learn: only for this command
+
+    metrics = write_ensemble([r.resolve() for r in args.runs], args.out.resolve(), args.method)
+    auroc = metrics.get("primary", {}).get("auroc")
+    print(f"wrote {args.out / 'scores.csv'}" + (f"; ensemble AUROC on the test split: {auroc:.3f}" if auroc is not None else ""))
+    return 0
+
+
 def _unlock(args) -> int:
     print(unlock(args.run_dir.resolve()))
     return 0
@@ -241,7 +255,7 @@ def _stages(args) -> int:
     return 0
 
 
-COMMANDS = {"bench": _bench, "compare": _compare, "unlock": _unlock, "convert-model": _convert, "stages": _stages}
+COMMANDS = {"bench": _bench, "compare": _compare, "ensemble": _ensemble, "unlock": _unlock, "convert-model": _convert, "stages": _stages}
 
 
 def _train_ddp(cfg, run_dir: Path) -> int:

@@ -252,12 +252,36 @@ def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
 def validate_series(slices: list[SliceHeader], min_slices: int = 8, spacing_tolerance: float = 0.1) -> SeriesInfo:
     """Order slices along the normal and check that they form one regular volume.
 
-    Checks: a single orientation and in-plane geometry; at least ``min_slices`` slices; no
-    duplicate positions; positions along the normal (no gantry tilt); uniform gaps within
-    ``spacing_tolerance`` (relative), with a gap of ~k·spacing reported as k−1 missing slices.
+    Checks: a decodable transfer syntax; a single orientation and in-plane geometry; at least
+    ``min_slices`` slices; no duplicate positions; positions along the normal (no gantry tilt);
+    uniform gaps within ``spacing_tolerance`` (relative), with a gap of ~k·spacing reported as
+    k−1 missing slices. Raises :class:`InvalidSeriesError` naming the series and the problem.
     """
-    uid = slices[0].series_uid
-    tag = f"series {uid}"
+    tag = f"series {slices[0].series_uid}"
+    _check_uniform(slices, tag, min_slices)
+    normal = slice_normal(slices[0].orientation)
+    pos = np.array([s.position for s in slices])
+    along = pos @ normal
+    order = np.argsort(along, kind="stable")
+    slices = [slices[i] for i in order]
+    pos, along = pos[order], along[order]
+    spacing = _slice_spacing(slices, pos, along, normal, tag, spacing_tolerance)
+    first = slices[0]
+    return SeriesInfo(
+        series_uid=first.series_uid,
+        study_uid=first.study_uid,
+        patient_id=first.patient_id,
+        modality=first.modality,
+        slices=slices,
+        slice_spacing_mm=spacing,
+        pixel_spacing_mm=first.pixel_spacing,
+        rows=first.rows,
+        columns=first.columns,
+    )
+
+
+def _check_uniform(slices: list[SliceHeader], tag: str, min_slices: int) -> None:
+    """Every slice decodable, enough of them, one orientation, one size, one pixel spacing."""
     undecodable = sorted({s.transfer_syntax for s in slices} - DECODABLE_TRANSFER_SYNTAXES)
     if undecodable:
         n = sum(s.transfer_syntax in undecodable for s in slices)
@@ -276,12 +300,10 @@ def validate_series(slices: list[SliceHeader], min_slices: int = 8, spacing_tole
     spacings = {tuple(np.round(s.pixel_spacing, 5)) for s in slices}
     if len(spacings) > 1:
         raise InvalidSeriesError(f"{tag}: slices have different PixelSpacing {sorted(spacings)}")
-    normal = slice_normal(slices[0].orientation)
-    pos = np.array([s.position for s in slices])
-    along = pos @ normal
-    order = np.argsort(along, kind="stable")
-    slices = [slices[i] for i in order]
-    pos, along = pos[order], along[order]
+
+
+def _slice_spacing(slices: list[SliceHeader], pos: np.ndarray, along: np.ndarray, normal: np.ndarray, tag: str, tolerance: float) -> float:
+    """The median gap of slices sorted along the normal, after checking duplicates, tilt and missing slices."""
     gaps = np.diff(along)
     if np.any(gaps < 1e-3):
         i = int(np.argmax(gaps < 1e-3))
@@ -294,27 +316,16 @@ def validate_series(slices: list[SliceHeader], min_slices: int = 8, spacing_tole
         raise InvalidSeriesError(f"{tag}: slice positions are sheared {angle:.1f}° from the slice normal (gantry tilt); "
                                  "not supported, reconstruct without tilt")
     spacing = float(np.median(gaps))
-    bad = np.abs(gaps - spacing) > spacing_tolerance * spacing
+    bad = np.abs(gaps - spacing) > tolerance * spacing
     if np.any(bad):
         i = int(np.argmax(bad))
         ratio = gaps[i] / spacing
-        if round(ratio) >= 2 and abs(ratio - round(ratio)) < spacing_tolerance:
+        if round(ratio) >= 2 and abs(ratio - round(ratio)) < tolerance:
             n_missing = int(round(ratio)) - 1
             raise InvalidSeriesError(f"{tag}: {n_missing} missing slice(s) between {along[i]:.2f} and {along[i + 1]:.2f} mm "
                                      f"(gap {gaps[i]:.2f} mm, spacing {spacing:.2f} mm)")
         raise InvalidSeriesError(f"{tag}: non-uniform slice spacing: gap {gaps[i]:.2f} mm at {along[i]:.2f} mm vs median {spacing:.2f} mm")
-    first = slices[0]
-    return SeriesInfo(
-        series_uid=uid,
-        study_uid=first.study_uid,
-        patient_id=first.patient_id,
-        modality=first.modality,
-        slices=slices,
-        slice_spacing_mm=spacing,
-        pixel_spacing_mm=first.pixel_spacing,
-        rows=first.rows,
-        columns=first.columns,
-    )
+    return spacing
 
 
 def check_size(info: SeriesInfo, spacing_mm: float, max_voxels: int) -> None:

@@ -69,8 +69,31 @@ def read_labels(cfg: Config) -> tuple[pd.DataFrame, list[tuple[str, str]], dict[
     Rows whose class is neither normal nor anomalous are left out (counted, not errors).
     """
     ic = cfg.ingest.images
-    path = labels_path(cfg)
-    root = Path(cfg.ingest.input)
+    path, table = _read_table(cfg)
+    line = {i: i + 2 for i in table.index}  # CSV line of each row (line 1 is the header)
+    where = lambda i: f"{path.name} line {line[i]}"  # noqa: E731
+    errors: list[tuple[str, str]] = []
+    ids = table[ic.id_column].str.strip()
+    bad = _bad_ids(path, ids, line, where, ic.id_column, errors)
+    classes = _classes(table, cfg, where, errors, bad)
+    label = _labels(classes, ic)
+    rows, left_out = [], 0
+    for i in table.index:
+        if i in bad:
+            continue
+        if label[i] < 0:
+            left_out += 1
+            continue
+        row = _row(table, i, ids[i], cfg, where(i), errors)
+        if row is not None:
+            rows.append({**row, "class": classes[i], "label": int(label[i])})
+    out = pd.DataFrame(rows, columns=["sample_id", "file", "patient_id", "class", "label", "source_split", "source", "spacing_csv", *ic.keep])
+    return out, errors, {"rows": int(len(table)), "left_out_by_label": left_out}
+
+
+def _read_table(cfg: Config) -> tuple[Path, pd.DataFrame]:
+    """The labels CSV as text, after checking the image folder, the file and its columns."""
+    path, root = labels_path(cfg), Path(cfg.ingest.input)
     if not root.is_dir():
         raise StageError(f"ingest.input: image folder {root} does not exist")
     if not path.is_file():
@@ -80,62 +103,62 @@ def read_labels(cfg: Config) -> tuple[pd.DataFrame, list[tuple[str, str]], dict[
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise StageError(f"{path}: cannot read the labels CSV ({exc})") from None
     _check_columns(path, table, cfg)
-    line = {i: i + 2 for i in table.index}  # CSV line of each row (line 1 is the header)
-    where = lambda i: f"{path.name} line {line[i]}"  # noqa: E731
-    errors: list[tuple[str, str]] = []
-    ids = table[ic.id_column].str.strip()
+    return path, table
+
+
+def _bad_ids(path: Path, ids: pd.Series, line: dict, where, id_column: str, errors: list) -> set:
+    """Rows with an empty or a duplicated image ID (each reported once); all are left out."""
     bad = set()
     for i in ids.index[ids == ""]:
-        errors.append((f"labels line {line[i]}", f"{where(i)}: empty {ic.id_column!r}; row left out"))
+        errors.append((f"labels line {line[i]}", f"{where(i)}: empty {id_column!r}; row left out"))
         bad.add(i)
     dup = ids.duplicated(keep=False) & (ids != "")
     for name, rows in ids[dup].groupby(ids[dup]).groups.items():
         lines = ", ".join(str(line[i]) for i in rows)
         errors.append((f"image {name}", f"{path.name}: image {name!r} appears on lines {lines}; IDs must be unique, all its rows left out"))
         bad.update(rows)
-    classes = _classes(table, cfg, where, errors, bad)
+    return bad
+
+
+def _labels(classes: pd.Series, ic) -> pd.Series:
+    """0 for the normal classes, 1 for the anomalous ones (default: every other class), −1 for the rest."""
     normal = {canonical_class(v) for v in ic.normal_classes}
     anomalous = {canonical_class(v) for v in ic.anomaly_classes} if ic.anomaly_classes is not None else None
-    label = pd.Series(-1, index=table.index)
+    label = pd.Series(-1, index=classes.index)
     label[classes.isin(normal)] = 0
     label[(~classes.isin(normal)) & (classes.isin(anomalous) if anomalous is not None else classes.ne(""))] = 1
-    rows = []
-    left_out = 0
-    for i in table.index:
-        if i in bad:
-            continue
-        if label[i] < 0:
-            left_out += 1
-            continue
-        if leaves_folder(ids[i]):
-            errors.append((f"image {ids[i]}", f"{where(i)}: image name {ids[i]!r} points outside the image folder {root}; row left out"))
-            continue
-        file = resolve_image(root, ids[i], ic.extensions)
-        if file is None:
-            tried = ", ".join([ids[i]] + [f"{ids[i]}{e}" for e in ic.extensions])
-            errors.append((f"image {ids[i]}", f"{where(i)}: image {ids[i]!r} not found under {root} (tried {tried})"))
-            continue
-        split = table.at[i, ic.split_column].strip().lower() if ic.split_column else ""
-        if ic.split_column and split not in SPLITS:
-            errors.append((f"image {ids[i]}", f"{where(i)}: split {split!r} in column {ic.split_column!r} is not one of {', '.join(SPLITS)}"))
-            continue
-        spacing = np.nan
-        if ic.spacing_column:
-            try:
-                spacing = float(table.at[i, ic.spacing_column])
-            except ValueError:
-                spacing = np.nan
-            if not (np.isfinite(spacing) and spacing > 0):
-                errors.append((f"image {ids[i]}",
-                               f"{where(i)}: pixel spacing {table.at[i, ic.spacing_column]!r} in column {ic.spacing_column!r} "
-                               "is not a positive number (mm)"))
-                continue
-        patient = table.at[i, ic.patient_column].strip() if ic.patient_column else ""
-        rows.append({"sample_id": ids[i], "file": file, "patient_id": patient or ids[i], "class": classes[i], "label": int(label[i]),
-                     "source_split": split, "source": "", "spacing_csv": spacing, **{k: table.at[i, k] for k in ic.keep}})
-    out = pd.DataFrame(rows, columns=["sample_id", "file", "patient_id", "class", "label", "source_split", "source", "spacing_csv", *ic.keep])
-    counts = {"rows": int(len(table)), "left_out_by_label": left_out}
-    return out, errors, counts
+    return label
+
+
+def _row(table: pd.DataFrame, i, image_id: str, cfg: Config, where: str, errors: list) -> dict | None:
+    """One row's file, patient, split and spacing, or None (with its error) when a value is unusable."""
+    ic, root = cfg.ingest.images, Path(cfg.ingest.input)
+    item = f"image {image_id}"
+    if leaves_folder(image_id):
+        errors.append((item, f"{where}: image name {image_id!r} points outside the image folder {root}; row left out"))
+        return None
+    file = resolve_image(root, image_id, ic.extensions)
+    if file is None:
+        tried = ", ".join([image_id] + [f"{image_id}{e}" for e in ic.extensions])
+        errors.append((item, f"{where}: image {image_id!r} not found under {root} (tried {tried})"))
+        return None
+    split = table.at[i, ic.split_column].strip().lower() if ic.split_column else ""
+    if ic.split_column and split not in SPLITS:
+        errors.append((item, f"{where}: split {split!r} in column {ic.split_column!r} is not one of {', '.join(SPLITS)}"))
+        return None
+    spacing = np.nan
+    if ic.spacing_column:
+        try:
+            spacing = float(table.at[i, ic.spacing_column])
+        except ValueError:
+            spacing = np.nan
+        if not (np.isfinite(spacing) and spacing > 0):
+            errors.append((item, f"{where}: pixel spacing {table.at[i, ic.spacing_column]!r} in column {ic.spacing_column!r} "
+                                 "is not a positive number (mm)"))
+            return None
+    patient = table.at[i, ic.patient_column].strip() if ic.patient_column else ""
+    return {"sample_id": image_id, "file": file, "patient_id": patient or image_id, "source_split": split, "source": "",
+            "spacing_csv": spacing, **{k: table.at[i, k] for k in ic.keep}}
 
 
 def _check_columns(path: Path, table: pd.DataFrame, cfg: Config) -> None:

@@ -11,7 +11,8 @@ import torch
 from conftest import validate
 from sklearn.decomposition import PCA as SkPCA
 
-from models.baselines import PCA2D, PCA3D, Intensity2D, Intensity3D, IntensityParams, PCAParams
+from models.baselines import PCA2D, PCA3D, Intensity2D, Intensity3D
+from models.catalog import IntensityParams, PCAParams
 from models.checkpoint import MODEL_KEYS, load_checkpoint, save_checkpoint
 from models.registry import Detector, ScoreOutput
 from models.training import fit

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import load_config
 
-from models.vae import VAEParams
+from models.catalog import VAEParams
 from pipeline.core.errors import ConfigError
 from pipeline.core.schema import Config
 

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import validate
+
 from models.catalog import MODELS as CATALOG
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.training import fit
@@ -167,7 +167,8 @@ def test_trains_through_the_stages_and_the_model_folder_alone_scores_new_data(tm
     _dataset(data, dims, channels)
     raw = {
         "run": {"seed": 0, "threads": 1},
-        "ingest": {"format": "arrays", "input": str(data), "arrays": {"images": "images", "labels": "labels", "patient_id": "patient", "spatial_dims": dims}},
+        "ingest": {"format": "arrays", "input": str(data),
+                   "arrays": {"images": "images", "labels": "labels", "patient_id": "patient", "spatial_dims": dims}},
         "extract": {"cube_size": 28, "hu_window": [0, 255]},
         "split": {"method": "holdout", "test_fraction": 0.34, "val_fraction": 0.25},
         "model": {"name": name},

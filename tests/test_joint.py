@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import check_score_output, gen, rand_input, validate
 
+from models.catalog import JointParams
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.joint import JointEncoderGAN2D, JointEncoderGAN3D, JointParams, combined_score, minmax, origin_score, residual_score, unit_normalise
+from models.joint import JointEncoderGAN2D, JointEncoderGAN3D, combined_score, minmax, origin_score, residual_score, unit_normalise
 from models.registry import Detector
 from models.zoo import MODELS, build
 from pipeline.core.errors import ConfigError
@@ -242,20 +243,7 @@ def test_z_norm_none_trains_and_scores():
     assert all(torch.isfinite(s[n]).all() for n in SCORES)
 
 
-# ---------------------------------------------------------------- batch invariance, checkpoint
-
-
-@pytest.mark.parametrize("cls,shape", [(JointEncoderGAN3D, (3, 1, PATCH, PATCH, PATCH)), (JointEncoderGAN2D, (4, 3, PATCH, PATCH))],
-                         ids=["joint3d", "joint2d"])
-def test_batch_invariance(cls, shape):
-    model = make_model(cls, shape[1])
-    x = rand_input(*shape, seed=2)
-    full = model.score(x, 1, gen())
-    for i in range(shape[0]):
-        alone = model.score(x[i : i + 1], 1, gen())
-        for name in SCORES:
-            torch.testing.assert_close(alone.scores[name][0], full.scores[name][i], rtol=1e-5, atol=1e-7, msg=f"{name}[{i}]")
-        torch.testing.assert_close(alone.residual[0], full.residual[i], rtol=1e-5, atol=1e-6)
+# ---------------------------------------------------------------- checkpoint (batch invariance: test_detector_contract.py)
 
 
 def test_checkpoint_round_trip_keeps_scores_and_schedule(tmp_path):

@@ -9,8 +9,9 @@ import torch
 from conftest import rand_input
 from sklearn.mixture import GaussianMixture
 
+from models.catalog import VAEParams
 from models.latent_density import LatentGMM
-from models.vae import VAE2D, VAEParams
+from models.vae import VAE2D
 
 
 def _two_clusters(n: int = 400, dim: int = 3, seed: int = 0) -> np.ndarray:

@@ -103,10 +103,12 @@ ARTIFACTS: dict[str, Artifact] = _declare(
     Artifact("metrics", "metrics.json", "evaluate", "AUROC with CI, AUPRC, sensitivity at fixed specificity, LR protocol, per score"),
     Artifact("report", "report.html", "evaluate", "one self-contained page: config, data, errors, metrics, figures, galleries, manifest"),
     Artifact("figure", "{name}.png", "evaluate", "roc, roc_band, pr, score_density, gallery_most_anomalous, gallery_least_anomalous"),
-    Artifact("overlay_residual", "overlays/{series}_residual.nii.gz", "evaluate", "absolute residual (x − reconstruction) on the CT grid, the maximum where cubes overlap"),
+    Artifact("overlay_residual", "overlays/{series}_residual.nii.gz", "evaluate",
+             "absolute residual (x − reconstruction) on the CT grid, the maximum where cubes overlap"),
     Artifact("overlay_score", "overlays/{series}_score.nii.gz", "evaluate", "the primary score painted over each cube on the CT grid"),
     Artifact("overlay_nodules", "overlays/{series}_nodules.nii.gz", "evaluate", "a small labelled ball at each nodule centre"),
-    Artifact("overlay_png", "overlays/{tag}{rank}_{sample}.png", "evaluate", "2D: image, reconstruction and residual side by side, for the top and some normal cases"),
+    Artifact("overlay_png", "overlays/{tag}{rank}_{sample}.png", "evaluate",
+             "2D: image, reconstruction and residual side by side, for the top and some normal cases"),
 )
 
 # Files of a model folder (``<run>/model/`` or any folder given to ``pipeline score --model``).

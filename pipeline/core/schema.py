@@ -221,6 +221,15 @@ class BenchView:
 
 
 @dataclass
+class BenchEnsemble:
+    """An unsupervised ensemble row: the members' p-values (normal validation data) combined, per repeat."""
+
+    label: str  # row label, e.g. "ensemble (synthetic anomalies + GEOM)"
+    members: list[str] = field(default_factory=list)  # BenchDetector labels, fixed before any test result
+    method: Literal["fisher", "mean_neglog"] = "fisher"
+
+
+@dataclass
 class BenchConfig:
     """A benchmark protocol (``pipeline bench``): detectors × repeats (× a sweep) through ``pipeline run``."""
 
@@ -236,6 +245,7 @@ class BenchConfig:
     detectors: list[BenchDetector] = field(default_factory=list)
     references: list[BenchReference] = field(default_factory=list)
     views: list[BenchView] = field(default_factory=list)
+    ensembles: list[BenchEnsemble] = field(default_factory=list)
     quick: dict = field(default_factory=dict)  # overrides for --quick (smaller data, fewer epochs)
     quick_repeats: int = 1
 
