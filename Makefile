@@ -1,13 +1,13 @@
 # Two commands for a fresh machine:
 #   make demo   create .venv, install, run the main job on sample_data/
-#   make test   create .venv, install, run the test suite (what .ci/run calls)
+#   make test   create .venv, install, check style (ruff) and layers (import-linter), run the test suite (what .ci/run calls)
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: demo test test-all install clean
+.PHONY: demo test test-all lint install clean
 
 $(BIN)/pipeline: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,11 @@ install: $(BIN)/pipeline
 demo: install
 	$(BIN)/pipeline run configs/ct_nodules.yaml
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: install lint
 	$(BIN)/python -m pytest tests -q $(PYTEST_ARGS)
 
 test-all: install

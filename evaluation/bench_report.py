@@ -240,7 +240,7 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
             lines += [f"### View: {view}", ""]
         head = ["detector", "score"] + ([sweep.split(".")[-1]] if sweep else []) + ["AUROC (mean ± std)"] + \
                (["AUROC [95% CI]"] if "ci" in vrows else []) + \
-               ["LR-CV AUROC", "AUPRC", "sens@95%spec", "train s", "score s", "peak MB", "seed study"]
+               ["LR-CV AUROC", "AUPRC", "sens@95%spec", "train s", "score s", "peak MB", "published"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for _, r in vrows.iterrows():
             auc = _fmt(r["auroc_mean"]) + (f" ± {r['auroc_std']:.3f}" if r.get("auroc_std") is not None and np.isfinite(r.get("auroc_std")) else "")
@@ -274,7 +274,7 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
 def _sweep_drop_table(rows: pd.DataFrame, sweep: str, refs: dict) -> list[str]:
     prim = rows[rows["primary"]]
     lines = [f"AUROC of each detector's primary score at {sweep.split('.')[-1]} = 0, then its change at each level (mean over repeats):", "",
-             "| detector | score | " + " | ".join(f"{v:g}" for v in sorted(prim["sweep"].unique())) + " | seed study |",
+             "| detector | score | " + " | ".join(f"{v:g}" for v in sorted(prim["sweep"].unique())) + " | published |",
              "|---|---|" + "---|" * (prim["sweep"].nunique() + 1)]
     for (det, score), g in prim.groupby(["detector", "score"], sort=False):
         base = g.loc[g["sweep"] == 0, "auroc_mean"]

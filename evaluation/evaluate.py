@@ -15,7 +15,15 @@ from pipeline.core.stage import Stage
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:
-    """Evaluate the run's scores."""
+    """Evaluate the run's scores.
+
+    Args:
+        cfg: the validated run config.
+        run_dir: the run directory; the stage reads its upstream artifacts there and writes its own.
+
+    Returns:
+        counts, per-item errors and the files written (``metrics.json``, figures, ``report.html``, overlays), recorded in the manifest.
+    """
     from evaluation import evaluator  # matplotlib, scikit-learn and SimpleITK load when the stage runs: see pipeline/core/stage.py
 
     return evaluator.evaluate(cfg, run_dir)

@@ -19,7 +19,7 @@ DEFINITIONS = {
     "sens_at_90_spec": "sensitivity (TPR) at the ROC point with specificity ≥ 0.90",
     "sens_at_95_spec": "sensitivity (TPR) at the ROC point with specificity ≥ 0.95",
     "pauroc_fpr10": "partial AUROC for FPR ≤ 0.10, McClish-standardised (sklearn roc_auc_score max_fpr=0.1); 0.5 = chance",
-    "lr_protocol": "seeds 000/001: logistic regression from the 1-D score to the label; cv_auroc uses 5-fold stratified "
+    "lr_protocol": "Santos Buitrago et al. 2018: logistic regression from the 1-D score to the label; cv_auroc uses 5-fold stratified "
                    "out-of-fold probabilities, fitted_auroc fits on all data (a monotone map: equals auroc when coef > 0)",
     "patient_level": "AUROC of the maximum score per patient against 'patient has an anomaly'",
     "bootstrap_unit": "patient (cluster bootstrap) when patients contribute several samples and each stratum has ≥ 5 patients; otherwise sample",
@@ -86,7 +86,7 @@ def patient_level_auroc(labels: np.ndarray, scores: np.ndarray, patients: np.nda
 
 
 def per_class_auroc(classes: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> dict:
-    """One AUROC per anomalous class: all normals against the samples of that class (seed 004, Table 2)."""
+    """One AUROC per anomalous class: all normals against the samples of that class (Lu & Xu 2018, Table 2)."""
     normal = labels == 0
     out = {}
     for c in np.unique(classes[labels == 1]):

@@ -1,4 +1,7 @@
-"""BiGAN/ALI and α-GAN detectors (seed 002: GANs for anomaly detection on MURA X-ray), 2D and 3D.
+"""BiGAN/ALI and α-GAN detectors, 2D and 3D, as compared in "GAN for unsupervised anomaly detection on X-ray images" (MURA).
+
+Papers: BiGAN, Donahue et al. 2017 (https://arxiv.org/abs/1605.09782); ALI, Dumoulin et al. 2017
+(https://arxiv.org/abs/1606.00704); α-GAN, Rosca et al. 2017 (https://arxiv.org/abs/1706.04987).
 
 Both have an encoder E (``EncoderNet``) and a generator G (``GeneratorNet``, sigmoid output in
 [0, 1]) from :mod:`models.nets`, a prior z ~ N(0, I) (not normalised), standard
@@ -27,11 +30,11 @@ penultimate layer is f(x)) and a code discriminator C (MLP on the latent):
   mean over voxels). As in Rosca et al.'s algorithm, E gets gradients only from its own loss
   (reconstruction + code adversary), G only from its own (reconstruction + image adversary):
   the two losses are back-propagated into their own parameters (``backward(inputs=...)``).
-- ``rec_weight`` default 10: seed 002 gives no value but reports near-perfect (slightly blurry)
+- ``rec_weight`` default 10: the X-ray GAN study gives no value but reports near-perfect (slightly blurry)
   reconstructions, i.e. the L1 term dominates; with the L1 averaged over voxels (≈ 0.05–0.1 for
   [0, 1] images) and BCE terms ≈ 0.7, a weight of 1 would leave the adversarial terms dominant.
 
-Scores (seed 002; higher = more anomalous), with x̂ = G(E(x)), one forward pass:
+Scores (those of the X-ray GAN study; higher = more anomalous), with x̂ = G(E(x)), one forward pass:
 ``l1`` = mean|x − x̂|; ``l2`` = mean (x − x̂)²; ``enc_fm`` = ‖E_h(x) − E_h(x̂)‖₂ (E_h: the encoder's
 convolutional trunk); ``disc_fm`` = ‖f(x) − f(x̂)‖₂, where f is D's penultimate layer
 (α-GAN: the image discriminator; BiGAN: the joint discriminator's hidden layer on the pairs

@@ -1,4 +1,4 @@
-"""Thresholds and p-values from normal validation scores only (seed 004, §4.2).
+"""Thresholds and p-values from normal validation scores only (Lu & Xu 2018, §4.2, https://arxiv.org/abs/1807.01349).
 
 - ``gamma``: fit a Gamma distribution (scipy) to the normal validation scores after shifting them
   to be positive (shift = min − 5% of the range); p(s) = 1 − F_Γ(s − shift).

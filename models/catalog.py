@@ -75,7 +75,7 @@ class VAEParams:
     decoder: Literal["gaussian", "bernoulli"] = "gaussian"
     sigma: float = 0.7071067811865476  # Gaussian decoder σ (seeds: 1/√2); with learn_sigma its initial value
     learn_sigma: bool = False  # σ is a trained parameter (maximum likelihood, "σ-VAE", Rybkin et al. 2021)
-    beta: float = 1.0  # KL weight in the training loss (seed 004: 0.01); scores always use β = 1
+    beta: float = 1.0  # KL weight in the training loss (Lu & Xu 2018: 0.01); scores always use β = 1
     decode_chunk: int = 256  # decoder batch size when scoring K×B samples
     # GMM sizes tried (by BIC on training codes) for the ``latent`` score; [] = off
     latent_gmm: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
@@ -100,7 +100,7 @@ class WGANParams:
     lambda_gp: float = 10.0
     n_critic: int = 5
     betas: tuple[float, float] = (0.5, 0.9)
-    latent_prior: Literal["normal", "uniform"] = "normal"  # seed 000 used uniform z, seed 003 normal
+    latent_prior: Literal["normal", "uniform"] = "normal"  # Santos Buitrago et al. used uniform z, Berg et al. normal
 
     def check(self, cfg) -> list[str]:
         return check_params(self, cfg)
@@ -179,7 +179,7 @@ class AlphaGANParams(AdversarialAEParams):
     """α-GAN hyper-parameters."""
 
     name: str = "alphagan3d"
-    rec_weight: float = 10.0  # weight of the voxel-mean L1 reconstruction loss (seed 002: not given)
+    rec_weight: float = 10.0  # weight of the voxel-mean L1 reconstruction loss (the X-ray GAN study gives none)
     code_hidden: int = 256  # width of the code discriminator's two hidden layers
 
     def check(self, cfg) -> list[str]:

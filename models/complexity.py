@@ -1,4 +1,4 @@
-"""Input complexity L(x): the lossless PNG size of an image in bits (Serrà et al., ICLR 2020).
+"""Input complexity L(x): the lossless PNG size of an image in bits (Serrà et al., ICLR 2020, https://arxiv.org/abs/1909.11480).
 
 Why: generative likelihoods rank simple inputs (few-ink digits, smooth or hazy images) as likely
 whatever their class. Serrà et al. correct a model's negative log-likelihood by the length a

@@ -1,4 +1,4 @@
-"""WGAN-GP losses (Gulrajani et al. 2017). MONAI has no gradient penalty, so it is written here.
+"""WGAN-GP losses (Gulrajani et al. 2017, https://arxiv.org/abs/1704.00028). MONAI has no gradient penalty, so it is written here.
 
 critic loss = E[D(G(z))] − E[D(x)] + λ_gp · E[(‖∇_x̂ D(x̂)‖₂ − 1)²],  x̂ = εx + (1−ε)G(z), ε ~ U(0,1) per sample
 generator loss = −E[D(G(z))]

@@ -1,4 +1,4 @@
-"""WGAN-GP with a jointly trained encoder (Berg et al. 2019, seed 003), in 2D and 3D.
+"""WGAN-GP with a jointly trained encoder (Berg et al. 2019, https://arxiv.org/abs/1905.11034), in 2D and 3D.
 
 Networks (from :mod:`models.nets`, built from MONAI blocks): generator G (``GeneratorNet``,
 sigmoid output in [0, 1]), critic D (``CriticNet``: no sigmoid, instance norm) and encoder E

@@ -78,7 +78,14 @@ class Detector(nn.Module):
         return True
 
     def fit_arrays(self, train_x: torch.Tensor) -> dict[str, float]:
-        """Closed-form fit on all centre patches at once (only for ``sgd = False`` models)."""
+        """Closed-form fit on all centre patches at once (only for ``sgd = False`` models).
+
+        Args:
+            train_x: the normal training centre patches (N, C, *spatial), in model range.
+
+        Returns:
+            summary terms of the fit (logged as the training curve's only row).
+        """
         raise NotImplementedError
 
     def fit_after_training(self, train_x: torch.Tensor) -> dict[str, float]:
@@ -90,7 +97,16 @@ class Detector(nn.Module):
         return [torch.optim.Adam(self.parameters(), lr=lr)]
 
     def training_step(self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer], max_grad_norm: float) -> dict[str, float]:
-        """One optimisation step on batch ``x``; returns the loss terms as floats."""
+        """One optimisation step on a batch.
+
+        Args:
+            x: a batch of augmented training patches (B, C, *spatial), in model range.
+            optimizers: those of :meth:`configure_optimizers`, in the same order.
+            max_grad_norm: gradient norm clipping for every network.
+
+        Returns:
+            the loss terms as floats; ``loss`` must be among them (a non-finite one stops training).
+        """
         raise NotImplementedError
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -107,10 +123,28 @@ class Detector(nn.Module):
         return cls.loss is not Detector.loss
 
     def validation_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss on normal validation data (lower = better), shape (B,)."""
+        """Per-sample loss on normal validation data, used for early stopping and model selection.
+
+        Args:
+            x: normal validation centre patches (B, C, *spatial).
+
+        Returns:
+            (B,) losses, lower = better.
+        """
         raise NotImplementedError
 
     def score(self, x: torch.Tensor, mc_samples: int, generator: torch.Generator) -> ScoreOutput:
+        """Anomaly scores of a batch (higher = more anomalous).
+
+        Args:
+            x: centre patches (B, C, *spatial), in model range.
+            mc_samples: Monte-Carlo samples for stochastic scores (the VAE's K).
+            generator: the source of all scoring noise, seeded per batch by the caller; models
+                draw noise shared by the whole batch, so a sample's score does not depend on its batch.
+
+        Returns:
+            the :class:`ScoreOutput`: one (B,) tensor per name of ``score_names``, and the residual map.
+        """
         raise NotImplementedError
 
 

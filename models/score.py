@@ -16,7 +16,15 @@ from pipeline.core.stage import Stage
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:
-    """Score the run's patches with the configured model folder."""
+    """Score the run's patches with the configured model folder.
+
+    Args:
+        cfg: the validated run config.
+        run_dir: the run directory; the stage reads its upstream artifacts there and writes its own.
+
+    Returns:
+        counts, per-item errors and the files written (``scores.csv``, ``residuals.npz`` and ``calibration.json``), recorded in the manifest.
+    """
     from models import scoring  # torch loads when the stage runs: see pipeline/core/stage.py
 
     return scoring.run(cfg, run_dir)

@@ -14,7 +14,15 @@ from pipeline.core.stage import Stage
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:
-    """Fit ``cfg.model`` on the run's training split."""
+    """Fit ``cfg.model`` on the run's training split.
+
+    Args:
+        cfg: the validated run config.
+        run_dir: the run directory; the stage reads its upstream artifacts there and writes its own.
+
+    Returns:
+        counts, per-item errors and the files written (the model folder and its curves; the summary has the selected epoch), recorded in the manifest.
+    """
     from models import training  # torch and MONAI load when the stage runs: see pipeline/core/stage.py
 
     return training.run(cfg, run_dir)

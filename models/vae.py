@@ -1,9 +1,12 @@
-"""VAE detector (seeds 000, 001, 004) on MONAI's ``VarAutoEncoder``, in 2D and 3D.
+"""VAE detector (Kingma & Welling 2014, https://arxiv.org/abs/1312.6114) on MONAI's ``VarAutoEncoder``, in 2D and 3D.
+
+As used for anomaly detection by Santos Buitrago et al. 2018 (ELBO on MNIST and 3D nodule cubes) and
+Lu & Xu 2018 (ELBO, KL, reconstruction and IWAE scores on skin images, https://arxiv.org/abs/1807.01349).
 
 Likelihood terms are in nats per sample and include the normalising constants, so ELBO and IWAE
 are real bounds on log p(x) and can be compared:
 
-- Gaussian decoder: ``−log p(x|z) = ‖x − μ_θ(z)‖² / (2σ²) + (N/2)·log(2πσ²)``; seeds 000/001 use
+- Gaussian decoder: ``−log p(x|z) = ‖x − μ_θ(z)‖² / (2σ²) + (N/2)·log(2πσ²)``; Santos Buitrago et al. use
   σ = 1/√2, which makes the first term the plain squared error.
 - Bernoulli decoder: ``−log p(x|z) = BCE(logits_θ(z), x)`` summed over voxels (x in [0, 1]).
 

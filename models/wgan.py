@@ -1,4 +1,8 @@
-"""WGAN-GP detectors: AnoGAN latent search (Schlegl 2017) and f-AnoGAN (Schlegl 2019), 2D and 3D.
+"""WGAN-GP detectors: AnoGAN latent search and f-AnoGAN, 2D and 3D.
+
+Papers: WGAN-GP, Gulrajani et al. 2017 (https://arxiv.org/abs/1704.00028); AnoGAN, Schlegl et al. 2017
+(https://arxiv.org/abs/1703.05921); f-AnoGAN, Schlegl et al. 2019 (https://doi.org/10.1016/j.media.2019.01.010);
+restarts as in ADGAN, Deecke et al. 2018 (https://arxiv.org/abs/1812.02288). Used on 3D nodule cubes by Santos Buitrago et al. 2018.
 
 Networks from :mod:`models.nets` (MONAI blocks): generator G (sigmoid output in [0, 1]) and critic
 D (no sigmoid, instance norm, no dropout), with f(x) = D's penultimate layer.

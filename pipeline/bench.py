@@ -2,7 +2,7 @@
 
 A protocol is an ordinary pipeline config (``configs/bench/*.yaml``) with a ``bench`` section that
 lists detectors (config overrides), how the run is repeated (seeds, or the folds of a grouped
-k-fold split), an optional sweep (e.g. ``split.contamination``), the figures the seed studies
+k-fold split), an optional sweep (e.g. ``split.contamination``), the figures the source studies
 reported, and the overrides of ``--quick``. Every (detector, sweep value, repeat) is one
 ``run_stages`` call in its own run directory, so a benchmark run is exactly a ``pipeline run``,
 and a killed benchmark resumes: finished runs are skipped by the runner.

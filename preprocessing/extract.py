@@ -16,7 +16,15 @@ from pipeline.core.stage import Stage
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:
-    """Cut the patches of ``cfg.ingest.format``'s data."""
+    """Cut the patches of ``cfg.ingest.format``'s data.
+
+    Args:
+        cfg: the validated run config.
+        run_dir: the run directory; the stage reads its upstream artifacts there and writes its own.
+
+    Returns:
+        counts, per-item errors and the files written (``cubes.npz`` and ``samples.csv``), recorded in the manifest.
+    """
     # imported when the stage runs (SimpleITK, SciPy): see pipeline/core/stage.py
     if cfg.ingest.format in ("arrays", "images"):  # both write the arrays.npz contract
         from preprocessing import arrays

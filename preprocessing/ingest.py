@@ -15,7 +15,15 @@ from pipeline.core.stage import Stage
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:
-    """Ingest ``cfg.ingest.input`` with the reader of ``cfg.ingest.format``."""
+    """Ingest ``cfg.ingest.input`` with the reader of ``cfg.ingest.format``.
+
+    Args:
+        cfg: the validated run config.
+        run_dir: the run directory; the stage reads its upstream artifacts there and writes its own.
+
+    Returns:
+        counts, per-item errors and the files written (``series.csv`` and volumes, or ``arrays.npz``/``arrays.csv``), recorded in the manifest.
+    """
     # The reader of the configured format is imported when the stage runs (pydicom, SimpleITK,
     # Pillow): a light stage module keeps `pipeline validate` fast (pipeline/core/stage.py).
     if cfg.ingest.format == "arrays":

@@ -15,7 +15,15 @@ from pipeline.core.stage import Stage
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:
-    """Assign every sample to train / val / test / buffer / unused and write ``splits.csv``."""
+    """Assign every sample to train / val / test / buffer / unused and write ``splits.csv``.
+
+    Args:
+        cfg: the validated run config.
+        run_dir: the run directory; the stage reads its upstream artifacts there and writes its own.
+
+    Returns:
+        counts, per-item errors and the files written (``splits.csv``), recorded in the manifest.
+    """
     from preprocessing import grouped_splits  # scikit-learn loads when the stage runs: see pipeline/core/stage.py
 
     return grouped_splits.split(cfg, run_dir)

@@ -1,4 +1,4 @@
-"""BiGAN/ALI and α-GAN detectors (seed 002): scores, training steps, the gradient routing of each
+"""BiGAN/ALI and α-GAN detectors (the X-ray GAN study): scores, training steps, the gradient routing of each
 model (BiGAN never chains E and G; α-GAN's E learns only from reconstruction + code adversary),
 batch invariance and config validation."""
 

@@ -84,7 +84,7 @@ def test_dermatology_config_on_synthetic_isic_layout(tmp_path, one_thread):
     samples = pd.read_csv(run / "samples.csv")
     assert samples.groupby("class")["label"].agg(["min", "max"]).to_dict("index") == {
         "AKIEC": {"min": 1, "max": 1}, "BCC": {"min": 1, "max": 1}, "MEL": {"min": 1, "max": 1}, "NV": {"min": 0, "max": 0}}
-    # per-class AUROC (seed 004, Table 2) equals scikit-learn's on the written scores
+    # per-class AUROC (Lu & Xu 2018, Table 2) equals scikit-learn's on the written scores
     scores = pd.read_csv(run / "scores.csv")
     test = scores[scores["split"] == "test"]
     assert set(test.loc[test.label == 1, "class"]) == {"MEL", "BCC", "AKIEC"}  # anomalies_to_test

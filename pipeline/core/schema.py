@@ -142,7 +142,7 @@ class SplitConfig:
     group_by: Literal["auto", "patient", "spatial_block"] = "auto"  # auto: blocks if one patient
     block_mm: float = 64.0  # spatial block edge for group_by=spatial_block
     anomalies_to_test: bool = False  # groups holding an anomaly go wholly to test
-    contamination: float = 0.0  # fraction of anomalies mixed into training (seed 003)
+    contamination: float = 0.0  # fraction of anomalies mixed into training (Berg et al. 2019)
     # method: sample (e.g. the MNIST-9 protocol): a class-balanced test set, then fixed-size train/val draws of normals
     test_per_class: int = 450  # normals and anomalies each drawn for the test set
     test_source: Optional[str] = None  # draw the test set only from this array source (samples.csv ``source``)
@@ -203,12 +203,12 @@ class BenchDetector:
 
 @dataclass
 class BenchReference:
-    """A figure reported by a seed study, printed beside ours."""
+    """A figure reported by a source study (the paper a method comes from), printed beside ours."""
 
     detector: str  # BenchDetector label it compares with
     score: str
     auroc: float
-    source: str  # e.g. "seed 000, MNIST 0-8 vs 9, VAE-ELBO"
+    source: str  # e.g. "Santos Buitrago et al. 2018, MNIST 0-8 vs 9, VAE-ELBO"
 
 
 @dataclass
