@@ -33,7 +33,7 @@ STAGE = Stage(
     name="evaluate",
     run=run,
     reads=("evaluate", "run.seed"),
-    after=("score", "extract", "ingest"),
+    after=("score", "map", "extract", "ingest"),
     outputs=("metrics", "report", "figure", "overlay_residual", "overlay_score", "overlay_nodules", "overlay_png"),
     help="metrics.json (AUROC with CI, AUPRC, ...), ROC and density plots, report.html, NIfTI/PNG overlays",
 )

@@ -14,11 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
 
 from evaluation.metrics import DEFINITIONS, detection_metrics, patient_level_auroc, per_class_auroc
 from evaluation.overlays import nodule_mask, paint, write_overlay
-from evaluation.plots import plot_density, plot_gallery, plot_overlay_2d, plot_pr, plot_roc, plot_roc_band
+from evaluation.plots import plot_density, plot_gallery, plot_nodule_views, plot_overlay_2d, plot_pr, plot_roc, plot_roc_band
 from evaluation.report import write_report
 from models.model_folder import model_folder, read_normalisation
 from pipeline.core import artifacts
@@ -26,7 +27,9 @@ from pipeline.core.errors import StageError
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
 from preprocessing.cubes import centre_patch
+from preprocessing.geometry import lps_affine, world_to_index
 from preprocessing.intensity import denormalise, load_cubes
+from preprocessing.nodules import read_nodules
 
 META_COLS = {"sample_id", "patient_id", "series_uid", "kind", "label", "class", "split", "p_value", "flagged"}
 
@@ -55,6 +58,9 @@ def evaluate(cfg: Config, run_dir: Path) -> StageResult:
         "scores": per_score,
         "definitions": DEFINITIONS | {"score_orientation": "every score: higher = more anomalous"},
     }
+    map_metrics = artifacts.read_json("map_metrics", run_dir)
+    if map_metrics is not None:  # the map stage's nodule ranks and FROC (whole-scan maps of CT series)
+        metrics["map"] = map_metrics
     outputs = [artifacts.write_json("metrics", run_dir, metrics)]
     result = StageResult(counts={"evaluated": len(test), "anomalous": int(test["label"].sum())}, extra={"auroc": per_score[ec.score].get("auroc")})
     if ec.overlays and cfg.ingest.format == "dicom":
@@ -79,13 +85,37 @@ def write_figures_and_report(cfg: Config, run_dir: Path, table, test, score_cols
     outputs += write_galleries(cfg, run_dir, test, ec.score, patches)
     if ec.overlays and patches.cubes.ndim == 4 and ec.overlay_top_n > 0:  # 2D inputs: PNG overlays
         outputs += write_png_overlays(cfg, run_dir, test, ec.score, patches)
+    if "map" in metrics and metrics["map"]["nodules"]:
+        outputs += write_nodule_views(cfg, run_dir)
     curves = artifacts.model_file("curves_plot", model_folder(cfg, run_dir))
     figures = [(fig("roc"), "ROC curves, all scores"), (fig("roc_band"), "ROC of the primary score with its 95% bootstrap band"),
                (fig("pr"), "precision-recall"), (fig("score_density"), "score densities by class"), (curves, "training curves"),
                (fig("gallery_most_anomalous"), "gallery: most anomalous test cases"),
                (fig("gallery_least_anomalous"), "gallery: least anomalous test cases")]
+    figures += [(p, f"anomaly map through nodules of series {p.stem[len('map_nodules_'):]}: axial, coronal, sagittal (CT and map)")
+                for p in sorted(run_dir.glob("map_nodules_*.png"))]
     outputs.append(write_report(run_dir, cfg.to_dict(), metrics, table, figures))
     return outputs
+
+
+def write_nodule_views(cfg: Config, run_dir: Path) -> list[Path]:
+    """Per series with annotated nodules: axial, coronal and sagittal slices through each nodule, CT and anomaly map."""
+    cands = pd.read_csv(artifacts.path("candidates", run_dir), dtype={"series_uid": str})
+    nodules = pd.DataFrame(artifacts.read_json("map_metrics", run_dir)["nodules"])
+    table = read_nodules(cfg.extract.nodules, artifacts.read_series(run_dir))[0].set_index("nodule_id")
+    written = []
+    for uid, own in nodules.groupby("series_uid"):
+        ct = sitk.ReadImage(str(artifacts.path("volume", run_dir, series=uid)))
+        amap = sitk.ReadImage(str(artifacts.path("anomaly_map", run_dir, series=uid)))
+        centres = world_to_index(lps_affine(ct), table.loc[own["nodule_id"], ["x_mm", "y_mm", "z_mm"]].to_numpy(float))
+        near = cands[cands["series_uid"] == uid]
+        titles = [f"{n['nodule_id']}: nearest candidate #{n['nearest_rank']} at {n['nearest_mm']:.1f} mm" if n["nearest_rank"] == n["nearest_rank"]
+                  else f"{n['nodule_id']}: no candidate" for _, n in own.iterrows()]
+        path = artifacts.path("figure", run_dir, name=f"map_nodules_{artifacts.series_stem(uid)}")
+        plot_nodule_views(sitk.GetArrayViewFromImage(ct), sitk.GetArrayViewFromImage(amap), np.rint(centres).astype(int),
+                          near[["i", "j", "k"]].to_numpy(int), titles, path)
+        written.append(path)
+    return written
 
 
 class ScoredPatches:

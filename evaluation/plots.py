@@ -196,3 +196,41 @@ def plot_density_grid(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Pa
     axes.ravel()[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     _save(fig, path)
+
+
+def plot_nodule_views(ct_zyx: np.ndarray, map_zyx: np.ndarray, centres_ijk: np.ndarray, candidates_ijk: np.ndarray, titles: list[str],
+                      path: Path, half: int = 40) -> None:
+    """One row per nodule: axial, coronal and sagittal slices through its centre, CT (lung window) under the anomaly map.
+
+    Arrays are the CT and the map on the same grid (zyx); centres and candidates are voxel indices
+    (i, j, k). The map is shown above its 95th percentile (transparent below); a cross marks the
+    nodule centre, circles the candidates within 2 voxels of the slice. Each panel is ±``half`` voxels.
+    """
+    rows = len(centres_ijk)
+    fig, axes = plt.subplots(rows, 3, figsize=(9, 3.2 * rows), squeeze=False)
+    pos = map_zyx[map_zyx > 0]
+    floor, vmax = (float(np.percentile(pos, 95)), float(np.percentile(pos, 99.9))) if len(pos) else (0.0, 1.0)
+    for r, ((i, j, k), title) in enumerate(zip(centres_ijk, titles)):
+        views = (("axial", ct_zyx[k], map_zyx[k], (i, j), candidates_ijk[np.abs(candidates_ijk[:, 2] - k) <= 2][:, [0, 1]]),
+                 ("coronal", ct_zyx[:, j], map_zyx[:, j], (i, k), candidates_ijk[np.abs(candidates_ijk[:, 1] - j) <= 2][:, [0, 2]]),
+                 ("sagittal", ct_zyx[:, :, i], map_zyx[:, :, i], (j, k), candidates_ijk[np.abs(candidates_ijk[:, 0] - i) <= 2][:, [1, 2]]))
+        for ax, (name, img, amap, centre, cands) in zip(axes[r], views):
+            _nodule_panel(ax, img, amap, centre, cands, half, floor, vmax, "upper" if name == "axial" else "lower")
+            ax.set_title(name + (f": {title}" if name == "axial" else ""), fontsize=7)
+    _save(fig, path)
+
+
+def _nodule_panel(ax, img: np.ndarray, amap: np.ndarray, centre: tuple[int, int], cands: np.ndarray, half: int, floor: float, vmax: float,
+                  origin: str) -> None:
+    """One slice (rows = v, columns = u) around ``centre`` = (u, v): CT, the map above ``floor``, the centre and the candidates."""
+    u, v = centre
+    lo_u, lo_v = max(0, u - half), max(0, v - half)
+    img, amap = img[lo_v:v + half, lo_u:u + half], amap[lo_v:v + half, lo_u:u + half]
+    ax.imshow(img, cmap="gray", vmin=-1350, vmax=150, origin=origin)
+    ax.imshow(np.ma.masked_less_equal(amap, floor), cmap="hot", alpha=0.6, vmin=floor, vmax=vmax, origin=origin)
+    ax.plot([u - lo_u], [v - lo_v], "c+", ms=14, mew=1.5)
+    inside = (cands[:, 0] >= lo_u) & (cands[:, 0] < lo_u + img.shape[1]) & (cands[:, 1] >= lo_v) & (cands[:, 1] < lo_v + img.shape[0])
+    ax.plot(cands[inside, 0] - lo_u, cands[inside, 1] - lo_v, "o", mfc="none", mec="lime", ms=9)
+    ax.set_xlim(-0.5, img.shape[1] - 0.5)
+    ax.set_ylim((img.shape[0] - 0.5, -0.5) if origin == "upper" else (-0.5, img.shape[0] - 0.5))
+    ax.set_xticks([]), ax.set_yticks([])

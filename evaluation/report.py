@@ -65,6 +65,23 @@ def _per_class(metrics: dict) -> str:
             f"<table><tr><th>class</th><th>n</th><th>AUROC</th></tr>{rows}{allrow}</table>")
 
 
+def _map_section(metrics: dict, figures: list[tuple[Path, str]]) -> str:
+    """The whole-scan map: FROC sensitivities, each nodule's nearest candidate, and the nodule views."""
+    m = metrics.get("map")
+    if not m:
+        return ""
+    pooled = m["pooled"]
+    froc = "".join(f"<td>{_fmt(pooled.get(f'sens_at_{k}_fp'))}</td>" for k in (1, 2, 4, 8))
+    rows = "".join(f"<tr><td>{html.escape(str(n['nodule_id']))}</td><td>{_fmt(n['nearest_rank'])}</td><td>{_fmt(n['nearest_mm'], 1)}</td>"
+                   f"<td>{_fmt(n['radius_mm'], 1)}</td><td>{'yes' if n['hit'] else 'no'}</td></tr>" for n in m["nodules"])
+    views = "".join(_img(p, alt) for p, alt in figures if p.name.startswith("map_"))
+    return (f"<h2>Whole-scan anomaly map ({html.escape(str(m.get('score')))})</h2>"
+            f"<p>{pooled.get('nodules')} annotated nodule(s) in {pooled.get('scans')} scan(s). FROC: sensitivity at k false candidates per scan.</p>"
+            f"<table><tr><th>FP/scan</th><th>1</th><th>2</th><th>4</th><th>8</th></tr><tr><td>sensitivity</td>{froc}</tr></table>"
+            f"<table><tr><th>nodule</th><th>rank of nearest candidate</th><th>distance mm</th><th>radius mm</th><th>hit</th></tr>{rows}</table>"
+            f"<div class=figs>{views}</div>")
+
+
 def _split_summary(scores: pd.DataFrame) -> str:
     g = scores.groupby("split").agg(patients=("patient_id", "nunique"), samples=("sample_id", "size"),
                                     normal=("label", lambda v: int((v == 0).sum())), anomalous=("label", "sum"))
@@ -97,7 +114,8 @@ def write_report(run_dir: Path, cfg_dict: dict, metrics: dict, scores: pd.DataFr
 <h3>Errors from ingest and extract</h3>{_errors(manifest)}
 <h2>Metrics</h2><p>Higher score = more anomalous. CI: {html.escape(prim.get('bootstrap_unit', 'sample'))}-level stratified bootstrap.</p>\
 {_metrics_table(metrics['scores'], primary)}{_per_class(metrics)}
-<h2>Figures</h2><div class=figs>{''.join(_img(p, alt) for p, alt in figures if 'gallery' not in p.name)}</div>
+<h2>Figures</h2><div class=figs>{''.join(_img(p, alt) for p, alt in figures if 'gallery' not in p.name and not p.name.startswith('map_'))}</div>
+{_map_section(metrics, figures)}
 <h2>Galleries</h2><div class=figs>{''.join(_img(p, alt) for p, alt in figures if 'gallery' in p.name)}</div>
 <h2>Most anomalous {html.escape(metrics['split'])} samples</h2>{top[top_cols].to_html(index=False, border=0, float_format=lambda v: f'{v:.4g}')}
 <h2>Config</h2><pre>{html.escape(yaml.safe_dump(cfg_dict, sort_keys=False))}</pre>

@@ -34,5 +34,6 @@ STAGE = Stage(
     reads=("model", "train", "extract", "run.seed", "run.device"),  # extract: its normalisation is fitted here
     after=("extract", "split"),
     outputs=("model_dir",),
+    learns=True,
     help="fit the detector on normal training samples (model selection on normal validation data)",
 )

@@ -27,7 +27,7 @@ from pipeline.runner import BY_NAME, STAGE_NAMES, STAGES, contract_markdown, run
 
 EXIT_ITEM_ERRORS = 1
 EXIT_FAILED = 2
-NEW_DATA_STAGES = ["ingest", "extract", "split", "score", "evaluate"]  # `pipeline score --model`: no training
+NEW_DATA_STAGES = [s.name for s in STAGES if not s.learns]  # `pipeline score --model`: every stage but training
 
 
 def _common(sp: argparse.ArgumentParser, optional_config: bool = False) -> None:
@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(exc).splitlines():
             print(f"error: {line}" if not line.startswith("  ") else line, file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:  # the reader of our output went away (`pipeline stages | head`): nothing to report
+        sys.stderr.close()
+        return 0
     except OSError as exc:  # unwritable or full output directory, unreadable input
         if args.debug:
             raise

@@ -21,6 +21,7 @@ from typing import Callable
 import yaml
 
 from evaluation import evaluate
+from evaluation import map as map_stage
 from models import score, train
 from pipeline.core import artifacts, io
 from pipeline.core.errors import MedAnomalyError, StageError
@@ -31,7 +32,7 @@ from pipeline.core.schema import Config
 from pipeline.core.stage import Stage
 from preprocessing import extract, ingest, splits
 
-STAGES: tuple[Stage, ...] = (ingest.STAGE, extract.STAGE, splits.STAGE, train.STAGE, score.STAGE, evaluate.STAGE)
+STAGES: tuple[Stage, ...] = (ingest.STAGE, extract.STAGE, splits.STAGE, train.STAGE, score.STAGE, map_stage.STAGE, evaluate.STAGE)
 STAGE_NAMES = tuple(s.name for s in STAGES)
 BY_NAME = {s.name: s for s in STAGES}
 

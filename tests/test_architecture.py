@@ -21,6 +21,7 @@ DEFERRED = {
     ("models/train.py", "run"): {"models"},
     ("models/score.py", "run"): {"models"},
     ("evaluation/evaluate.py", "run"): {"evaluation"},
+    ("evaluation/map.py", "run"): {"evaluation"},
     ("pipeline/cli.py", "main"): {"models"},
     ("pipeline/cli.py", "_bench"): {"pipeline.bench"},
     ("pipeline/cli.py", "_compare"): {"evaluation.compare"},

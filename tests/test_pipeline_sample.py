@@ -34,14 +34,15 @@ def test_demo_writes_every_output(demo_run):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     for rel in ("manifest.json", "errors.csv", "series.csv", "cubes.npz", "samples.csv", "splits.csv", "model/model.pt",
-                "model/curves.csv", "model/curves.png", "scores.csv", "residuals.npz", "metrics.json", "roc.png", "score_density.png"):
+                "model/curves.csv", "model/curves.png", "scores.csv", "residuals.npz", "metrics.json", "roc.png", "score_density.png",
+                "candidates.csv", "candidates.mrk.json", "map_metrics.json", "map_calibration.json"):
         assert (out / rel).is_file(), rel
     series = pd.read_csv(out / "series.csv")
     assert len(series) == 1
     uid = series.series_uid[0]
     ct = nib.load(out / "volumes" / f"{uid}.nii.gz")
     assert np.allclose(ct.header.get_zooms(), 1.0)
-    for kind in ("residual", "score"):
+    for kind in ("residual", "score", "anomaly", "anomaly_p"):  # the cube overlays and the whole-scan maps
         ov = nib.load(out / "overlays" / f"{uid}_{kind}.nii.gz")
         assert ov.shape == ct.shape
         assert np.array_equal(ov.affine, ct.affine), kind  # exactly the same grid

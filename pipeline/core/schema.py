@@ -191,6 +191,21 @@ class EvaluateConfig:
 
 
 @dataclass
+class MapConfig:
+    """Whole-scan anomaly maps of CT series: the detector swept over the lung (the ``map`` stage)."""
+
+    enabled: bool = True  # DICOM CT runs only; array and image datasets have no scan to map
+    overlap: float = 0.25  # fraction of the window shared by neighbouring windows (MONAI SlidingWindowInferer)
+    batch_size: int = 32  # windows scored at once
+    score: Optional[str] = None  # window score mapped and calibrated; unset: evaluate.score
+    mc_samples: int = 4  # Monte-Carlo samples per window (the map's calibration records its rank correlation with score.mc_samples)
+    lung_margin_mm: float = 10.0  # windows are scored only where they meet the lung mask dilated by this margin
+    nms_mm: float = 15.0  # candidates: local maxima of the score map at least this far apart
+    max_candidates: int = 50  # per series, highest score first
+    hit_mm: float = 5.0  # a candidate hits a nodule within its radius (diameter_mm / 2 in the table), or this when unknown
+
+
+@dataclass
 class BenchDetector:
     """One detector row-group of a benchmark protocol: config overrides on top of the protocol config."""
 
@@ -262,6 +277,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    map: MapConfig = field(default_factory=MapConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)  # read only by ``pipeline bench``; no stage fingerprint includes it
     source: Optional[Path] = None  # the YAML file this came from
     notices: list[str] = field(default_factory=list)  # what loading changed on the user's behalf (printed by the CLI)

@@ -9,7 +9,8 @@ and the CLI iterate over these declarations; nothing else knows a stage by its n
   ``unless`` drops upstream stages for a config (scoring with an external model needs no train);
 - ``inputs``: config keys of external inputs (files or folders outside the run directory) that the
   stage reads; :func:`pipeline.core.inputs.external_inputs` resolves and digests them;
-- ``outputs``: names of the artifacts it writes (:data:`pipeline.core.artifacts.ARTIFACTS`).
+- ``outputs``: names of the artifacts it writes (:data:`pipeline.core.artifacts.ARTIFACTS`);
+- ``learns``: the stage fits a model; ``pipeline score --model`` runs every stage that does not.
 
 A stage module is kept light: its ``run`` imports the module that does the work (torch, MONAI,
 scikit-learn, SimpleITK), so that ``pipeline validate`` and ``pipeline ingest`` do not import
@@ -38,6 +39,7 @@ class Stage:
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     unless: Callable[["Config"], tuple[str, ...]] | None = None  # upstream stages this config does not need
+    learns: bool = False  # fits a model on the training split (skipped when new data are scored with a trained model)
     help: str = ""
 
     def upstream(self, cfg: "Config") -> tuple[str, ...]:

@@ -1,0 +1,47 @@
+"""Map stage: the trained detector swept over every CT's lung → anomaly maps, candidates, Slicer markups.
+
+Writes ``overlays/<series>_anomaly.nii.gz`` (voxel map) and ``overlays/<series>_anomaly_p.nii.gz``
+(window scores as p-values on normal validation windows), both in the CT's own geometry,
+``candidates.csv`` and ``candidates.mrk.json`` (and one markups file per series), the window
+calibration and ``map_metrics.json`` (nodule ranks, FROC). See :mod:`evaluation.anomaly_map`.
+The evaluate stage puts the metrics and the nodule views into ``metrics.json`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.core.results import StageResult
+from pipeline.core.schema import Config
+from pipeline.core.stage import Stage
+
+
+def run(cfg: Config, run_dir: Path) -> StageResult:
+    """Map every ingested CT series with the run's model (nothing for array or image datasets, or with ``map.enabled: false``).
+
+    Args:
+        cfg: the validated run config (``map`` section; the model folder as for the score stage).
+        run_dir: the run directory: volumes, splits and cubes are read there, maps and candidates written.
+
+    Returns:
+        counts (series, windows, windows outside the lung, candidates), the files written, the pooled FROC.
+    """
+    from evaluation import anomaly_map  # torch, MONAI and SciPy load when the stage runs: see pipeline/core/stage.py
+
+    return anomaly_map.map_run(cfg, run_dir)
+
+
+def _external_model(cfg: Config) -> tuple[str, ...]:
+    return ("train",) if cfg.score.model is not None else ()
+
+
+STAGE = Stage(
+    name="map",
+    run=run,
+    reads=("map", "run.seed", "run.device", "evaluate.score", "score", "extract"),  # score: calibration settings; extract: the lung threshold
+    after=("ingest", "extract", "split", "train"),
+    unless=_external_model,
+    inputs=("extract.nodules", "score.model"),
+    outputs=("anomaly_map", "anomaly_p", "series_markups", "candidates", "markups", "map_calibration", "map_metrics"),
+    help="whole-scan anomaly maps over the lung (MONAI sliding windows), candidates, Slicer markups, nodule ranks and FROC",
+)

@@ -1,0 +1,176 @@
+"""Whole-scan anomaly maps: geometry, localisation, windows outside the lung, candidates, markups, FROC."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.inferers.utils import dense_patch_slices
+
+from conftest import LIDC_NODULES, LIDC_SERIES, ROOT, needs_shared, run_cli, validate
+from evaluation.anomaly_map import _bbox, _dilated_lung, candidates, froc, nodule_hits, sweep
+from models.zoo import build
+from preprocessing.geometry import index_to_world, lps_affine, world_to_index
+
+CONFIG = str(ROOT / "configs" / "ct_nodules.yaml")
+FAST = ["--set", "train.epochs=1", "--set", "score.mc_samples=2", "--set", "map.mc_samples=1", "--set", "evaluate.bootstrap=20",
+        "--set", "run.threads=1"]
+SCHEMA = json.loads((ROOT / "tests" / "data" / "slicer_markups_schema.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    proc = run_cli("run", CONFIG, "--out", str(out), *FAST)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_maps_share_the_ct_affine_and_grid(demo):
+    uid = pd.read_csv(demo / "series.csv", dtype=str)["series_uid"].iloc[0]
+    ct = nib.load(str(demo / "volumes" / f"{uid}.nii.gz"))
+    for name in ("anomaly", "anomaly_p"):
+        m = nib.load(str(demo / "overlays" / f"{uid}_{name}.nii.gz"))
+        assert m.shape == ct.shape and np.array_equal(m.affine, ct.affine), name
+        assert m.get_data_dtype() == np.float32
+    p = nib.load(str(demo / "overlays" / f"{uid}_anomaly_p.nii.gz")).get_fdata()
+    assert p.min() >= 0 and p.max() <= 1 and (p < 1).any()
+    metrics = json.loads((demo / "metrics.json").read_text())
+    assert {n["nodule_id"] for n in metrics["map"]["nodules"]} == set(pd.read_csv(ROOT / "sample_data/ct/nodules.csv")["nodule_id"])
+    assert set(metrics["map"]["pooled"]) >= {"sens_at_1_fp", "sens_at_2_fp", "sens_at_4_fp", "sens_at_8_fp"}
+    report = (demo / "report.html").read_text()
+    assert "Whole-scan anomaly map" in report and "anomaly map through nodules" in report
+
+
+def test_markups_pass_the_schema_and_match_candidates_csv(demo):
+    cands = pd.read_csv(demo / "candidates.csv", dtype={"series_uid": str})
+    doc = json.loads((demo / "candidates.mrk.json").read_text())
+    jsonschema.validate(doc, SCHEMA)
+    points = [p for m in doc["markups"] for p in m["controlPoints"]]
+    assert len(points) == len(cands) > 0
+    for p, (_, row) in zip(points, cands.iterrows()):
+        assert p["id"] == str(row["rank"])
+        np.testing.assert_allclose(p["position"], row[["x_mm", "y_mm", "z_mm"]].to_numpy(float), atol=1e-3)
+    uid = cands["series_uid"].iloc[0]
+    per_series = json.loads((demo / "overlays" / f"{uid}_candidates.mrk.json").read_text())
+    jsonschema.validate(per_series, SCHEMA)
+    # the candidate's LPS position is its voxel (i, j, k) in the CT's geometry
+    ct = sitk.ReadImage(str(demo / "volumes" / f"{uid}.nii.gz"))
+    np.testing.assert_allclose(index_to_world(lps_affine(ct), cands[["i", "j", "k"]].to_numpy(float)),
+                               cands[["x_mm", "y_mm", "z_mm"]].to_numpy(float), atol=1e-3)
+
+
+def _phantom() -> tuple[sitk.Image, np.ndarray]:
+    """A chest-like CT (HU, 1 mm, LPS direction flipped on x): soft-tissue body, two air-filled lungs, air outside."""
+    z, y, x = np.mgrid[0:48, 0:80, 0:96]
+    vol = np.full(z.shape, -1000.0, np.float32)
+    body = ((x - 48) / 46) ** 2 + ((y - 40) / 36) ** 2 <= 1
+    vol[body] = 40.0
+    for cx in (18, 78):  # two lungs with a wide mediastinum between them
+        vol[((x - cx) / 10) ** 2 + ((y - 40) / 20) ** 2 + ((z - 24) / 20) ** 2 <= 1] = -850.0
+    rng = np.random.default_rng(0)
+    vol += rng.normal(0, 15, vol.shape).astype(np.float32)
+    img = sitk.GetImageFromArray(vol)
+    img.SetOrigin((100.0, -50.0, -300.0))
+    img.SetDirection((-1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    return img, vol
+
+
+class Spy(torch.nn.Module):
+    """A detector wrapper that records the windows it was asked to score."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model, self.patch_size, self.seen = model, model.patch_size, 0
+
+    def score(self, x, mc, gen):
+        self.seen += len(x)
+        return self.model.score(x, mc, gen)
+
+
+def _intensity_model(patch: int = 16):
+    cfg = validate({"model": {"name": "intensity3d", "statistic": "mean"}, "train": {"patch_size": patch}, "extract": {"cube_size": patch}},
+                   base_dir=ROOT)
+    model = build("intensity3d", cfg.model, 1, patch)
+    lung = torch.full((8, 1, patch, patch, patch), (-850 + 1000) / 1400.0) + torch.rand(8, 1, patch, patch, patch) * 0.02
+    model.fit_arrays(lung)
+    return model.eval()
+
+
+def test_a_bright_voxel_at_a_known_point_peaks_in_the_map_within_2_mm(tmp_path):
+    img, vol = _phantom()
+    point_ijk = np.array([20, 36, 22])  # inside the left lung (i = x, j = y, k = z)
+    vol = vol.copy()
+    vol[point_ijk[2], point_ijk[1], point_ijk[0]] = 400.0
+    point_lps = index_to_world(lps_affine(img), point_ijk)[0]
+    cfg = validate({"model": {"name": "intensity3d"}, "train": {"patch_size": 16}, "extract": {"cube_size": 16}, "map": {"overlap": 0.5}},
+                   base_dir=tmp_path)
+    m = sweep(_intensity_model(), vol, (1.0, 1.0, 1.0), {"mode": "window", "hu_window": [-1000.0, 400.0], "cube_size": 16}, cfg, "intensity")
+    peak_zyx = np.unravel_index(np.argmax(m.voxel), m.voxel.shape)
+    peak_lps = index_to_world(lps_affine(img), np.array(peak_zyx[::-1]))[0]
+    assert np.linalg.norm(peak_lps - point_lps) <= 2.0, (peak_lps, point_lps)
+    assert np.allclose(world_to_index(lps_affine(img), point_lps)[0], point_ijk)
+
+
+def test_windows_fully_outside_the_lung_are_never_scored(tmp_path):
+    img, vol = _phantom()
+    cfg = validate({"model": {"name": "intensity3d"}, "train": {"patch_size": 16}, "extract": {"cube_size": 16},
+                    "map": {"overlap": 0.25, "lung_margin_mm": 2.0}}, base_dir=tmp_path)
+    spy = Spy(_intensity_model())
+    m = sweep(spy, vol, (1.0, 1.0, 1.0), {"mode": "window", "hu_window": [-1000.0, 400.0], "cube_size": 16}, cfg, "intensity")
+    mask = _dilated_lung(vol, (1.0, 1.0, 1.0), cfg)
+    lo, hi = _bbox(mask, 16, np.array(vol.shape))
+    sub = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    windows = dense_patch_slices(sub.shape, (16, 16, 16), [max(1, int(16 * 0.75))] * 3)
+    outside = sum(not sub[w].any() for w in windows)
+    assert m.windows == len(windows) and m.skipped == outside > 0
+    assert spy.seen == m.windows - m.skipped
+    assert np.all(m.voxel[~m.mask] == 0) and np.all(np.isnan(m.score[~m.mask]))
+
+
+def test_candidates_are_separated_local_maxima_highest_first():
+    smap = np.zeros((30, 30, 30), np.float32)
+    for (z, y, x), v in (((5, 5, 5), 3.0), ((5, 5, 9), 2.5), ((20, 20, 20), 2.0), ((25, 5, 20), 1.0)):
+        smap[z, y, x] = v
+    mask = np.ones_like(smap, bool)
+    mask[25, 5, 20] = False  # a peak outside the mask is no candidate
+    peaks = candidates(smap, mask, (1.0, 1.0, 1.0), nms_mm=6.0, max_n=10)
+    assert [tuple(p) for p in peaks[:2]] == [(5, 5, 5), (20, 20, 20)]  # (5, 5, 9) is 4 mm from the first: suppressed
+    assert all(smap[tuple(p)] <= 2.0 for p in peaks[1:])
+
+
+def test_nodule_hits_and_froc():
+    cands = pd.DataFrame({"series_uid": ["a"] * 4 + ["b"] * 2, "rank": [1, 2, 3, 4, 1, 2], "score": [9, 8, 7, 6, 8.5, 5],
+                          "x_mm": [0, 50, 10.5, 0, 0, 30], "y_mm": [0] * 6, "z_mm": [0] * 6})
+    nodules = pd.DataFrame({"series_uid": ["a", "a", "b"], "nodule_id": ["n1", "n2", "n3"], "x_mm": [0.0, 10.0, 31.0], "y_mm": [0.0] * 3,
+                            "z_mm": [0.0] * 3, "radius_mm": [3.0, np.nan, 2.0]})
+    hits = nodule_hits(cands[cands.series_uid == "a"], nodules[nodules.series_uid == "a"], hit_mm=5.0)
+    assert hits["nearest_rank"].tolist() == [1, 3] and hits["hit"].tolist() == [True, True] and hits["radius_mm"].tolist() == [3.0, 5.0]
+    f = froc(cands, nodules, n_scans=2, hit_mm=5.0, rates=(0.25, 0.5, 1))
+    # ranked together: a1 hits n1 (0 FP), b1 FP (0.5/scan), a2 FP (1/scan), a3 hits n2, a4 n1 again (no FP), b2 hits n3
+    assert f == {"sens_at_0.25_fp": pytest.approx(1 / 3), "sens_at_0.5_fp": pytest.approx(1 / 3), "sens_at_1_fp": pytest.approx(1.0)}
+
+
+@pytest.mark.slow
+@needs_shared
+def test_full_lidc_series_map_and_where_the_nodules_rank(tmp_path):
+    """The demo model maps the full LIDC-IDRI-0063 series; prints each annotated nodule's nearest candidate (docs/PERFORMANCE.md)."""
+    model_run = tmp_path / "model_run"
+    proc = run_cli("run", CONFIG, "--out", str(model_run))
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "full"
+    proc = run_cli("score", "--model", str(model_run / "model"), "--input", str(LIDC_SERIES), "--nodules", str(LIDC_NODULES), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    m = json.loads((out / "map_metrics.json").read_text())
+    print(f"\nmap of LIDC-IDRI-0063: {manifest['stages']['map']['wall_time_s']:.1f} s, {manifest['stages']['map']['counts']}")
+    for n in m["nodules"]:
+        print(f"  {n['nodule_id']}: nearest candidate #{n['nearest_rank']} at {n['nearest_mm']:.1f} mm (radius {n['radius_mm']:.1f}), hit {n['hit']}")
+    print(f"  FROC: {m['pooled']}")
+    assert len(m["nodules"]) == 4
