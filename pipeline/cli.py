@@ -1,4 +1,4 @@
-"""Command line: ``pipeline run|validate|<stage>|bench|compare|unlock|convert-model``.
+"""Command line: ``pipeline run|validate|<stage>|bench|compare|unlock|convert-model|lidc-nodules``.
 
 Errors are printed as one line each (``error: ...``) with exit code 2; ``--debug`` shows the
 traceback instead. Per-item errors (a bad series, a nodule outside its volume) do not stop the
@@ -25,6 +25,7 @@ from pipeline.core.inputs import check_inputs
 from pipeline.core.lock import unlock
 from pipeline.runner import BY_NAME, STAGE_NAMES, STAGES, contract_markdown, run_stages
 
+LIDC_DB_ENV = "MEDANOMALY_LIDC_DB"  # preprocessing.lidc_annotations.DB_ENV (not imported at start-up)
 EXIT_ITEM_ERRORS = 1
 EXIT_FAILED = 2
 NEW_DATA_STAGES = [s.name for s in STAGES if not s.learns]  # `pipeline score --model`: every stage but training
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("convert-model", help="rewrite a model folder of the old single-file format (weights + model.json + manifest)")
     sp.add_argument("model", type=Path, help="model folder (or its model.pt)")
     sp.add_argument("--debug", action="store_true")
+    _lidc_parser(sub)
     for stage in STAGES:
         sp = sub.add_parser(stage.name, help=f"run only the {stage.name} stage: {stage.help}"
                             + (", or batch-score new data with --model" if stage.name == "score" else ""))
@@ -91,6 +93,17 @@ def _bench_parser(sub) -> None:
     sp.add_argument("--jobs", type=int, default=1, help="detectors trained at the same time (each with one thread); times are then per-job")
     sp.add_argument("--only", action="append", metavar="LABEL", help="only the detector(s) with this label (repeatable)")
     sp.add_argument("--repeats", type=int, help="run only the first N seeds/folds (exploration; the tables say how many ran)")
+    sp.add_argument("--debug", action="store_true")
+
+
+def _lidc_parser(sub) -> None:
+    sp = sub.add_parser("lidc-nodules", help="nodule table (nodules.csv) of a LIDC-IDRI download from pylidc's annotation database",
+                        description="Write the nodule table of every LIDC-IDRI CT series under DICOM_ROOT: nodules clustered from the "
+                        "readers' annotations as pylidc does, centres in patient coordinates (LPS mm) from the series' own DICOM "
+                        f"geometry, every reader's ratings. Needs `pip install medanomaly[lidc]` (or ${LIDC_DB_ENV}).")
+    sp.add_argument("dicom_root", type=Path, help="folder tree of DICOM files (e.g. the LIDC-IDRI folder of a TCIA download)")
+    sp.add_argument("--out", type=Path, required=True, help="the CSV to write (extract.nodules)")
+    sp.add_argument("--workers", type=int, default=1, help="processes reading the DICOM headers (default 1)")
     sp.add_argument("--debug", action="store_true")
 
 
@@ -253,12 +266,28 @@ def _convert(args) -> int:
     return 0
 
 
+def _lidc_nodules(args) -> int:
+    from preprocessing.lidc_annotations import write_nodule_table  # pandas, SciPy, pydicom: only for this command
+
+    result = write_nodule_table(args.dicom_root, args.out, workers=args.workers)
+    table = result.table
+    if result.ignored_files:
+        why = result.ignored_files[0][1]
+        _say(f"note: {len(result.ignored_files)} file(s) under {args.dicom_root} are not CT slices and were ignored (e.g. {why})")
+    for item, reason in result.skipped:
+        _say(f"skipped {item}: {reason}")
+    print(f"wrote {args.out}: {len(table)} nodule(s) from {table['series_uid'].nunique()} of {result.series} series"
+          + (f"; {len(result.skipped)} series or nodule(s) skipped (listed above)" if result.skipped else ""))
+    return EXIT_ITEM_ERRORS if result.skipped else 0
+
+
 def _stages(args) -> int:
     print(contract_markdown())
     return 0
 
 
-COMMANDS = {"bench": _bench, "compare": _compare, "ensemble": _ensemble, "unlock": _unlock, "convert-model": _convert, "stages": _stages}
+COMMANDS = {"bench": _bench, "compare": _compare, "ensemble": _ensemble, "unlock": _unlock, "convert-model": _convert, "stages": _stages,
+            "lidc-nodules": _lidc_nodules}
 
 
 def _train_ddp(cfg, run_dir: Path) -> int:

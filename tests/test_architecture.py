@@ -27,6 +27,7 @@ DEFERRED = {
     ("pipeline/cli.py", "_compare"): {"evaluation.compare"},
     ("pipeline/cli.py", "_ensemble"): {"evaluation.ensemble"},
     ("pipeline/cli.py", "_convert"): {"models.checkpoint"},
+    ("pipeline/cli.py", "_lidc_nodules"): {"preprocessing.lidc_annotations"},
     ("pipeline/cli.py", "_train_ddp"): {"models"},
     ("pipeline/core/artifacts.py", "_read_csv"): {"pandas"},
     ("pipeline/core/ray_engine.py", "require_ray"): {"ray"},
