@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import LIDC_NODULES, LIDC_SERIES, ROOT, needs_shared, run_cli, validate
 from monai.inferers.utils import dense_patch_slices
 
-from conftest import LIDC_NODULES, LIDC_SERIES, ROOT, needs_shared, run_cli, validate
 from evaluation.anomaly_map import _bbox, _dilated_lung, candidates, froc, nodule_hits, sweep
 from models.zoo import build
 from preprocessing.geometry import index_to_world, lps_affine, world_to_index
