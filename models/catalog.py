@@ -224,6 +224,111 @@ class IntensityParams:
         return errs
 
 
+
+@dataclass
+class SizeParams:
+    """Size baseline hyper-parameters (config section ``model``)."""
+
+    name: str = "size3d"
+    threshold: float = 0.45  # model range; 0.45 ≈ −370 HU in [−1000, 400] HU (lung/soft-tissue midpoint)
+    centre_radius: int = 3  # the ball's centre lies within this many voxels (Chebyshev) of the patch centre
+
+    def check(self, cfg) -> list[str]:
+        errs = []
+        if self.centre_radius < 0:
+            errs.append("model.centre_radius: must be ≥ 0")
+        if 2 * self.centre_radius + 1 > cfg.train.patch_size:
+            errs.append("model.centre_radius: the central region is larger than train.patch_size")
+        return errs
+
+
+@dataclass
+class KNNParams:
+    """k-NN-on-PCA baseline hyper-parameters (config section ``model``)."""
+
+    name: str = "knn3d"
+    n_components: int = 32  # PCA components (capped at N − 1 training patches)
+    k: int = 5  # neighbours averaged (capped at N)
+    whiten: bool = False  # divide each PCA coordinate by its standard deviation
+
+    def check(self, cfg) -> list[str]:
+        errs = []
+        if self.n_components < 1:
+            errs.append("model.n_components: must be ≥ 1")
+        if self.k < 1:
+            errs.append("model.k: must be ≥ 1")
+        return errs
+
+
+@dataclass
+class SynthParams:
+    """Synthetic-anomaly detector hyper-parameters (config section ``model``)."""
+
+    name: str = "synth3d"
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # MONAI UNet levels (the last is the bottom layer)
+    strides: list[int] = field(default_factory=lambda: [2, 2, 1])  # len(channels) − 1 values; 28 → 14 → 7 → 7
+    num_res_units: int = 2
+    norm: Literal["instance", "batch"] = "instance"
+    loss: Literal["bce", "mse"] = "bce"
+    radius: list[float] = field(default_factory=lambda: [0.08, 0.35])
+    blob: float = 0.3
+    edge: list[float] = field(default_factory=lambda: [0.0, 0.5])
+    alpha: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    clean_fraction: float = 0.25
+    centre_margin: float = 0.15
+    top_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])  # synth_top1, synth_top10
+    knn_k: int = 5
+    val_seed: int = 12345  # the fixed synthetic anomalies of the validation loss
+
+    def check(self, cfg) -> list[str]:
+        errs = []
+        if len(self.strides) != len(self.channels) - 1:
+            errs.append(f"model.strides: needs len(model.channels) − 1 = {len(self.channels) - 1} values (MONAI UNet)")
+        else:
+            errs += check_strides(self.strides, cfg.train.patch_size)
+        if not (len(self.radius) == 2 and 0 < self.radius[0] <= self.radius[1]):
+            errs.append("model.radius: [min, max] with 0 < min ≤ max (fractions of the patch)")
+        if not (len(self.edge) == 2 and 0 <= self.edge[0] <= self.edge[1] <= 1):
+            errs.append("model.edge: [min, max] within [0, 1]")
+        if not (len(self.alpha) == 2 and 0 <= self.alpha[0] <= self.alpha[1] <= 1):
+            errs.append("model.alpha: [min, max] within [0, 1]")
+        if not 0 <= self.blob < 1:
+            errs.append("model.blob: must be in [0, 1)")
+        if not 0 <= self.clean_fraction < 1:
+            errs.append("model.clean_fraction: must be in [0, 1)")
+        if not 0 <= self.centre_margin < 0.5:
+            errs.append("model.centre_margin: must be in [0, 0.5)")
+        if len(self.top_fractions) != 2 or not all(0 < f <= 1 for f in self.top_fractions):
+            errs.append("model.top_fractions: two fractions in (0, 1]")
+        return errs
+
+
+
+@dataclass
+class GeomParams:
+    """Transformation-prediction hyper-parameters (config section ``model``)."""
+
+    name: str = "geom3d"
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    strides: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    num_res_units: int = 2
+    norm: Literal["batch", "instance"] = "batch"
+    dropout: float = 0.0
+    transforms_per_image: int = 0  # 0 = all T transforms of every training image per step
+    knn_k: int = 5
+    feature_views: Literal["identity", "all"] = "identity"  # density features: flattened trunk of x, or trunk GAP of all T views concatenated
+
+    def check(self, cfg) -> list[str]:
+        errs = []
+        if len(self.channels) != len(self.strides):
+            errs.append(f"model.strides: {len(self.strides)} values but model.channels has {len(self.channels)}")
+        if self.transforms_per_image < 0:
+            errs.append("model.transforms_per_image: must be ≥ 0")
+        if cfg.train.flips:
+            errs.append("train.flips: must be false for geom (random flips make the transformation classes ambiguous)")
+        return errs
+
+
 STATISTICS = ("mean", "std", "max", "high_fraction", "complexity")
 
 family("vae", VAEParams, ("elbo", "iwae", "recon", "kl", "latent", "elbo_ic"))
@@ -234,3 +339,7 @@ family("bigan", BiGANParams, ("l1", "l2", "enc_fm", "disc_fm", "disc"))
 family("alphagan", AlphaGANParams, ("l1", "l2", "enc_fm", "disc_fm", "disc"))
 family("pca", PCAParams, ("pca_recon", "pca_latent"))
 family("intensity", IntensityParams, ("intensity", "intensity_raw"))
+family("size", SizeParams, ("size",))
+family("knn", KNNParams, ("knn", "knn_maha"))
+family("synth", SynthParams, ("synth_mean", "synth_top1", "synth_top10", "synth_max", "feat_knn", "feat_maha"))
+family("geom", GeomParams, ("geom", "geom_err", "feat_knn", "feat_maha"))

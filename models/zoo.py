@@ -6,7 +6,7 @@ names (config validation, the CLI) uses the torch-free :mod:`models.catalog` ins
 
 from __future__ import annotations
 
-from models import alphagan, baselines, joint, vae, wgan  # noqa: F401  (each registers its detectors)
+from models import alphagan, baselines, geom, joint, simple_baselines, synth, vae, wgan  # noqa: F401  (each registers its detectors)
 from models.registry import MODELS, Detector
 
 

@@ -40,7 +40,12 @@ TINY = {
     "alphagan": {"latent_dim": 6, "channels": [4, 8], "strides": [2, 2], "code_hidden": 8},
     "pca": {"n_components": 3},
     "intensity": {},
+    "size": {"centre_radius": 2},
+    "knn": {"n_components": 3, "k": 2},
+    "synth": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
+    "geom": {"channels": [4, 8], "strides": [2, 2], "num_res_units": 1},
 }
+NO_FLIPS = {"geom"}  # random flips would make GEOM's transformation classes ambiguous (its config check)
 NAMES = sorted(MODELS)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,7 +53,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tiny(name: str, patch: int = PATCH, channels: int = 1, seed: int = 0):
     """A fitted-or-stepped tiny detector ``name`` and a batch of inputs for it."""
     spec = CATALOG[name]
-    params = validate({"model": {"name": name, **TINY[spec.family]}, "train": {"patch_size": patch}}, base_dir=".").model
+    train = {"patch_size": patch, **({"flips": False} if spec.family in NO_FLIPS else {})}
+    params = validate({"model": {"name": name, **TINY[spec.family]}, "train": train}, base_dir=".").model
     torch.manual_seed(seed)
     model = build(name, params, channels, patch)
     x = torch.rand(5, channels, *[patch] * spec.spatial_dims, generator=torch.Generator().manual_seed(11))
@@ -120,8 +126,8 @@ def test_checkpoint_round_trip(tmp_path, name):
 @pytest.mark.parametrize("name", [n for n in NAMES if MODELS[n].sgd])
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, name, monkeypatch):
     spec = CATALOG[name]
-    cfg = validate({"model": {"name": name, **TINY[spec.family]}, "train": {"epochs": 5, "batch_size": 4, "patch_size": PATCH, "patience": 100}},
-                   base_dir=tmp_path)
+    train = {"epochs": 5, "batch_size": 4, "patch_size": PATCH, "patience": 100, **({"flips": False} if spec.family in NO_FLIPS else {})}
+    cfg = validate({"model": {"name": name, **TINY[spec.family]}, "train": train}, base_dir=tmp_path)
     model = build(name, cfg.model, 1, PATCH)
     calls = {"n": 0}
     step = model.training_step
@@ -172,7 +178,7 @@ def test_trains_through_the_stages_and_the_model_folder_alone_scores_new_data(tm
         "extract": {"cube_size": 28, "hu_window": [0, 255]},
         "split": {"method": "holdout", "test_fraction": 0.34, "val_fraction": 0.25},
         "model": {"name": name},
-        "train": {"epochs": 1, "batch_size": 8, "patch_size": 28},
+        "train": {"epochs": 1, "batch_size": 8, "patch_size": 28, **({"flips": False} if CATALOG[name].family in NO_FLIPS else {})},
         "score": {"mc_samples": 2, "batch_size": 8},
         "evaluate": {"score": CATALOG[name].scores[0], "bootstrap": 20, "figures": False},
     }

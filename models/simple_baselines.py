@@ -1,0 +1,146 @@
+"""Two closed-form baselines a learned detector has to beat (2D and 3D, ``sgd = False``).
+
+- ``size2d``/``size3d``: nodule size. Threshold the patch at ``threshold`` (model range; dense
+  tissue = voxels above it), take the Euclidean distance transform of that binary image
+  (``scipy.ndimage.distance_transform_edt``: each dense voxel's distance to the nearest non-dense
+  voxel, with the patch border counted as non-dense so the value is defined by the patch alone),
+  and report its maximum over the central ``(2·centre_radius + 1)^dims`` region (7³ / 7² by
+  default): the radius, in voxels, of the largest ball of dense tissue centred within
+  ``centre_radius`` voxels of the patch centre. At 1 mm voxels (LIDC cubes, LIDC-2D crops) it is
+  millimetres. ``size`` = that radius (bigger = more anomalous). No masks and no labels are used;
+  nothing is fitted. Residual map: the distance transform itself.
+
+  Default threshold 0.45: in the LIDC-2D window [−1000, 400] HU it is −370 HU, the midpoint between
+  aerated lung (≈ −850 HU → 0.11) and soft tissue (≈ +40 HU → 0.74); on the pre-normalised LIDC-3D
+  cubes the histogram has its lung peak at ≈ 0.2 and its soft-tissue peak at ≈ 0.75 (midpoint 0.47).
+
+- ``knn2d``/``knn3d``: k-NN distance in PCA space. scikit-learn ``PCA`` (``n_components``) on the
+  flattened normal training patches, then ``knn`` = mean Euclidean distance of a patch's PCA
+  coordinates to its ``k`` nearest training patches (:class:`models.feature_density.FeatureDensity`).
+  Also ``knn_maha``: the LedoitWolf Mahalanobis distance in the same coordinates. Residual map:
+  |x − PCA reconstruction|.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.ndimage import distance_transform_edt
+from sklearn.decomposition import PCA as SkPCA
+
+from models.baselines import ClosedFormDetector
+from models.catalog import KNNParams
+from models.feature_density import FeatureDensity
+from models.registry import MODELS, ScoreOutput, register_2d_3d
+
+# --------------------------------------------------------------------------------------------
+# nodule size (distance-transform radius of dense tissue at the centre)
+# --------------------------------------------------------------------------------------------
+
+
+def dense_radius_map(img: np.ndarray, threshold: float) -> np.ndarray:
+    """Distance transform of ``mean over channels of img > threshold``, with the region outside the
+    array counted as non-dense. ``img``: (C, *spatial) → (*spatial) float32."""
+    dense = img.mean(0) > threshold
+    padded = np.pad(dense, 1, constant_values=False)
+    edt = distance_transform_edt(padded)
+    return edt[tuple(slice(1, -1) for _ in range(dense.ndim))].astype(np.float32)
+
+
+@register_2d_3d("size")
+class SizeDetector(ClosedFormDetector):
+    """Nodule size: largest ball of dense tissue centred near the patch centre"""
+
+
+    def fit_arrays(self, train_x):
+        x = self._check_input(train_x)
+        s = self.radius(x)
+        return {"loss": float(s.mean()), "train_size_mean": float(s.mean()), "train_size_std": float(s.std()) if len(s) > 1 else 0.0}
+
+    def maps_and_radius(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = x.detach().float().cpu().numpy()
+        c, r = self.patch_size // 2, self.params.centre_radius
+        centre = tuple(slice(max(c - r, 0), c + r + 1) for _ in range(self.spatial_dims))
+        maps = np.stack([dense_radius_map(img, self.params.threshold) for img in a]) if len(a) else np.zeros((0, *a.shape[2:]), np.float32)
+        rad = maps[(slice(None), *centre)].reshape(len(a), -1).max(1) if len(a) else np.zeros(0, np.float32)
+        return torch.from_numpy(maps).to(x.device), torch.from_numpy(rad.astype(np.float32)).to(x.device)
+
+    def radius(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maps_and_radius(x)[1]
+
+    def validation_loss(self, x):
+        """The radius itself (there is nothing to fit; recorded for the curves)."""
+        return self.radius(self._check_input(x))
+
+    @torch.inference_mode()
+    def score(self, x, mc_samples, generator):
+        x = self._check_input(x).float()
+        maps, rad = self.maps_and_radius(x)
+        return ScoreOutput(scores={"size": rad}, residual=maps[:, None].expand(-1, x.shape[1], *maps.shape[1:]).contiguous())
+
+
+# --------------------------------------------------------------------------------------------
+# k-NN distance on PCA coordinates
+# --------------------------------------------------------------------------------------------
+
+
+@register_2d_3d("knn")
+class KNNDetector(ClosedFormDetector):
+    """k-NN distance on PCA coordinates of normal training patches"""
+
+
+    def __init__(self, params: KNNParams, in_channels: int, patch_size: int) -> None:
+        super().__init__(params, in_channels, patch_size)
+        d = in_channels * patch_size**self.spatial_dims
+        self.n_features = d
+        self.register_buffer("pca_mean", torch.zeros(d))
+        self.register_buffer("components", torch.zeros(params.n_components, d))
+        self.register_buffer("scale", torch.ones(params.n_components))
+        self.density = FeatureDensity(params.k)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(PCA coordinates (B, n_components), reconstruction)``."""
+        xc = x.reshape(len(x), -1).to(self.pca_mean.dtype) - self.pca_mean
+        z = xc @ self.components.T
+        recon = (z @ self.components + self.pca_mean).view_as(x)
+        return z / self.scale, recon
+
+    def fit_arrays(self, train_x):
+        x = self._check_input(train_x)
+        n = len(x)
+        if n == 0:
+            raise ValueError(f"{self.registry_name}: cannot fit on 0 training patches")
+        flat = x.detach().reshape(n, -1).cpu().float().numpy()
+        k = min(self.params.n_components, n - 1, self.n_features)
+        comps = np.zeros((self.params.n_components, self.n_features), np.float32)
+        scale = np.ones(self.params.n_components, np.float32)
+        mean = flat.mean(0)
+        ratio = 0.0
+        if k > 0:
+            pca = SkPCA(n_components=k, svd_solver="auto", random_state=0).fit(flat)
+            mean, comps[:k] = pca.mean_, pca.components_
+            ratio = float(pca.explained_variance_ratio_.sum())
+            if self.params.whiten:
+                scale[:k] = np.sqrt(np.maximum(pca.explained_variance_, np.finfo(np.float32).eps))
+        with torch.no_grad():
+            self.pca_mean.copy_(torch.from_numpy(np.asarray(mean, np.float32)))
+            self.components.copy_(torch.from_numpy(comps))
+            self.scale.copy_(torch.from_numpy(scale))
+            z, _ = self.project(x.float())
+            terms = self.density.fit(z)
+        return {"loss": float(self.density.knn(z).mean()), "components": float(k), "explained_variance_ratio": ratio, **terms}
+
+    def validation_loss(self, x):
+        """k-NN distance of normal validation patches to the training set (lower = closer)."""
+        z, _ = self.project(self._check_input(x).float())
+        return self.density.knn(z)
+
+    @torch.inference_mode()
+    def score(self, x, mc_samples, generator):
+        x = self._check_input(x).float()
+        z, recon = self.project(x)
+        return ScoreOutput.of({"knn": self.density.knn(z), "knn_maha": self.density.maha(z)}, x, recon)
+
+
+Size2D, Size3D = MODELS["size2d"], MODELS["size3d"]
+KNN2D, KNN3D = MODELS["knn2d"], MODELS["knn3d"]

@@ -1,0 +1,243 @@
+"""Synthetic-anomaly detector (FPI / NSA / CutPaste family) on MONAI's ``UNet``, 2D and 3D.
+
+Training (normals only): each batch is altered by :func:`synth_blend`. For most images a random
+shape mask m (a randomly rotated ellipse/ellipsoid with random semi-axes, radially deformed by a
+smooth random field into a blob, with a smoothed edge; ``m`` is exactly 0 outside its support) is
+filled with a patch p cut from another image of the batch at a random position (reflection-padded,
+so a shifted source has no hard seam), blended linearly with a factor α ~ U(alpha):
+x' = (1 − α·m)·x + α·m·p (Tan et al.'s Foreign Patch Interpolation). A ``clean_fraction`` of the
+batch is left unaltered (target 0). The U-Net predicts α·m per voxel, trained with BCE (soft
+targets) or MSE on the sigmoid output.
+
+Selection: the validation loss is the same pretext loss on the normal validation patches, altered
+with a fixed seed (the same synthetic anomalies every epoch), so early stopping and the selected
+epoch use normal data only.
+
+Scores (higher = more anomalous) from the predicted map a(x) = sigmoid(UNet(x)) of a clean input:
+``synth_mean`` = mean of a; ``synth_top1`` / ``synth_top10`` = mean of its top 1 % / 10 % voxels;
+``synth_max`` = its maximum; ``feat_knn`` / ``feat_maha`` = k-NN and LedoitWolf Mahalanobis
+distances of the U-Net's bottleneck features (global average pool of its bottom layer)
+to those of the normal training patches (:mod:`models.feature_density`, fitted after training).
+Residual map: a(x) itself, so the overlay shows where the net sees foreign content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import SkipConnection
+from monai.networks.nets import UNet
+from torch import nn
+
+from models.catalog import SynthParams
+from models.feature_density import FeatureDensity
+from models.nets import plain
+from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d, sgd_step
+
+# --------------------------------------------------------------------------------------------
+# the generator (pure functions of the input and an explicit torch.Generator)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SynthSpec:
+    """Distribution of the synthetic anomalies (fractions are of the patch size)."""
+
+    radius: tuple[float, float] = (0.08, 0.35)  # each semi-axis ~ U(radius)·patch
+    blob: float = 0.3  # radial deformation amplitude ~ U(0, blob): ρ' = ρ·(1 + b·noise), noise ∈ [−1, 1]
+    edge: tuple[float, float] = (0.0, 0.5)  # soft-edge width (fraction of the normalised radius) ~ U(edge)
+    alpha: tuple[float, float] = (0.0, 1.0)  # blend factor ~ U(alpha)
+    clean_fraction: float = 0.25  # probability an image is left unaltered
+    centre_margin: float = 0.15  # mask centre ~ U(margin, 1 − margin)·patch per axis
+    noise_grid: int = 4  # coarse grid size of the blob's smooth noise field
+
+
+def _rand(rng: torch.Generator, *shape) -> torch.Tensor:
+    return torch.rand(*shape, generator=rng, dtype=torch.float64)
+
+
+def _uniform(rng: torch.Generator, lo: float, hi: float, *shape) -> torch.Tensor:
+    return lo + (hi - lo) * _rand(rng, *shape)
+
+
+def random_rotation(dims: int, rng: torch.Generator) -> torch.Tensor:
+    """A uniformly random rotation matrix (dims × dims, det +1, float64)."""
+    q, r = torch.linalg.qr(torch.randn(dims, dims, generator=rng, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))[None]
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def random_mask(size: int, dims: int, rng: torch.Generator, spec: SynthSpec) -> tuple[torch.Tensor, dict]:
+    """One soft mask of shape ``(size,)*dims`` in [0, 1] (float32), exactly 0 outside its support,
+    and its draw: ``radii`` (voxels), ``centre``, ``blob``, ``edge``."""
+    centre = _uniform(rng, spec.centre_margin * size, (1 - spec.centre_margin) * size, dims)
+    radii = _uniform(rng, spec.radius[0] * size, spec.radius[1] * size, dims)
+    rot = random_rotation(dims, rng)
+    blob = float(_uniform(rng, 0.0, spec.blob, 1)) if spec.blob > 0 else 0.0
+    edge = float(_uniform(rng, spec.edge[0], spec.edge[1], 1))
+    axes = [torch.arange(size, dtype=torch.float64) + 0.5 for _ in range(dims)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)  # (*S, dims), voxel centres
+    local = ((grid - centre) @ rot) / radii  # coordinates in the ellipsoid's frame, unit radius
+    rho = local.norm(dim=-1)
+    if blob > 0:
+        coarse = 2 * _rand(rng, 1, 1, *([spec.noise_grid] * dims)) - 1
+        mode = "bilinear" if dims == 2 else "trilinear"
+        noise = F.interpolate(coarse, size=[size] * dims, mode=mode, align_corners=True)[0, 0]
+        rho = rho * (1 + blob * noise)
+    t = ((1 - rho) / max(edge, 1e-6)).clamp(0, 1)
+    m = t * t * (3 - 2 * t)  # smoothstep: 0 at the boundary ρ = 1, 1 inside ρ ≤ 1 − edge
+    return m.float(), {"radii": radii, "centre": centre, "blob": blob, "edge": edge}
+
+
+def shifted_source(src: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """``src`` (C, *S) translated by a random offset of up to half the patch per axis, the gap
+    filled by reflection (no hard seam)."""
+    size = src.shape[1:]
+    pad = [s // 2 for s in size]
+    padded = F.pad(src[None], [p for p in reversed(pad) for _ in range(2)], mode="reflect")[0]
+    off = [int(torch.randint(0, 2 * p + 1, (1,), generator=rng)) for p in pad]
+    return padded[(slice(None), *[slice(o, o + s) for o, s in zip(off, size)])]
+
+
+def synth_blend(x: torch.Tensor, rng: torch.Generator, spec: SynthSpec) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Alter a batch ``x`` (B, C, *S) with foreign-patch blends.
+
+    Returns ``(x', target, info)``: x' as x, target α·m of shape (B, 1, *S), and ``info`` with
+    ``altered`` (B,) bool, ``alpha`` (B,), ``source`` (B,) index of the source image (−1 if clean),
+    ``masks`` (B, *S) and the per-image mask draws ``draws``. Outside the mask (m = 0) x' equals x
+    exactly; inside it is a convex combination of x and the source patch p.
+    """
+    x = plain(x)
+    b, dims, size = len(x), x.dim() - 2, x.shape[-1]
+    out, target = x.clone(), torch.zeros(b, 1, *x.shape[2:], dtype=x.dtype, device=x.device)
+    masks = torch.zeros(b, *x.shape[2:], dtype=x.dtype, device=x.device)
+    altered = torch.zeros(b, dtype=torch.bool)
+    alphas = torch.zeros(b, dtype=torch.float64)
+    sources = torch.full((b,), -1, dtype=torch.long)
+    draws = []
+    for i in range(b):
+        if float(_rand(rng, 1)) < spec.clean_fraction:
+            draws.append(None)
+            continue
+        j = (i + int(torch.randint(1, b, (1,), generator=rng))) % b if b > 1 else i  # another image (itself, shifted, if alone)
+        p = shifted_source(x[j], rng)
+        m, draw = random_mask(size, dims, rng, spec)
+        m = m.to(x.device, x.dtype)
+        alpha = float(_uniform(rng, spec.alpha[0], spec.alpha[1], 1))
+        am = alpha * m
+        out[i] = torch.where(m[None] > 0, (1 - am) * x[i] + am * p, x[i])
+        target[i, 0] = am
+        masks[i] = m
+        altered[i], alphas[i], sources[i] = True, alpha, j
+        draws.append(draw)
+    return out, target, {"altered": altered, "alpha": alphas, "source": sources, "masks": masks, "draws": draws}
+
+
+# --------------------------------------------------------------------------------------------
+# the detector
+# --------------------------------------------------------------------------------------------
+
+
+def synth_spec(p: SynthParams) -> SynthSpec:
+    """The generator's distribution from the detector's parameters (``model`` section)."""
+    return SynthSpec(radius=tuple(p.radius), blob=p.blob, edge=tuple(p.edge), alpha=tuple(p.alpha),
+                     clean_fraction=p.clean_fraction, centre_margin=p.centre_margin)
+
+
+def bottom_layer(unet: UNet) -> nn.Module:
+    """The bottom (deepest) layer of a MONAI UNet: follow the nested skip connections."""
+    m = unet.model
+    while isinstance(m, nn.Sequential) and len(m) == 3 and isinstance(m[1], SkipConnection):
+        m = m[1].submodule
+    return m
+
+
+def top_mean(a: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Mean of the largest ``fraction`` of each row of (B, N) (at least one value)."""
+    k = max(1, int(round(fraction * a.shape[1])))
+    return a.topk(k, dim=1).values.mean(1)
+
+
+@register_2d_3d("synth")
+class SynthDetector(Detector):
+    """Synthetic-anomaly (foreign patch) segmentation on MONAI UNet"""
+
+
+    def __init__(self, params: SynthParams, in_channels: int, patch_size: int) -> None:
+        super().__init__(params, in_channels, patch_size)
+        self.net = UNet(spatial_dims=self.spatial_dims, in_channels=in_channels, out_channels=1, channels=tuple(params.channels),
+                        strides=tuple(params.strides), num_res_units=params.num_res_units,
+                        norm=("instance", {"affine": True}) if params.norm == "instance" else "batch")
+        self.density = FeatureDensity(params.knn_k)
+        self._rng: torch.Generator | None = None
+        self._bottom = bottom_layer(self.net)
+        self._feats: torch.Tensor | None = None
+        self._bottom.register_forward_hook(self._keep_features)
+
+    def _keep_features(self, module, inputs, output):
+        self._feats = output
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (B, 1, *S), bottleneck features (B, channels[-1]))``: the bottom layer's output,
+        globally average-pooled (kept by a forward hook)."""
+        logits = self.net(x)
+        feats, self._feats = self._feats, None
+        return logits, feats.flatten(2).mean(2)
+
+    def on_epoch_start(self, epoch, epochs):
+        # drawn from the global RNG, which the train stage seeds per (seed, epoch): resumable
+        self._rng = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+
+    def _pretext(self, x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """Per-sample pretext loss of a batch altered with ``rng``."""
+        x = plain(x)
+        xa, target, _ = synth_blend(x, rng, synth_spec(self.params))
+        logits, _ = self.forward_features(xa)
+        if self.params.loss == "bce":
+            per = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        else:
+            per = (torch.sigmoid(logits) - target).pow(2)
+        return per.flatten(1).mean(1)
+
+    def loss(self, x):
+        if self._rng is None:
+            self._rng = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+        per = self._pretext(x, self._rng)
+        return per.mean(), {}
+
+    def training_step(self, x, optimizers, max_grad_norm):
+        (opt,) = optimizers
+        return sgd_step(self, x, opt, max_grad_norm)
+
+    def validation_loss(self, x):
+        return self._pretext(x, torch.Generator().manual_seed(self.params.val_seed))
+
+    @torch.inference_mode()
+    def features(self, x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+        return torch.cat([self.forward_features(plain(x[i : i + chunk]))[1] for i in range(0, len(x), chunk)])
+
+    @torch.inference_mode()
+    def fit_after_training(self, train_x):
+        was = self.training
+        self.eval()
+        f = self.features(train_x)
+        self.train(was)
+        return self.density.fit(f)
+
+    @torch.inference_mode()
+    def score(self, x, mc_samples, generator):
+        x = plain(x)
+        logits, feats = self.forward_features(x)
+        a = torch.sigmoid(logits)
+        flat = a.flatten(1)
+        f1, f2 = self.params.top_fractions
+        scores = {"synth_mean": flat.mean(1), "synth_top1": top_mean(flat, f1), "synth_top10": top_mean(flat, f2),
+                  "synth_max": flat.amax(1), "feat_knn": self.density.knn(feats), "feat_maha": self.density.maha(feats)}
+        return ScoreOutput(scores=scores, residual=a.expand(-1, x.shape[1], *a.shape[2:]).contiguous())
+
+
+Synth2D, Synth3D = MODELS["synth2d"], MODELS["synth3d"]

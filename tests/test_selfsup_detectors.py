@@ -1,0 +1,280 @@
+"""Self-supervised detectors and simple baselines: synthetic-anomaly generator properties, the
+rotation groups of GEOM, feature density, and the detector contract (shapes, scores, checkpoint
+round trip) of size/knn/synth/geom in 2D and 3D."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.feature_density import FeatureDensity
+from models.geom import apply_transform, cube_rotations, square_transforms
+from models.registry import Detector
+from models.synth import SynthSpec, random_mask, shifted_source, synth_blend
+from models.zoo import MODELS
+
+torch.set_num_threads(1)
+
+PATCH = 28
+
+
+def rand(*shape, seed: int = 0) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- synthetic-anomaly generator
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_blend_outside_mask_is_exact_and_inside_is_between(dims):
+    size = 16 if dims == 3 else 28
+    x = rand(6, 1, *[size] * dims)
+    spec = SynthSpec(clean_fraction=0.3)
+    for seed in range(5):
+        out, target, info = synth_blend(x, torch.Generator().manual_seed(seed), spec)
+        assert out.shape == x.shape and target.shape == (6, 1, *[size] * dims)
+        m = info["masks"][:, None]
+        outside = m.expand_as(x) == 0
+        assert torch.equal(out[outside], x[outside])  # bit-exact outside the mask
+        for i in range(6):
+            if not info["altered"][i]:
+                assert torch.equal(out[i], x[i]) and float(target[i].abs().max()) == 0
+                continue
+            j = int(info["source"][i])
+            assert j != i  # another image of the batch
+            # the source patch is the other image shifted; recover it from the blend: x' lies between x and p
+            a = float(info["alpha"][i])
+            assert torch.allclose(target[i, 0], a * info["masks"][i])
+            inside = info["masks"][i] > 0
+            assert inside.any()
+            # convex combination: |x' − x| ≤ α·m·|p − x| ≤ |range|, and x' within [min, max] of the batch values
+            lo, hi = x.min(), x.max()
+            assert float(out[i][:, inside].min()) >= float(lo) - 1e-6 and float(out[i][:, inside].max()) <= float(hi) + 1e-6
+
+
+def test_blend_inside_is_convex_combination_of_destination_and_source():
+    x = rand(4, 1, 28, 28, seed=1)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    out, target, info = synth_blend(x, g1, SynthSpec(clean_fraction=0.0))
+    # replay the same draws to obtain the source patches: the first draws per image are (clean?, j, shift, mask, α)
+    for i in range(4):
+        _ = torch.rand(1, generator=g2, dtype=torch.float64)
+        j = (i + int(torch.randint(1, 4, (1,), generator=g2))) % 4
+        p = shifted_source(x[j], g2)
+        m, _ = random_mask(28, 2, g2, SynthSpec(clean_fraction=0.0))
+        a = float(0.0 + 1.0 * torch.rand(1, generator=g2, dtype=torch.float64))
+        assert j == int(info["source"][i]) and math.isclose(a, float(info["alpha"][i]))
+        assert torch.equal(m, info["masks"][i])
+        lo, hi = torch.minimum(x[i], p), torch.maximum(x[i], p)
+        assert bool(((out[i] >= lo - 1e-6) & (out[i] <= hi + 1e-6)).all())
+        assert torch.allclose(out[i], (1 - a * m) * x[i] + a * m * p, atol=1e-6)
+
+
+def test_shifted_source_is_a_reflected_translation():
+    src = rand(1, 28, 28, seed=3)
+    p = shifted_source(src, torch.Generator().manual_seed(0))
+    assert p.shape == src.shape
+    # every row of the shifted patch is a (possibly mirrored) piece of the source: values come from src
+    assert set(np.round(p.numpy().ravel(), 6)) <= set(np.round(src.numpy().ravel(), 6))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_mask_size_distribution_matches_config(dims):
+    size = 28 if dims == 2 else 24
+    spec = SynthSpec(radius=(0.1, 0.3), blob=0.0, edge=(0.0, 0.0), centre_margin=0.5 - 1e-9)  # centred, hard, undeformed
+    rng = torch.Generator().manual_seed(0)
+    radii, ratio = [], []
+    for _ in range(60 if dims == 2 else 30):
+        m, draw = random_mask(size, dims, rng, spec)
+        r = draw["radii"].numpy()
+        assert (r >= 0.1 * size - 1e-9).all() and (r <= 0.3 * size + 1e-9).all()
+        radii.append(r)
+        ball = (math.pi if dims == 2 else 4 / 3 * math.pi) * np.prod(r)
+        ratio.append(float((m > 0).sum()) / ball)
+        assert float(m.min()) >= 0 and float(m.max()) <= 1
+    radii = np.concatenate(radii)
+    assert abs(radii.mean() / size - 0.2) < 0.02  # U(0.1, 0.3): mean 0.2
+    assert abs(radii.std() / size - 0.2 / math.sqrt(12)) < 0.015
+    assert 0.85 < np.median(ratio) < 1.15  # the support is the ellipse/ellipsoid of those radii
+
+
+def test_mask_edges_and_blob_stay_within_bounds():
+    spec = SynthSpec(radius=(0.2, 0.2), blob=0.3, edge=(0.5, 0.5), centre_margin=0.5 - 1e-9)
+    m, draw = random_mask(28, 2, torch.Generator().manual_seed(1), spec)
+    vals = m[m > 0]
+    assert ((vals > 0) & (vals < 1)).any()  # a soft edge
+    # ρ·(1 + b·noise) < 1 needs ρ < 1/(1 − b): nothing beyond 1/(1 − blob) of the radius
+    yy, xx = torch.meshgrid(torch.arange(28) + 0.5, torch.arange(28) + 0.5, indexing="ij")
+    dist = ((yy - 14) ** 2 + (xx - 14) ** 2).sqrt()
+    assert float(dist[m > 0].max()) <= 0.2 * 28 / (1 - draw["blob"]) + 1e-6
+
+
+def test_blend_is_deterministic_for_a_seed():
+    x = rand(5, 1, 28, 28)
+    a = synth_blend(x, torch.Generator().manual_seed(3), SynthSpec())
+    b = synth_blend(x, torch.Generator().manual_seed(3), SynthSpec())
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_clean_fraction_is_respected():
+    x = rand(64, 1, 16, 16)
+    _, _, info = synth_blend(x, torch.Generator().manual_seed(0), SynthSpec(clean_fraction=0.25))
+    frac = 1 - info["altered"].float().mean().item()
+    assert 0.1 < frac < 0.4
+
+
+# ---------------------------------------------------------------- rotation groups
+
+
+def _labelled(dims: int, n: int = 4) -> torch.Tensor:
+    return torch.arange(n**dims, dtype=torch.float32).view(1, 1, *[n] * dims)  # every voxel distinct: a chiral cube
+
+
+def _index_of(outs: list[torch.Tensor], y: torch.Tensor) -> int:
+    hits = [i for i, o in enumerate(outs) if torch.equal(o, y)]
+    assert len(hits) == 1
+    return hits[0]
+
+
+@pytest.mark.parametrize("dims,group,count", [(3, cube_rotations, 24), (2, square_transforms, 8)])
+def test_transform_group(dims, group, count):
+    ts = group()
+    assert len(ts) == count
+    assert ts[0] == (tuple(range(dims)), ())  # identity first
+    x = _labelled(dims)
+    outs = [apply_transform(x, t) for t in ts]
+    assert len({tuple(o.flatten().tolist()) for o in outs}) == count  # all distinct
+    for a in ts:  # closed under composition, and every inverse is in the set
+        ya = apply_transform(x, a)
+        for b in ts:
+            _index_of(outs, apply_transform(ya, b))
+        assert any(torch.equal(apply_transform(ya, b), x) for b in ts)
+
+
+def test_cube_rotations_are_proper():
+    x = _labelled(3)
+    outs = [apply_transform(x, t) for t in cube_rotations()]
+    for axis in (2, 3, 4):  # no mirror image of the chiral cube is reachable by a rotation
+        assert not any(torch.equal(o, x.flip(axis)) for o in outs)
+    assert not any(torch.equal(o, x.flip((2, 3, 4))) for o in outs)  # nor the point reflection
+    # and the rotations by 90° about each axis are in the set
+    for dims in ((2, 3), (2, 4), (3, 4)):
+        _index_of(outs, torch.rot90(x, 1, dims))
+
+
+def test_square_transforms_are_rotations_and_flips():
+    x = _labelled(2)
+    outs = [apply_transform(x, t) for t in square_transforms()]
+    for k in range(4):
+        assert _index_of(outs, torch.rot90(x, k, (2, 3))) < 4  # rotations first
+        assert _index_of(outs, torch.rot90(x, k, (2, 3)).flip(3)) >= 4
+
+
+# ---------------------------------------------------------------- feature density
+
+
+def test_feature_density_knn_and_mahalanobis_match_sklearn():
+    from sklearn.covariance import LedoitWolf
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(0)
+    bank, q = rng.normal(size=(50, 6)), rng.normal(size=(7, 6))
+    fd = FeatureDensity(k=5)
+    fd.fit(bank)
+    d, _ = NearestNeighbors(n_neighbors=5).fit(bank).kneighbors(q)
+    assert np.allclose(fd.knn(torch.tensor(q, dtype=torch.float32)).numpy(), d.mean(1), atol=1e-4)
+    lw = LedoitWolf().fit(bank)
+    assert np.allclose(fd.maha(torch.tensor(q, dtype=torch.float32)).numpy(), np.sqrt(lw.mahalanobis(q)), atol=1e-3)
+    fresh = FeatureDensity(k=5)
+    fresh.load_state_dict(fd.state_dict())  # data-dependent buffer shapes load into a fresh module
+    assert torch.equal(fresh.knn(torch.tensor(q, dtype=torch.float32)), fd.knn(torch.tensor(q, dtype=torch.float32)))
+
+
+def test_feature_density_caps_k_and_reports_nan_unfitted():
+    fd = FeatureDensity(k=10)
+    assert torch.isnan(fd.knn(torch.zeros(2, 3))).all() and torch.isnan(fd.maha(torch.zeros(2, 3))).all()
+    fd.fit(np.eye(3))
+    assert torch.isfinite(fd.knn(torch.zeros(2, 3))).all()
+
+
+# ---------------------------------------------------------------- size baseline
+
+
+def test_size_radius_of_a_ball():
+    from models.catalog import SizeParams
+    from models.simple_baselines import Size3D
+
+    n = 28
+    g = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32)] * 3, indexing="ij"))
+    for r in (3.0, 6.0):
+        ball = (((g - 14) ** 2).sum(0).sqrt() <= r).float() * 0.8 + 0.1
+        model = Size3D(SizeParams(name="size3d"), 1, n).eval()
+        s = model.score(ball[None, None], 1, torch.Generator()).scores["size"]
+        assert abs(float(s[0]) - (r + 1)) <= 1.0  # EDT of a digital ball of radius r at its centre ≈ r + 1
+    off = torch.full((1, 1, n, n, n), 0.1)
+    off[..., :8, :8, :8] = 0.9  # dense tissue far from the centre does not count
+    assert float(model.score(off, 1, torch.Generator()).scores["size"][0]) == 0.0
+
+
+# ---------------------------------------------------------------- detector contract
+
+
+NEW = ["size2d", "size3d", "knn2d", "knn3d", "synth2d", "synth3d", "geom2d", "geom3d"]
+SMALL = {"synth": {"channels": [4, 8, 8], "strides": [2, 1], "num_res_units": 1}, "geom": {"channels": [4, 8], "strides": [2, 2], "num_res_units": 1}}
+
+
+def make(name: str, channels: int, patch: int) -> Detector:
+    cls = MODELS[name]
+    return cls(cls.Params(name=name, **SMALL.get(name[:-2], {})), channels, patch)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_contract_shapes_training_and_checkpoint_round_trip(tmp_path, name):
+    dims = 2 if name.endswith("2d") else 3
+    patch = 28 if dims == 2 else 16
+    channels = 3 if dims == 2 else 1
+    torch.manual_seed(0)
+    model = make(name, channels, patch)
+    x = rand(10, channels, *[patch] * dims, seed=1)
+    if model.sgd:
+        opts = model.configure_optimizers(1e-3)
+        model.train()
+        model.on_epoch_start(0, 1)
+        terms = model.training_step(x[:4], opts, 1.0)
+        assert math.isfinite(terms["loss"])
+        model.eval()
+        assert model.validation_loss(x[:3]).shape == (3,)
+        post = model.fit_after_training(x)
+        assert post["bank_rows"] == 10
+    else:
+        model.fit_arrays(x)
+        assert model.validation_loss(x[:3]).shape == (3,)
+    model.eval()
+    out = model.score(x[:5], 1, torch.Generator().manual_seed(0))
+    assert set(out.scores) == set(model.score_names)
+    for k, v in out.scores.items():
+        assert v.shape == (5,) and torch.isfinite(v).all(), k
+    assert out.residual.shape == (5, channels, *[patch] * dims)
+    save_checkpoint(tmp_path / "model.pt", model, {"method": "window"}, {"epoch": 0})
+    loaded, payload = load_checkpoint(tmp_path / "model.pt")
+    assert payload["model_name"] == name
+    again = loaded.score(x[:5], 1, torch.Generator().manual_seed(0))
+    for k in out.scores:
+        assert torch.allclose(out.scores[k], again.scores[k], atol=1e-5, equal_nan=True), k
+
+
+@pytest.mark.parametrize("dims,views", [(2, 8), (3, 24)])
+def test_geom_all_views_features(dims, views):
+    cls = MODELS[f"geom{dims}d"]
+    patch = 16
+    model = cls(cls.Params(name=f"geom{dims}d", feature_views="all", **SMALL["geom"]), 1, patch).eval()
+    x = rand(3, 1, *[patch] * dims)
+    f = model.features(x)
+    assert f.shape == (3, views * SMALL["geom"]["channels"][-1])
+    model.fit_after_training(rand(6, 1, *[patch] * dims, seed=2))
+    out = model.score(x, 1, torch.Generator())
+    assert torch.isfinite(out.scores["feat_knn"]).all() and torch.isfinite(out.scores["feat_maha"]).all()
