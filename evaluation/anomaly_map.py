@@ -45,7 +45,7 @@ from pipeline.core import artifacts, io
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
 from preprocessing.cubes import centre_patch, lung_mask
-from preprocessing.geometry import index_to_world, lps_affine
+from preprocessing.geometry import index_to_world, lps_affine, world_to_index
 from preprocessing.intensity import load_cubes, normalise
 from preprocessing.nifti import write_nifti
 from preprocessing.nodules import read_nodules
@@ -223,7 +223,17 @@ def _nodules(cfg: Config, run_dir: Path, series: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["series_uid", "nodule_id", "x_mm", "y_mm", "z_mm", "radius_mm"])
     table, _ = read_nodules(cfg.extract.nodules, series)
     table["radius_mm"] = pd.to_numeric(table["diameter_mm"], errors="coerce") / 2 if "diameter_mm" in table.columns else np.nan
+    table = table[[_inside_volume(run_dir, n["series_uid"], n[["x_mm", "y_mm", "z_mm"]].to_numpy(float)) for _, n in table.iterrows()]]
     return table[["series_uid", "nodule_id", "x_mm", "y_mm", "z_mm", "radius_mm"]].reset_index(drop=True)
+
+
+def _inside_volume(run_dir: Path, uid: str, lps_mm: np.ndarray) -> bool:
+    """Whether an LPS point (mm) falls inside the ingested volume of its series (header only; the extract stage reports the others)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(artifacts.path("volume", run_dir, series=uid)))
+    reader.ReadImageInformation()
+    ijk = np.rint(world_to_index(lps_affine(reader), lps_mm)[0]).astype(int)  # the reader has the image's origin, spacing, direction
+    return bool(np.all(ijk >= 0) and np.all(ijk < np.array(reader.GetSize())))
 
 
 def map_run(cfg: Config, run_dir: Path) -> StageResult:

@@ -17,8 +17,8 @@ import SimpleITK as sitk
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def lps_affine(image: sitk.Image) -> np.ndarray:
-    """4×4 affine mapping a voxel index (i, j, k) = (x, y, z) to LPS millimetres."""
+def lps_affine(image: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
+    """4×4 affine mapping a voxel index (i, j, k) = (x, y, z) to LPS millimetres (of an image, or of a header read by a reader)."""
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
     spacing = np.asarray(image.GetSpacing(), dtype=float)
     affine = np.eye(4)

@@ -10,6 +10,7 @@ exit with 2 and one ``error:`` line.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -59,6 +60,12 @@ def test_corpus_run_finishes_with_exit_code_1_and_no_traceback(corpus_run):
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     assert "item error(s); see" in proc.stderr.splitlines()[-1]
     assert (out / "metrics.json").is_file() and (out / "report.html").is_file()
+
+
+def test_the_map_evaluates_only_nodules_inside_their_volume(corpus_run):
+    _, out, _ = corpus_run
+    mapped = {n["nodule_id"] for n in json.loads((out / "map_metrics.json").read_text())["nodules"]}
+    assert "outside" not in mapped and mapped, mapped  # a nodule 40 mm above the top slice is not a missed detection
 
 
 def test_every_bad_item_has_exactly_one_clear_error(corpus_run):
