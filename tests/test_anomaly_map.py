@@ -13,9 +13,11 @@ import SimpleITK as sitk
 import torch
 from conftest import LIDC_NODULES, LIDC_SERIES, ROOT, needs_shared, run_cli, validate
 from monai.inferers.utils import dense_patch_slices
+from scipy import ndimage
 
 from evaluation.anomaly_map import _bbox, _dilated_lung, candidates, froc, nodule_hits, sweep
 from models.zoo import build
+from preprocessing.cubes import lung_mask
 from preprocessing.geometry import index_to_world, lps_affine, world_to_index
 
 CONFIG = str(ROOT / "configs" / "ct_nodules.yaml")
@@ -132,6 +134,19 @@ def test_windows_fully_outside_the_lung_are_never_scored(tmp_path):
     assert m.windows == len(windows) and m.skipped == outside > 0
     assert spy.seen == m.windows - m.skipped
     assert np.all(m.voxel[~m.mask] == 0) and np.all(np.isnan(m.score[~m.mask]))
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.7, 0.7)])
+def test_the_coarse_lung_dilation_contains_the_exact_one_and_is_at_most_the_slack_wider(tmp_path, spacing):
+    _, vol = _phantom()
+    cfg = validate({"map": {"lung_margin_mm": 4.0}}, base_dir=tmp_path)
+    lung = lung_mask(vol, cfg.extract.background.lung_hu_max)
+    dist = ndimage.distance_transform_edt(~lung, sampling=spacing)
+    grown = _dilated_lung(vol, spacing, cfg)
+    slack = np.sqrt(3) * max(spacing)
+    assert grown.shape == lung.shape
+    assert np.all(grown[dist <= 4.0]) and not np.any(grown[dist > 4.0 + 2 * slack])
+    assert grown.sum() > (dist <= 4.0).sum()  # it is coarser, not the same computation
 
 
 def test_candidates_are_separated_local_maxima_highest_first():
