@@ -21,7 +21,9 @@ from evaluation.metrics import DEFINITIONS, detection_metrics, patient_level_aur
 from evaluation.overlays import nodule_mask, paint, write_overlay
 from evaluation.plots import plot_density, plot_gallery, plot_nodule_views, plot_overlay_2d, plot_pr, plot_roc, plot_roc_band
 from evaluation.report import write_report
-from models.model_folder import model_folder, read_normalisation
+from models.catalog import GAN_FAMILIES
+from models.catalog import MODELS as CATALOG
+from models.model_folder import ModelFileError, model_folder, read_meta, read_normalisation
 from pipeline.core import artifacts
 from pipeline.core.errors import StageError
 from pipeline.core.results import StageResult
@@ -61,18 +63,43 @@ def evaluate(cfg: Config, run_dir: Path) -> StageResult:
     map_metrics = artifacts.read_json("map_metrics", run_dir)
     if map_metrics is not None:  # the map stage's nodule ranks and FROC (whole-scan maps of CT series)
         metrics["map"] = map_metrics
-    outputs = [artifacts.write_json("metrics", run_dir, metrics)]
     result = StageResult(counts={"evaluated": len(test), "anomalous": int(test["label"].sum())}, extra={"auroc": per_score[ec.score].get("auroc")})
+    gan_figures = write_gan_diagnostics(cfg, run_dir, metrics, result) if ec.figures else []
+    outputs = [artifacts.write_json("metrics", run_dir, metrics)] + [p for p, _ in gan_figures]
     if ec.overlays and cfg.ingest.format == "dicom":
         outputs += write_overlays(run_dir, table, ec.score, result, samples)
     if ec.figures:
-        outputs += write_figures_and_report(cfg, run_dir, table, test, score_cols, per_score, metrics)
+        outputs += write_figures_and_report(cfg, run_dir, table, test, score_cols, per_score, metrics, gan_figures)
     result.outputs = outputs
     return result
 
 
-def write_figures_and_report(cfg: Config, run_dir: Path, table, test, score_cols: list[str], per_score: dict, metrics: dict) -> list[Path]:
-    """ROC, ROC band, precision-recall, density, galleries and ``report.html``."""
+def write_gan_diagnostics(cfg: Config, run_dir: Path, metrics: dict, result: StageResult) -> list[tuple[Path, str]]:
+    """GAN-family models (``models.catalog.GAN_FAMILIES``): sample grid, sample quality, latent search
+    trace and encoder reconstructions on the normal train/val patches (:mod:`evaluation.gan_diagnostics`);
+    the numbers go into ``metrics["gan_diagnostics"]``. Other models: nothing (torch is not imported).
+    A failure is recorded as an item error of the stage and in the metrics; it does not stop the evaluation."""
+    try:
+        spec = CATALOG.get(read_meta(model_folder(cfg, run_dir)).get("model_name"))
+    except ModelFileError:
+        return []  # no readable model folder: the score stage reported it
+    if spec is None or spec.family not in GAN_FAMILIES:
+        return []
+    from evaluation import gan_diagnostics  # torch and the model load only for a GAN-family model
+
+    try:
+        numbers, figures = gan_diagnostics.evaluate_run(cfg, run_dir)
+    except (RuntimeError, ValueError, KeyError, IndexError, OSError) as exc:
+        result.fail("gan_diagnostics", f"{type(exc).__name__}: {str(exc)[:300]}")
+        metrics["gan_diagnostics"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        return []
+    metrics["gan_diagnostics"] = numbers
+    return figures
+
+
+def write_figures_and_report(cfg: Config, run_dir: Path, table, test, score_cols: list[str], per_score: dict, metrics: dict,
+                             gan_figures: list[tuple[Path, str]] = ()) -> list[Path]:
+    """ROC, ROC band, precision-recall, density, galleries and ``report.html`` (with the GAN diagnostics' figures, if any)."""
     ec = cfg.evaluate
     fig = lambda name: artifacts.path("figure", run_dir, name=name)  # noqa: E731
     ordered = [ec.score] + [c for c in score_cols if c != ec.score]
@@ -94,6 +121,7 @@ def write_figures_and_report(cfg: Config, run_dir: Path, table, test, score_cols
                (fig("gallery_least_anomalous"), "gallery: least anomalous test cases")]
     figures += [(p, f"anomaly map through nodules of series {p.stem[len('map_nodules_'):]}: axial, coronal, sagittal (CT and map)")
                 for p in sorted(run_dir.glob("map_nodules_*.png"))]
+    figures += list(gan_figures)
     outputs.append(write_report(run_dir, cfg.to_dict(), metrics, table, figures))
     return outputs
 

@@ -82,6 +82,36 @@ def _map_section(metrics: dict, figures: list[tuple[Path, str]]) -> str:
             f"<div class=figs>{views}</div>")
 
 
+def _gan_section(metrics: dict, figures: list[tuple[Path, str]]) -> str:
+    """GAN diagnostics (GAN-family models): key numbers and the ``gan_*`` figures (docs/GAN_DIAGNOSTICS.md)."""
+    g = metrics.get("gan_diagnostics")
+    if not g:
+        return ""
+    if "error" in g or "skipped" in g:
+        return f"<h2>GAN diagnostics</h2><p>{html.escape(str(g.get('error') or g.get('skipped')))}</p>"
+    rows = []
+    q = g.get("quality")
+    if q:
+        for key, label in (("mmd2", "MMD² to val normals (PCA space)"), ("precision", "k-NN precision"), ("recall", "k-NN recall"),
+                           ("diversity", "diversity"), ("mean_intensity", "mean intensity"), ("nn_l1", "val normal → nearest sample, mean |·|")):
+            rows.append((label, q["gen"].get(key), q["train_ref"].get(key)))
+    s = g.get("search")
+    if s:
+        rows += [("search: end loss, G's own samples (known z)", s["own"]["end"], None),
+                 ("search: end loss, real val normals", s["real"]["end"], None),
+                 ("search: mean |x − G(z*)|, own (model) / real (reference)", s["own"]["l1"], s["real"]["l1"]),
+                 ("search: code error ‖z − z*‖/‖z*‖", s["own"]["z_rel_error"], None)]
+    e = g.get("encoder")
+    if e:
+        rows += [("encoder: val L1 of G(E(x))", e["val_l1"], e["mean_image_l1"]),
+                 ("encoder: ‖E(x)‖/√N_z on val normals", e["norm_val"]["mean"], e["norm_prior"]["mean"])]
+    body = "".join(f"<tr><td>{html.escape(label)}</td><td>{_fmt(a, 4)}</td><td>{_fmt(b, 4)}</td></tr>" for label, a, b in rows)
+    views = "".join(_img(p, alt) for p, alt in figures if p.name.startswith("gan_"))
+    return ("<h2>GAN diagnostics</h2><p>Label-free: normal training and validation patches only (docs/GAN_DIAGNOSTICS.md). "
+            "Reference column: the same statistic for training normals (a perfect generator), the mean-image L1, or the prior's code norm.</p>"
+            f"<table><tr><th>diagnostic</th><th>model</th><th>reference</th></tr>{body}</table><div class=figs>{views}</div>")
+
+
 def _split_summary(scores: pd.DataFrame) -> str:
     g = scores.groupby("split").agg(patients=("patient_id", "nunique"), samples=("sample_id", "size"),
                                     normal=("label", lambda v: int((v == 0).sum())), anomalous=("label", "sum"))
@@ -105,6 +135,7 @@ def write_report(run_dir: Path, cfg_dict: dict, metrics: dict, scores: pd.DataFr
     test = scores[scores["split"] == metrics["split"]]
     top = test.sort_values(primary, ascending=False).head(top_n)
     top_cols = [c for c in ("sample_id", "patient_id", "kind", "label", primary, "p_value", "flagged") if c in top.columns]
+    general = [(p, alt) for p, alt in figures if "gallery" not in p.name and not p.name.startswith(("map_", "gan_"))]
     body = f"""
 <h1>medanomaly report</h1>
 <p class=meta>Run <code>{html.escape(run_dir.name)}</code> · model <b>{html.escape(str(cfg_dict.get('model', {}).get('name')))}</b> \
@@ -114,8 +145,8 @@ def write_report(run_dir: Path, cfg_dict: dict, metrics: dict, scores: pd.DataFr
 <h3>Errors from ingest and extract</h3>{_errors(manifest)}
 <h2>Metrics</h2><p>Higher score = more anomalous. CI: {html.escape(prim.get('bootstrap_unit', 'sample'))}-level stratified bootstrap.</p>\
 {_metrics_table(metrics['scores'], primary)}{_per_class(metrics)}
-<h2>Figures</h2><div class=figs>{''.join(_img(p, alt) for p, alt in figures if 'gallery' not in p.name and not p.name.startswith('map_'))}</div>
-{_map_section(metrics, figures)}
+<h2>Figures</h2><div class=figs>{''.join(_img(p, alt) for p, alt in general)}</div>
+{_map_section(metrics, figures)}{_gan_section(metrics, figures)}
 <h2>Galleries</h2><div class=figs>{''.join(_img(p, alt) for p, alt in figures if 'gallery' in p.name)}</div>
 <h2>Most anomalous {html.escape(metrics['split'])} samples</h2>{top[top_cols].to_html(index=False, border=0, float_format=lambda v: f'{v:.4g}')}
 <h2>Config</h2><pre>{html.escape(yaml.safe_dump(cfg_dict, sort_keys=False))}</pre>

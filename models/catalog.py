@@ -59,6 +59,27 @@ def check_params(p, cfg) -> list[str]:
         errs.append("model.n_critic: must be ≥ 1")
     if not all(0.0 <= b < 1.0 for b in getattr(p, "betas", ())):
         errs.append("model.betas: each must be in [0, 1)")
+    return errs + check_arch(p)
+
+
+ARCHS = ("monai", "dcgan")  # GAN-family networks (models.nets): MONAI Generator/Critic/Regressor, or DCGAN-style
+NORMS = ("batch", "instance", "layer", "none")  # norms of the dcgan networks (g_norm, d_norm, e_norm)
+
+
+def check_arch(p) -> list[str]:
+    """Config checks of the GAN-family network options (``arch``, ``g_norm``, ``d_norm``, ``e_norm``), for whichever ``p`` has."""
+    errs = []
+    arch = getattr(p, "arch", "monai")
+    if arch not in ARCHS:
+        errs.append(f"model.arch: {arch!r} is not one of {', '.join(ARCHS)}")
+    for key in ("g_norm", "d_norm", "e_norm"):
+        value = getattr(p, key, "none")
+        if value not in NORMS:
+            errs.append(f"model.{key}: {value!r} is not one of {', '.join(NORMS)}")
+    per_sample = [k for k in ("d_norm", "e_norm") if getattr(p, k, "none") == "batch"]
+    if per_sample:
+        errs.append(f"model.{'/'.join(per_sample)}: batch norm would couple the samples of a batch (the gradient penalty and the scores are "
+                    "per sample); use instance, layer or none")
     return errs
 
 
@@ -101,9 +122,17 @@ class WGANParams:
     n_critic: int = 5
     betas: tuple[float, float] = (0.5, 0.9)
     latent_prior: Literal["normal", "uniform"] = "normal"  # Santos Buitrago et al. used uniform z, Berg et al. normal
+    arch: Literal["monai", "dcgan"] = "monai"  # networks (models.nets): MONAI Generator/Critic, or DCGAN-style with a global critic
+    g_norm: Literal["batch", "instance", "layer", "none"] = "batch"  # G's norm (dcgan arch only)
+    d_norm: Literal["instance", "layer", "none"] = "none"  # the critic's (and f-AnoGAN encoder's) norm, dcgan arch only; no batch norm
+    selection: Literal["nn_bank", "wasserstein"] = "nn_bank"  # validation loss for epoch selection (see WGANGP.validation_loss)
+    val_bank: int = 256  # samples in the fixed bank of the nn_bank validation loss (3D: 32 keeps validation cheaper than an epoch)
 
     def check(self, cfg) -> list[str]:
-        return check_params(self, cfg)
+        errs = check_params(self, cfg)
+        if self.val_bank < 1:
+            errs.append("model.val_bank: must be ≥ 1")
+        return errs
 
 
 @dataclass
@@ -113,6 +142,18 @@ class AnoGANParams(WGANParams):
     search_optimizer: Literal["adam", "sgd"] = "adam"
     search_lr: float = 0.05
     restarts: int = 1
+    search_normalise: bool = False  # divide each term of L(z) by its typical size on the normal training images (fitted after training)
+    search_project: bool = True  # keep z in the prior's support after every step (uniform: clamp to [-1, 1]; normal: cap ‖z‖ at the 99.9 % radius)
+
+    def check(self, cfg) -> list[str]:
+        errs = super().check(cfg)
+        if self.search_steps < 0 or self.restarts < 1:
+            errs.append("model.search_steps / model.restarts: need search_steps ≥ 0 and restarts ≥ 1")
+        if self.search_lr <= 0:
+            errs.append("model.search_lr: must be > 0")
+        if not 0.0 <= self.search_lambda <= 1.0:
+            errs.append("model.search_lambda: must be in [0, 1]")
+        return errs
 
 
 @dataclass
@@ -136,11 +177,18 @@ class JointParams:
     encoder_weight: float = 1.0  # μ: weight of ‖G(z) − G(E(G(z)))‖₁ in the G/E step
     score_lambda: float = 0.05  # λ in a = λ·L_n + (1−λ)·L_o
     betas: tuple[float, float] = (0.5, 0.9)  # Adam betas for all networks (WGAN-GP: (0, 0.9) or (0.5, 0.9))
+    arch: Literal["monai", "dcgan"] = "monai"  # networks (models.nets): MONAI Generator/Critic/Regressor or DCGAN-style
+    g_norm: Literal["batch", "instance", "layer", "none"] = "batch"  # dcgan arch only
+    d_norm: Literal["instance", "layer", "none"] = "none"  # critic norm, dcgan arch only
+    e_norm: Literal["instance", "layer", "none"] = "none"  # encoder norm, dcgan arch only (the "j4" design: layer)
+    e_init_scale: float = 1.0  # multiplies the initial weights and bias of E's output layer (a diagnostic knob, see models.joint)
 
     def check(self, cfg) -> list[str]:
         errs = check_params(self, cfg)
         if not 0.0 <= self.score_lambda <= 1.0:
             errs.append("model.score_lambda: must be in [0, 1]")
+        if not self.e_init_scale > 0:
+            errs.append("model.e_init_scale: must be > 0")
         if self.lambda_gp < 0 or self.encoder_weight < 0:
             errs.append("model.lambda_gp / model.encoder_weight: must be ≥ 0")
         return errs
@@ -155,6 +203,10 @@ class AdversarialAEParams:
     channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # G, D and E widths
     strides: list[int] = field(default_factory=lambda: [2, 2, 1])  # product must divide the patch size
     betas: tuple[float, float] = (0.5, 0.999)  # Adam betas for all networks
+    arch: Literal["monai", "dcgan"] = "monai"  # networks (models.nets): MONAI Generator/Critic/Regressor or DCGAN-style
+    g_norm: Literal["batch", "instance", "layer", "none"] = "batch"  # dcgan arch only
+    d_norm: Literal["instance", "layer", "none"] = "none"  # image discriminator norm (α-GAN), dcgan arch only
+    e_norm: Literal["instance", "layer", "none"] = "none"  # encoder norm, dcgan arch only
 
     def check(self, cfg) -> list[str]:
         return check_params(self, cfg)
@@ -329,6 +381,7 @@ class GeomParams:
         return errs
 
 
+GAN_FAMILIES = ("anogan", "fanogan", "joint", "bigan", "alphagan")  # the evaluate stage writes GAN diagnostics for these (evaluation.gan_diagnostics)
 STATISTICS = ("mean", "std", "max", "high_fraction", "complexity")
 
 family("vae", VAEParams, ("elbo", "iwae", "recon", "kl", "latent", "elbo_ic"))

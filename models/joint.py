@@ -27,6 +27,15 @@ Latent prior and its normalisation (``z_norm``):
 - ``none`` (the alternative): plain z ~ N(0, I) fed to G unnormalised; then E must reproduce
   codes of the prior's scale and L_o = −‖ẑ‖/√N_z is ≈ −1 for prior-typical codes.
 
+Why it matters: with ``unit`` the loss is invariant to ‖E(x)‖ (its gradient w.r.t. ẑ is ⊥ ẑ), so
+L_o — which dominates the score, since L_n is ~100× smaller — is an *untrained* statistic: the
+initial random-feature norm (which tracks the input's contrast/complexity, so its orientation
+flips between data sets) plus the implicit growth of steps ⊥ ẑ. With ``none`` the norm is trained
+(E must land on the prior's shell for G to reproduce G(z)); ``e_norm: layer`` (``arch: dcgan``)
+removes the input's global energy from E's features, so ‖E(x)‖ reflects how well x's features
+align with those E learnt on normal-like samples; ``encoder_weight`` 10 lets E reach the prior scale
+in a CPU budget. ``e_init_scale`` scales the initial output layer of E (a diagnostic knob).
+
 Scores (higher = more anomalous), with ẑ = E(x), one forward pass of E and G:
 
 - ``joint_ln`` = L_n = (1/N_x)·‖w(x) − w(G(ẑ))‖₂ with the per-image min-max normalisation
@@ -90,9 +99,15 @@ class JointEncoderGAN(Detector):
     def __init__(self, params: JointParams, in_channels: int, patch_size: int) -> None:
         super().__init__(params, in_channels, patch_size)
         d, ch, st = self.spatial_dims, list(params.channels), list(params.strides)
-        self.G = nets.GeneratorNet(d, params.latent_dim, in_channels, patch_size, ch, st)
-        self.D = nets.CriticNet(d, in_channels, patch_size, ch, st)
-        self.E = nets.EncoderNet(d, in_channels, patch_size, params.latent_dim, ch, st)
+        self.G = nets.GeneratorNet(d, params.latent_dim, in_channels, patch_size, ch, st, params.arch, params.g_norm)
+        self.D = nets.CriticNet(d, in_channels, patch_size, ch, st, params.arch, params.d_norm)
+        self.E = nets.EncoderNet(d, in_channels, patch_size, params.latent_dim, ch, st, params.arch, params.e_norm)
+        if params.e_init_scale != 1.0:
+            head = [m for m in self.E.modules() if isinstance(m, torch.nn.Linear)][-1]
+            with torch.no_grad():
+                head.weight.mul_(params.e_init_scale)
+                if head.bias is not None:
+                    head.bias.mul_(params.e_init_scale)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training_step calls so far
 
     # ------------------------------------------------------------------ networks

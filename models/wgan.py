@@ -10,9 +10,13 @@ D (no sigmoid, instance norm, no dropout), with f(x) = D's penultimate layer.
 Training (one :meth:`training_step` per batch): a critic step every call,
 ``E[D(G(z))] − E[D(x)] + λ_gp·E[(‖∇_x̂ D(x̂)‖₂ − 1)²]`` (λ_gp = 10), and a generator step
 ``−E[D(G(z))]`` every ``n_critic`` calls (5). Adam with β = (0.5, 0.9). The call counter is a
-buffer, so a resumed run keeps the schedule. Validation loss (normal data only, lower = better):
-the per-sample Wasserstein estimate D(x) − E_z[D(G(z))] with a fixed z batch — how far the critic
-still separates held-out normals from generated samples.
+buffer, so a resumed run keeps the schedule. ``arch``: ``monai`` (MONAI Generator and a *patch*
+critic: the mean of a 1-channel map) or ``dcgan`` (a deeper G and a critic with a global linear
+head, :mod:`models.nets`). Validation loss for epoch selection (normal data only, lower = better),
+``selection``: ``nn_bank`` (default) — each held-out normal's mean |x − G(z_k)| to the nearest of
+``val_bank`` samples from fixed codes (how well G covers held-out normals; the search residual
+after zero steps); ``wasserstein`` — D(x) − E_z[D(G(z))] with the *current* critic, which grows as
+the critic learns and so always selected the untrained epoch 0 (the old behaviour, kept for reference).
 
 **anogan** scoring: find z by gradient descent (``search_steps`` = 100, Adam or SGD-momentum) on
 L(z) = (1−λ)·Σ|x − G(z)| + λ·Σ|f(x) − f(G(z))| with λ = 0.5, **batched** over all queries and
@@ -20,7 +24,11 @@ L(z) = (1−λ)·Σ|x − G(z)| + λ·Σ|f(x) − f(G(z))| with λ = 0.5, **batc
 so each sample's gradient is its own. G and D are frozen; f(x) is computed once. The best restart
 per query is kept (Deecke et al.). The R initial codes are drawn once per batch from the prior
 with the scoring generator and shared by every query, so a query's score does not depend on the
-batch it is in. Scores: ``anogan`` = L(z*), ``residual`` = Σ|x − G(z*)|, ``feature`` = Σ|f(x) − f(G(z*))|.
+batch it is in. After every step z is projected back into the prior's support (``search_project``).
+With ``search_normalise`` each term is divided by its typical size on the normal training images
+(s_res, s_feat, fitted after training), so λ weighs them in units of normal variation rather than
+in the critic's arbitrary feature scale. Scores: ``anogan`` = L(z*), ``residual`` = Σ|x − G(z*)|,
+``feature`` = Σ|f(x) − f(G(z*))| (each divided by its scale when normalised).
 
 **fanogan**: the same WGAN-GP for the first part of training, then (last
 ``encoder_epochs_fraction`` of the epochs) an encoder E (``EncoderNet``) trained with G and D frozen
@@ -31,10 +39,12 @@ izi_f, ``residual`` and ``feature`` terms; one forward pass, no search.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from models import nets
-from models.catalog import FAnoGANParams, WGANParams
+from models.catalog import AnoGANParams, FAnoGANParams, WGANParams
 from models.gan_losses import critic_loss, gradient_penalty
 from models.registry import Detector, ScoreOutput, register_2d_3d
 
@@ -46,8 +56,8 @@ class WGANGP(Detector):
     def __init__(self, params: WGANParams, in_channels: int, patch_size: int) -> None:
         super().__init__(params, in_channels, patch_size)
         d = self.spatial_dims
-        self.G = nets.GeneratorNet(d, params.latent_dim, in_channels, patch_size, params.channels, params.strides)
-        self.D = nets.CriticNet(d, in_channels, patch_size, params.channels, params.strides)
+        self.G = nets.GeneratorNet(d, params.latent_dim, in_channels, patch_size, params.channels, params.strides, params.arch, params.g_norm)
+        self.D = nets.CriticNet(d, in_channels, patch_size, params.channels, params.strides, params.arch, params.d_norm)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def sample_z(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -86,9 +96,26 @@ class WGANGP(Detector):
         return self.gan_step(x, optimizers[0], optimizers[1], max_grad_norm)
 
     def validation_loss(self, x):
+        """Per-sample loss on normal validation images for epoch selection (lower = better).
+
+        ``nn_bank`` (default): the mean |x − G(z_k)| to the nearest of ``val_bank`` samples from a
+        fixed set of codes (the same codes every epoch) — how well G covers held-out normals; it is
+        the AnoGAN residual after zero search steps with ``val_bank`` restarts, and it does not
+        depend on the critic. ``wasserstein``: D(x) − E_z[D(G(z))], the critic's separation of
+        held-out normals from samples; it is *not* comparable across epochs (the critic changes;
+        it grows as the critic learns, so its minimum is the untrained epoch 0), kept for reference.
+        """
         x = nets.plain(x)
-        z = self.sample_z(64, x.device)  # drawn from torch's global RNG, which the train stage fixes
-        return self.D(x) - self.D(self.G(z)).mean()
+        if self.params.selection == "wasserstein":
+            z = self.sample_z(64, x.device)  # drawn from torch's global RNG, which the train stage fixes
+            return self.D(x) - self.D(self.G(z)).mean()
+        z = self.sample_z(self.params.val_bank, x.device, torch.Generator().manual_seed(12345))
+        best = torch.full((len(x),), float("inf"), device=x.device)
+        flat = x.flatten(1)
+        for i in range(0, len(z), 64):
+            g = self.G(z[i : i + 64]).flatten(1)
+            best = torch.minimum(best, torch.cdist(flat, g, p=1).min(1).values / flat.shape[1])
+        return best
 
 
 @register_2d_3d("anogan")
@@ -96,8 +123,51 @@ class AnoGAN(WGANGP):
     """WGAN-GP with AnoGAN's batched latent-search score"""
 
 
-    def search(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Batched latent search; returns the best z per query and its loss terms (each (B,))."""
+    def __init__(self, params: AnoGANParams, in_channels: int, patch_size: int) -> None:
+        super().__init__(params, in_channels, patch_size)
+        # typical size of each search term on the normal training images (1 = unnormalised)
+        self.register_buffer("term_scale", torch.ones(2))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # model folders written before search_normalise existed have no term_scale: unnormalised terms, as they were scored
+        state_dict.setdefault(prefix + "term_scale", torch.ones(2))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def fit_after_training(self, train_x: torch.Tensor) -> dict[str, float]:
+        """With ``search_normalise``: the typical size of each term of L(z) on the normal training
+        images, s_res = mean Σ|x − x̄| and s_feat = mean Σ|f(x) − f̄| (x̄, f̄: the training means), so
+        that L(z) = (1−λ)·Σ|x − G(z)|/s_res + λ·Σ|f(x) − f(G(z))|/s_feat weighs the two terms in units
+        of normal variation. Without it the feature term's scale is whatever the critic's features
+        happen to be (it drifts with the Wasserstein estimate during training)."""
+        if not self.params.search_normalise:
+            self.term_scale.fill_(1.0)
+            return {}
+        was = self.training
+        self.eval()
+        x = nets.plain(train_x)
+        f = torch.cat([self.D.features(x[i : i + 256]) for i in range(0, len(x), 256)])
+        s_res = (x - x.mean(0, keepdim=True)).abs().flatten(1).sum(1).mean()
+        s_feat = (f - f.mean(0, keepdim=True)).abs().sum(1).mean()
+        self.term_scale.copy_(torch.stack([s_res, s_feat]).clamp_min(1e-8))
+        self.train(was)
+        return {"search_scale_residual": float(s_res), "search_scale_feature": float(s_feat)}
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """z mapped back into the prior's support: clamped to [-1, 1] (uniform prior), or scaled down
+        to the 99.9 % quantile of ‖z‖ under N(0, I) (χ distribution, Wilson-Hilferty) if longer. Without
+        this the search drifts to codes the generator never saw in training (‖z‖ ≈ 1.4-1.7·√N_z after
+        100-300 Adam steps on MNIST-9), where G draws strokes of any class, anomalies included."""
+        if self.params.latent_prior == "uniform":
+            return z.clamp(-1.0, 1.0)
+        n = z.shape[1]
+        r = math.sqrt(n * (1 - 2 / (9 * n) + 3.09 * math.sqrt(2 / (9 * n))) ** 3)
+        norm = z.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return z * torch.clamp(r / norm, max=1.0)
+
+    def search(self, x: torch.Tensor, generator: torch.Generator, trace: list[float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Batched latent search; returns the best z per query and its loss terms (each (B,)).
+        ``trace``, if given, receives the mean loss over queries and restarts before each step."""
         p = self.params
         b, r = len(x), p.restarts
         frozen = [q.requires_grad for q in self.parameters()]
@@ -112,18 +182,24 @@ class AnoGAN(WGANGP):
             xr = x.repeat(r, *[1] * (x.dim() - 1))
             fxr = fx.repeat(r, 1)
             opt = torch.optim.Adam([z], lr=p.search_lr) if p.search_optimizer == "adam" else torch.optim.SGD([z], lr=p.search_lr, momentum=0.9)
+            s_res, s_feat = self.term_scale
 
             def terms(zz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 g = self.G(zz)
-                return (xr - g).abs().flatten(1).sum(1), (fxr - self.D.features(g)).abs().sum(1)
+                return (xr - g).abs().flatten(1).sum(1) / s_res, (fxr - self.D.features(g)).abs().sum(1) / s_feat
 
             with torch.enable_grad():
                 for _ in range(p.search_steps):
                     res, feat = terms(z)
                     loss = ((1 - p.search_lambda) * res + p.search_lambda * feat).sum()  # a sum: per-sample gradients stay independent
+                    if trace is not None:
+                        trace.append(float(loss.detach()) / (r * b))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                    if p.search_project:
+                        with torch.no_grad():
+                            z.copy_(self.project(z))
             with torch.no_grad():
                 res, feat = terms(z)
                 total = (1 - p.search_lambda) * res + p.search_lambda * feat
@@ -148,7 +224,8 @@ class FAnoGAN(WGANGP):
 
     def __init__(self, params: FAnoGANParams, in_channels: int, patch_size: int) -> None:
         super().__init__(params, in_channels, patch_size)
-        self.E = nets.EncoderNet(self.spatial_dims, in_channels, patch_size, params.latent_dim, params.channels, params.strides)
+        self.E = nets.EncoderNet(self.spatial_dims, in_channels, patch_size, params.latent_dim, params.channels, params.strides,
+                                 params.arch, params.d_norm)
         self.register_buffer("encoder_phase", torch.zeros((), dtype=torch.bool))
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:

@@ -22,6 +22,7 @@ DEFERRED = {
     ("models/score.py", "run"): {"models"},
     ("evaluation/evaluate.py", "run"): {"evaluation"},
     ("evaluation/map.py", "run"): {"evaluation"},
+    ("evaluation/evaluator.py", "write_gan_diagnostics"): {"evaluation"},
     ("pipeline/cli.py", "main"): {"models"},
     ("pipeline/cli.py", "_bench"): {"pipeline.bench"},
     ("pipeline/cli.py", "_compare"): {"evaluation.compare"},

@@ -10,7 +10,9 @@
 - end to end: trained through the stages from a config, then the model folder alone scores new
   data with ``pipeline score --model`` and reproduces the run's own scores.
 
-``TINY`` holds each family's smallest parameters (the family test modules use it too).
+``TINY`` holds each family's smallest parameters (the family test modules use it too). ``VARIANTS``
+adds network variants that change the model's structure (the GAN families' ``arch: dcgan`` with the
+benchmark configs' settings); the in-process contract tests run on them too, as ``<name>:dcgan``.
 """
 
 from __future__ import annotations
@@ -45,16 +47,26 @@ TINY = {
     "synth": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
     "geom": {"channels": [4, 8], "strides": [2, 2], "num_res_units": 1},
 }
+VARIANTS = {"dcgan": {
+    "anogan": {"arch": "dcgan", "search_normalise": True, "val_bank": 4},
+    "fanogan": {"arch": "dcgan", "d_norm": "layer"},
+    "joint": {"arch": "dcgan", "z_norm": "none", "e_norm": "layer", "encoder_weight": 10.0},  # the benchmark's "j4" design
+    "bigan": {"arch": "dcgan", "e_norm": "instance"},
+    "alphagan": {"arch": "dcgan"},
+}}
 NO_FLIPS = {"geom"}  # random flips would make GEOM's transformation classes ambiguous (its config check)
 NAMES = sorted(MODELS)
+CASES = NAMES + [f"{n}:{v}" for v, fams in VARIANTS.items() for n in NAMES if CATALOG[n].family in fams]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(name: str, patch: int = PATCH, channels: int = 1, seed: int = 0):
-    """A fitted-or-stepped tiny detector ``name`` and a batch of inputs for it."""
+def tiny(case: str, patch: int = PATCH, channels: int = 1, seed: int = 0):
+    """A fitted-or-stepped tiny detector ``case`` (a registry name, or ``<name>:<variant>``) and a batch of inputs for it."""
+    name, _, variant = case.partition(":")
     spec = CATALOG[name]
     train = {"patch_size": patch, **({"flips": False} if spec.family in NO_FLIPS else {})}
-    params = validate({"model": {"name": name, **TINY[spec.family]}, "train": train}, base_dir=".").model
+    extra = VARIANTS[variant][spec.family] if variant else {}
+    params = validate({"model": {"name": name, **TINY[spec.family], **extra}, "train": train}, base_dir=".").model
     torch.manual_seed(seed)
     model = build(name, params, channels, patch)
     x = torch.rand(5, channels, *[patch] * spec.spatial_dims, generator=torch.Generator().manual_seed(11))
@@ -70,9 +82,10 @@ def scores_of(model, x, seed: int = 7) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in model.score(x, 3, torch.Generator().manual_seed(seed)).scores.items()}
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_shapes_and_score_names_follow_the_catalog(name):
-    model, x = tiny(name)
+@pytest.mark.parametrize("case", CASES)
+def test_shapes_and_score_names_follow_the_catalog(case):
+    model, x = tiny(case)
+    name = case.partition(":")[0]
     assert model.spatial_dims == CATALOG[name].spatial_dims and model.score_names == CATALOG[name].scores
     out = model.score(x, 3, torch.Generator().manual_seed(7))
     assert set(out.scores) == set(CATALOG[name].scores)
@@ -81,19 +94,19 @@ def test_shapes_and_score_names_follow_the_catalog(name):
     assert out.residual.shape == x.shape and torch.isfinite(out.residual).all()
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_batch_invariance(name):
-    model, x = tiny(name)
+@pytest.mark.parametrize("case", CASES)
+def test_batch_invariance(case):
+    model, x = tiny(case)
     full = scores_of(model, x)
     for i in (0, 3):
         alone = scores_of(model, x[i : i + 1])
         for k in full:
-            torch.testing.assert_close(alone[k][0], full[k][i], rtol=1e-4, atol=1e-5, msg=f"{name} {k}[{i}]")
+            torch.testing.assert_close(alone[k][0], full[k][i], rtol=1e-4, atol=1e-5, msg=f"{case} {k}[{i}]")
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_scoring_builds_no_graph_and_leaves_no_gradient(name):
-    model, x = tiny(name)
+@pytest.mark.parametrize("case", CASES)
+def test_scoring_builds_no_graph_and_leaves_no_gradient(case):
+    model, x = tiny(case)
     model.zero_grad(set_to_none=True)
     out = model.score(x, 3, torch.Generator().manual_seed(7))
     assert all(not v.requires_grad for v in out.scores.values()) and not out.residual.requires_grad
@@ -101,9 +114,9 @@ def test_scoring_builds_no_graph_and_leaves_no_gradient(name):
     assert all(p.requires_grad == model.sgd for p in model.parameters())  # a latent search restores what it froze
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_same_seed_same_model_and_scores(name):
-    (a, x), (b, _), (c, _) = tiny(name, seed=3), tiny(name, seed=3), tiny(name, seed=4)
+@pytest.mark.parametrize("case", CASES)
+def test_same_seed_same_model_and_scores(case):
+    (a, x), (b, _), (c, _) = tiny(case, seed=3), tiny(case, seed=3), tiny(case, seed=4)
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
     sa, sb = scores_of(a, x), scores_of(b, x)
@@ -112,12 +125,12 @@ def test_same_seed_same_model_and_scores(name):
         assert any(not torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_checkpoint_round_trip(tmp_path, name):
-    model, x = tiny(name)
+@pytest.mark.parametrize("case", CASES)
+def test_checkpoint_round_trip(tmp_path, case):
+    model, x = tiny(case)
     save_checkpoint(tmp_path / "model.pt", model, {"hu_window": [0.0, 1.0], "mode": "window", "cube_size": PATCH}, {"seed": 0})
     loaded, payload = load_checkpoint(tmp_path)
-    assert type(loaded) is type(model) and loaded.params == model.params and payload["model_name"] == name
+    assert type(loaded) is type(model) and loaded.params == model.params and payload["model_name"] == case.partition(":")[0]
     a, b = scores_of(model, x), scores_of(loaded, x)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

@@ -111,7 +111,9 @@ ARTIFACTS: dict[str, Artifact] = _declare(
     Artifact("map_metrics", "map_metrics.json", "map", "per nodule: rank and distance of the nearest candidate; FROC sensitivities"),
     Artifact("metrics", "metrics.json", "evaluate", "AUROC with CI, AUPRC, sensitivity at fixed specificity, LR protocol, per score"),
     Artifact("report", "report.html", "evaluate", "one self-contained page: config, data, errors, metrics, figures, galleries, manifest"),
-    Artifact("figure", "{name}.png", "evaluate", "roc, roc_band, pr, score_density, gallery_most_anomalous, gallery_least_anomalous"),
+    Artifact("figure", "{name}.png", "evaluate",
+             "roc, roc_band, pr, score_density, gallery_most_anomalous, gallery_least_anomalous; GAN-family models: "
+             "gan_samples, gan_search, gan_search_matches, gan_recon"),
     Artifact("overlay_residual", "overlays/{series}_residual.nii.gz", "evaluate",
              "absolute residual (x − reconstruction) on the CT grid, the maximum where cubes overlap"),
     Artifact("overlay_score", "overlays/{series}_score.nii.gz", "evaluate", "the primary score painted over each cube on the CT grid"),
