@@ -28,9 +28,8 @@ from pipeline.core import artifacts
 from pipeline.core.errors import StageError
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
-from preprocessing.cubes import centre_patch
 from preprocessing.geometry import lps_affine, world_to_index
-from preprocessing.intensity import denormalise, load_cubes
+from preprocessing.intensity import SampleCubes, denormalise
 from preprocessing.nodules import read_nodules
 
 META_COLS = {"sample_id", "patient_id", "series_uid", "kind", "label", "class", "split", "p_value", "flagged"}
@@ -151,7 +150,8 @@ def write_nodule_views(cfg: Config, run_dir: Path) -> list[Path]:
 
 
 class ScoredPatches:
-    """The normalised centre patches that were scored, with their residual maps and (2D) reconstructions, by sample ID."""
+    """The normalised centre patches that were scored (each read from its shard when asked for), with
+    their residual maps and (2D) reconstructions, by sample ID."""
 
     def __init__(self, cfg: Config, run_dir: Path) -> None:
         z = artifacts.read_npz("residuals", run_dir, "run the score stage first")
@@ -159,12 +159,12 @@ class ScoredPatches:
         self.reconstruction = z.get("reconstruction")
         self.row = {s: i for i, s in enumerate(ids)}
         self.norm = read_normalisation(model_folder(cfg, run_dir))
-        cube_ids, self.cubes = load_cubes(run_dir, self.norm)
-        self.cube_row = {s: i for i, s in enumerate(cube_ids)}
-        self.patch = self.residual.shape[-1]
+        samples = artifacts.read_samples(run_dir)
+        self.cubes = SampleCubes(run_dir, samples, self.norm, patch=self.residual.shape[-1])
+        self.cube_row = {s: i for i, s in enumerate(samples["sample_id"])}
 
     def image(self, sample_id: str) -> np.ndarray:
-        return centre_patch(self.cubes[[self.cube_row[sample_id]]], self.patch)[0]
+        return self.cubes[self.cube_row[sample_id]]
 
     def residual_of(self, sample_id: str) -> np.ndarray:
         return self.residual[self.row[sample_id]].astype(np.float32)

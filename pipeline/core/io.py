@@ -87,6 +87,8 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, dest)
     except OSError as exc:
+        if exc.errno is None and disk_full(dest.parent):  # numpy's tofile reports a short write with no errno
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write)", str(dest)) from exc
         if exc.filename is None:  # a failed write() names no file: name the output
             raise OSError(exc.errno, exc.strerror, str(dest)) from exc
         raise
@@ -170,6 +172,13 @@ def write_npz(dest: str | Path, **arrays: np.ndarray) -> None:
                 info._compresslevel = 1
                 with zf.open(info, "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+
+
+def write_npy(dest: str | Path, arr: np.ndarray) -> None:
+    """Plain ``.npy`` (no pickles, no compression): equal arrays give equal bytes, and a row can be
+    read back at its byte offset after the header without loading the file (``artifacts.read_cube_rows``)."""
+    with atomic_path(dest, suffix=".npy") as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
 
 
 def write_with(dest: str | Path, writer: Callable[[Path], None]) -> None:
