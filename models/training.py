@@ -323,8 +323,8 @@ def _write_curves(out_dir: Path, history: list[dict], plot: bool = True) -> None
 def _training_samples(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Rows of ``samples.csv`` (with each cube's shard and row) of the training samples, the normal
     validation samples and the normal training samples, in ``splits.csv`` order."""
-    splits = artifacts.read_splits(run_dir)
-    samples = artifacts.read_samples(run_dir).set_index("sample_id")
+    splits = artifacts.read_splits(run_dir, ["sample_id", "split", "label"])
+    samples = artifacts.read_samples(run_dir, ["sample_id", *artifacts.SHARD_COLUMNS]).set_index("sample_id")
     pick = lambda mask: samples.loc[splits.loc[mask, "sample_id"]].reset_index()  # noqa: E731
     train, normal = splits["split"] == "train", splits["label"] == 0
     return pick(train), pick((splits["split"] == "val") & normal), pick(train & normal)

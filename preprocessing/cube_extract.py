@@ -161,6 +161,7 @@ def extract(cfg: Config, run_dir: Path) -> StageResult:
     if not tables:
         raise StageError("extract: no cubes were extracted; see errors.csv", result.errors)
     table = pd.concat(tables, ignore_index=True)
+    tables.clear()
     table = table.iloc[np.argsort(table["sample_id"].to_numpy(), kind="stable")].reset_index(drop=True)
     shards.sort()
     artifacts.remove_stale_shards(run_dir, shards)

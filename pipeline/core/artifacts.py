@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Sequence
@@ -167,6 +168,11 @@ def _read_csv(name: str, run_dir: Path, hint: str, **kwargs: Any) -> "pd.DataFra
     return pd.read_csv(p, dtype=_TEXT, **kwargs)
 
 
+def _only(columns: Sequence[str] | None):
+    """pandas ``usecols`` keeping ``columns`` (all when None); a missing one is left for the caller to name."""
+    return None if columns is None else (lambda c, keep=frozenset(columns): c in keep)
+
+
 def write_table(name: str, run_dir: Path, table: "pd.DataFrame") -> Path:
     """Write a table artifact (``series``, ``samples``, ``splits``, ``scores``, ``arrays_table``); returns its path."""
     p = path(name, run_dir)
@@ -178,13 +184,14 @@ def read_series(run_dir: Path) -> "pd.DataFrame":
     return _read_csv("series", run_dir, "run the ingest stage first")
 
 
-def read_samples(run_dir: Path) -> "pd.DataFrame":
-    table = _read_csv("samples", run_dir, "run the extract stage first")
+def read_samples(run_dir: Path, columns: Sequence[str] | None = None) -> "pd.DataFrame":
+    """``samples.csv`` (only ``columns`` when given: a table of millions of samples is large)."""
+    table = _read_csv("samples", run_dir, "run the extract stage first", usecols=_only(columns))
     return table.fillna({c: "" for c in ("series_uid", "nodule_id", "source_split", "source") if c in table.columns})
 
 
-def read_splits(run_dir: Path) -> "pd.DataFrame":
-    return _read_csv("splits", run_dir, "run the split stage first")
+def read_splits(run_dir: Path, columns: Sequence[str] | None = None) -> "pd.DataFrame":
+    return _read_csv("splits", run_dir, "run the split stage first", usecols=_only(columns))
 
 
 def read_scores(run_dir: Path) -> "pd.DataFrame":
@@ -193,6 +200,84 @@ def read_scores(run_dir: Path) -> "pd.DataFrame":
 
 def read_arrays_table(run_dir: Path) -> "pd.DataFrame":
     return _read_csv("arrays_table", run_dir, "run the ingest stage first", keep_default_na=False)
+
+
+def read_npz_member(name: str, run_dir: Path, member: str, hint: str) -> np.ndarray:
+    """One member of an ``.npz`` artifact, loaded (the others are not read)."""
+    p = path(name, run_dir)
+    if not p.exists():
+        raise StageError(f"{p} not found: {hint}")
+    with np.load(p, allow_pickle=False) as z:
+        return z[member]
+
+
+class NpzRows:
+    """Rows of one (N, ...) member of an ``.npz`` artifact, read forward from its compressed stream:
+    memory is that of the rows asked for, never the whole member. Asking for a row before the last
+    one read starts the stream again, so callers ask in row order. ``None`` members: see :meth:`has`."""
+
+    SKIP = 64  # rows read at a time while skipping
+
+    def __init__(self, name: str, run_dir: Path, member: str, hint: str) -> None:
+        self.p, self.member = path(name, run_dir), f"{member}.npy"
+        if not self.p.exists():
+            raise StageError(f"{self.p} not found: {hint}")
+        self.zf = zipfile.ZipFile(self.p)
+        self.f: BinaryIO | None = None
+        self.shape: tuple[int, ...] = ()
+        if self.has(member):
+            self._rewind()
+
+    def has(self, member: str) -> bool:
+        return f"{member}.npy" in self.zf.namelist()
+
+    def _rewind(self) -> None:
+        if self.f is not None:
+            self.f.close()
+        self.f = self.zf.open(self.member)
+        self.shape, self.dtype, _ = _npy_layout(self.f, self.p)
+        self.row_bytes, self.pos = self.dtype.itemsize * int(np.prod(self.shape[1:])), 0
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def _next(self, n: int) -> np.ndarray:
+        buf = self.f.read(n * self.row_bytes)
+        if len(buf) != n * self.row_bytes:
+            raise StageError(f"{self.p}: {self.member} is truncated at row {self.pos}")
+        self.pos += n
+        return np.frombuffer(buf, self.dtype).reshape(n, *self.shape[1:])
+
+    def read(self, rows: Sequence[int]) -> np.ndarray:
+        """The given rows (any order; read in row order), as an array."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        last = -1, -1
+        for i in np.argsort(rows, kind="stable"):
+            r = int(rows[i])
+            if not 0 <= r < self.shape[0]:
+                raise StageError(f"{self.p}: row {r} of {self.member} requested, it holds {self.shape[0]}")
+            if r == last[0]:  # asked twice
+                out[i] = out[last[1]]
+                continue
+            if r < self.pos:
+                self._rewind()
+            while self.pos < r:
+                self._next(min(self.SKIP, r - self.pos))
+            out[i], last = self._next(1)[0], (r, i)
+        return out
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+        self.zf.close()
+
+    def __enter__(self) -> "NpzRows":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def read_npz(name: str, run_dir: Path, hint: str) -> dict[str, np.ndarray]:
