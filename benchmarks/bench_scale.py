@@ -3,8 +3,9 @@
 Makes ``N`` copies of the bundled sample series (``sample_data/ct/LIDC-IDRI-0063``, new Study,
 Series and SOP Instance UIDs; the same pixels and geometry, so every copy yields the same cubes)
 with a nodule table listing each copy's two nodules, then runs ``pipeline ingest``, ``extract``,
-``split``, ``train``, ``score`` and ``evaluate`` of ``configs/ct_nodules.yaml`` (background cubes
-enabled, as configured; ``--epochs`` epochs, ``--mc`` Monte-Carlo samples, 50 bootstrap rounds) as
+``split``, ``train``, ``score``, ``map`` and ``evaluate`` of ``configs/ct_nodules.yaml`` (background
+cubes enabled, as configured; ``--epochs`` epochs, ``--mc`` Monte-Carlo samples, 50 bootstrap rounds;
+the whole-scan map disabled unless ``--map``, since it is per series and slow) as
 fresh processes, one after the other, for each ``N``. Each process is measured by GNU
 ``/usr/bin/time`` (wall seconds, peak RSS), so imports count as a user sees them. Printed per
 ``N``: cubes, wall time and peak RSS of extract, train, score and evaluate, and the sizes on disk
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's packages, also when another che
 from preprocessing.dicom_copy import copy_series  # noqa: E402
 
 SAMPLE = ROOT / "sample_data" / "ct"
-STAGES = ("ingest", "extract", "split", "train", "score", "evaluate")
+STAGES = ("ingest", "extract", "split", "train", "score", "map", "evaluate")
 MEASURED = ("extract", "train", "score", "evaluate")
 
 
@@ -74,12 +75,13 @@ def du_mb(*paths: Path) -> float:
     return total / 1e6
 
 
-def run_one(n: int, work: Path, code: Path, epochs: int, mc: int) -> dict:
+def run_one(n: int, work: Path, code: Path, epochs: int, mc: int, map_on: bool = False) -> dict:
     """Build the corpus of ``n`` series and run the stages; returns the measurements."""
     dicom, nodules = make_corpus(work / f"corpus{n}", n)
     run = work / f"run{n}"
     sets = [f"ingest.input={dicom}", f"extract.nodules={nodules}", f"train.epochs={epochs}", "train.patience=1000",
-            f"score.mc_samples={mc}", "evaluate.bootstrap=50", "run.threads=1", "run.workers=1", "run.device=cpu"]
+            f"score.mc_samples={mc}", f"map.enabled={str(map_on).lower()}", "evaluate.bootstrap=50",
+            "run.threads=1", "run.workers=1", "run.device=cpu"]
     row: dict = {"series": n}
     for stage in STAGES:
         cmd = [sys.executable, "-m", "pipeline.cli", stage, str(code / "configs" / "ct_nodules.yaml"), "--out", str(run)]
@@ -114,6 +116,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[1, 20], help="numbers of series to measure")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--mc", type=int, default=4, help="score.mc_samples (the config's 100 makes scoring the longest part)")
+    ap.add_argument("--map", action="store_true", help="run the whole-scan map stage too (per series, slow; measured as 'map')")
     ap.add_argument("--code", type=Path, default=ROOT, help="the checkout whose pipeline runs (default: this one)")
     ap.add_argument("--work", type=Path, default=None, help="keep the corpora and runs here (default: a temporary folder)")
     args = ap.parse_args()
@@ -122,7 +125,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         rows = []
         for n in sorted(args.n):
-            rows.append(run_one(n, work, args.code.resolve(), args.epochs, args.mc))
+            rows.append(run_one(n, work, args.code.resolve(), args.epochs, args.mc, args.map))
             peaks = ", ".join(f"{st} {rows[-1][st][1]:.0f} MB" for st in MEASURED)
             print(f"[bench_scale] N={n}: {peaks}", file=sys.stderr, flush=True)
         report(rows)

@@ -135,3 +135,44 @@ def test_npz_rows_read_forward_in_any_order(tmp_path):
 
 def test_mmap_threshold_is_set_on_glibc():
     assert isinstance(fix_mmap_threshold(), bool)
+
+
+def _sharded_run(run, n_series: int, per_series: int) -> int:
+    """A run folder with ``n_series`` shards of random int16 cubes, samples.csv and splits.csv (all train but 12 val normals)."""
+    rng, rows = np.random.default_rng(3), []
+    for s in range(n_series):
+        artifacts.write_cube_shard(run, f"1.2.{s}", rng.integers(-1000, 400, (per_series, 1, 32, 32, 32)).astype(np.int16))
+        rows += [{"sample_id": f"s{s}-{r:03d}", "shard": f"1.2.{s}", "shard_row": r} for r in range(per_series)]
+    samples = pd.DataFrame(rows)
+    artifacts.write_table("samples", run, samples)
+    split = ["val" if i % 25 == 0 else "train" for i in range(len(samples))]
+    artifacts.write_table("splits", run, samples[["sample_id"]].assign(split=split, label=0))
+    return split.count("train")
+
+
+def test_training_streams_the_shards(tmp_path, monkeypatch):
+    """The train stage never reads more than one batch of cubes at once (so its memory does not grow with the run):
+    loading all training cubes in one read (as from the old cubes.npz) fails this test."""
+    from conftest import validate
+
+    from models import training
+
+    n_train = _sharded_run(tmp_path, n_series=3, per_series=100)
+    reads, real = [], artifacts.read_cube_rows
+    monkeypatch.setattr(artifacts, "read_cube_rows", lambda run_dir, shards, rows: reads.append(len(rows)) or real(run_dir, shards, rows))
+    cfg = validate({"model": {"name": "vae3d", "latent_dim": 4, "channels": [4, 8], "strides": [2, 2]},
+                    "extract": {"normalise": "zscore"},
+                    "train": {"epochs": 1, "batch_size": 16, "patch_size": 28, "patience": 100}, "run": {"threads": 1}}, base_dir=tmp_path)
+    result = training.run(cfg, tmp_path)
+    assert result.counts["train_samples"] == n_train > training.PATCH_BATCH
+    assert max(reads) <= training.PATCH_BATCH < n_train  # statistics, epochs, validation, post-training fit: batch by batch
+    assert sum(reads) >= 3 * n_train  # z-score passes (2) and the epoch (1) each read every training cube
+    assert (tmp_path / "model" / "model.pt").is_file()
+
+
+def test_legacy_cubes_npz_run_is_a_clear_error(tmp_path):
+    """A run folder of a version before sharding (cubes.npz, samples.csv without shard columns): one clear error."""
+    io.write_npz(tmp_path / "cubes.npz", cubes=A, sample_id=np.array([f"s{i}" for i in range(5)]))
+    artifacts.write_table("samples", tmp_path, pd.DataFrame({"sample_id": [f"s{i}" for i in range(5)], "label": 0}))
+    with pytest.raises(StageError, match=r"no shard, shard_row column .*pipeline extract --force"):
+        SampleCubes(tmp_path, artifacts.read_samples(tmp_path, ["sample_id", *artifacts.SHARD_COLUMNS]))
