@@ -93,11 +93,18 @@ def summarise(cfg: Config, path: Path, specs: list[RunKey], results: dict[str, l
             "rows": rows, "curves": curves, "failures": failures}
 
 
+def _rate(reps: list[dict]) -> float | None:
+    """Samples scored per second of the score stage (all scored splits), mean over repeats; None when unknown (older runs)."""
+    rates = [r["scored"] / r["score_s"] for r in reps if r.get("scored") and r.get("score_s")]
+    return float(np.mean(rates)) if rates else None
+
+
 def _ensemble_record(ens, member_records: list[dict]) -> dict:
     """A run record for an ensemble: times and memory of its members (summed; the largest peak)."""
     return {"repeat": member_records[0]["repeat"], "run_dir": member_records[0]["run_dir"],
             "train_s": sum(r["train_s"] for r in member_records), "score_s": sum(r["score_s"] for r in member_records),
-            "train_details": {}, "train_counts": member_records[0]["train_counts"] | {"parameters": None},
+            "train_details": {}, "scored": member_records[0].get("scored"),
+            "train_counts": member_records[0]["train_counts"] | {"parameters": sum(r["train_counts"].get("parameters") or 0 for r in member_records)},
             "peak_rss_mb": max(r["peak_rss_mb"] for r in member_records)}
 
 
@@ -155,7 +162,7 @@ def _score_row(bench, label: str, col: str, sweep: float | None, view, reps: lis
            "train_s_mean": float(np.mean([r["train_s"] for r in reps])), "score_s_mean": float(np.mean([r["score_s"] for r in reps])),
            "epochs_run": [r["train_details"].get("epochs_run") for r in reps], "best_epoch": [r["train_details"].get("best_epoch") for r in reps],
            "train_samples": reps[0]["train_counts"].get("train_samples"), "parameters": reps[0]["train_counts"].get("parameters"),
-           "peak_rss_mb": max(r["peak_rss_mb"] for r in reps)}
+           "scored_per_s": _rate(reps), "peak_rss_mb": max(r["peak_rss_mb"] for r in reps)}
     if bench.repeat == "folds" or len(tables[0]) < CI_MAX_TEST:
         src = pd.concat(pooled_parts) if bench.repeat == "folds" else _view(tables[0], view)
         m = _metrics(src["label"].to_numpy(), src[col].to_numpy(), src["patient_id"].to_numpy(str), 1000)
@@ -232,7 +239,8 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
               + (" The CI column is the percentile bootstrap 95% CI (1000 resamples) of the "
                  + ("pooled out-of-fold scores." if doc["repeat"] == "folds" else "repeat-0 test set.") if "ci" in rows else ""),
               "LR-CV is the seeds' logistic-regression protocol (5-fold cross-validated probabilities from the 1-D score). "
-              "Times are per run (mean over repeats): train = the train stage, score = the score stage; "
+              "Times are per run (mean over repeats): train = the train stage, score = the score stage (scored/s: samples of all "
+              "scored splits per second of it); params = trainable parameters (fitted models without parameters: –); "
               "peak RSS is that of the detector's process while it trained, scored and evaluated (from the run manifests).", ""]
     sweep = doc.get("sweep_key")
     for view, vrows in rows.groupby("view", sort=False):
@@ -240,7 +248,7 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
             lines += [f"### View: {view}", ""]
         head = ["detector", "score"] + ([sweep.split(".")[-1]] if sweep else []) + ["AUROC (mean ± std)"] + \
                (["AUROC [95% CI]"] if "ci" in vrows else []) + \
-               ["LR-CV AUROC", "AUPRC", "sens@95%spec", "train s", "score s", "peak MB", "published"]
+               ["LR-CV AUROC", "AUPRC", "sens@95%spec", "params", "train s", "score s", "scored/s", "peak MB", "published"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for _, r in vrows.iterrows():
             auc = _fmt(r["auroc_mean"]) + (f" ± {r['auroc_std']:.3f}" if r.get("auroc_std") is not None and np.isfinite(r.get("auroc_std")) else "")
@@ -251,8 +259,8 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
                 ci = r.get("ci")
                 cells.append(f"{_fmt(r.get('ci_auroc'))} [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) else "–")
             ref = r.get("reference")
-            cells += [_fmt(r["lr_cv_auroc_mean"]), _fmt(r["auprc_mean"]), _fmt(r["sens95_mean"]), f"{r['train_s_mean']:.0f}",
-                      f"{r['score_s_mean']:.1f}",
+            cells += [_fmt(r["lr_cv_auroc_mean"]), _fmt(r["auprc_mean"]), _fmt(r["sens95_mean"]), _params(r.get("parameters")),
+                      f"{r['train_s_mean']:.0f}", f"{r['score_s_mean']:.1f}", _per_s(r.get("scored_per_s")),
                       f"{r['peak_rss_mb']:.0f}", (f"{ref:.2f} ({r['reference_source']})" if isinstance(ref, float) and np.isfinite(ref) else "")]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
         lines.append("")
@@ -269,6 +277,17 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
               f"for this invocation ({doc['machine']}; {doc['jobs']} job(s) at a time){'; QUICK mode (reduced size)' if doc['quick'] else ''}. "
               f"Training and scoring of all its runs, resumed ones included, sum to {doc.get('run_time_s', float('nan')) / 60:.1f} min.", ""]
     return "\n".join(lines)
+
+
+def _params(n) -> str:
+    """Parameter count as 191k / 1.54M; – for fitted (closed-form) models."""
+    if n is None or not np.isfinite(float(n)) or float(n) == 0:
+        return "–"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def _per_s(rate) -> str:
+    return "–" if rate is None or not np.isfinite(float(rate)) else f"{rate:.0f}"
 
 
 def _sweep_drop_table(rows: pd.DataFrame, sweep: str, refs: dict) -> list[str]:

@@ -179,6 +179,7 @@ def _run_detector(specs: list[RunSpec], threads: int | None) -> list[dict]:
         records.append({"detector": spec.detector, "sweep": spec.sweep, "repeat": spec.repeat, "run_dir": str(spec.run_dir),
                         "train_s": st["train"].get("wall_time_s"), "score_s": st["score"].get("wall_time_s"),
                         "train_details": st["train"].get("details", {}), "train_counts": st["train"].get("counts", {}),
+                        "scored": st["score"].get("counts", {}).get("scored"),
                         # from the manifest, so a resumed run keeps the peak of the process that trained it
                         "peak_rss_mb": max(float(st[n].get("peak_rss_mb") or 0.0) for n in ("train", "score", "evaluate"))})
     return records
