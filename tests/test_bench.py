@@ -94,6 +94,10 @@ def test_bench_runs_publishes_and_resumes(tmp_path):
     assert row["auroc_each"] == [round(a, 4) for a in per_run]
     assert row["auroc_mean"] == pytest.approx(np.mean(per_run))
     assert row["auroc_mean"] > 0.9  # a bright square is exactly what a mean-intensity score sees
+    # model size and scoring throughput stand beside the AUROC: samples of all scored splits per second of the score stage
+    assert "| params | train s | score s | scored/s | peak MB |" in text
+    man = json.loads((runs / "toy" / "mean_intensity" / "seed0" / "manifest.json").read_text())["stages"]["score"]
+    assert man["counts"]["scored"] > 0 and row["scored_per_s"] > 0
     # data stages were shared: the second detector's cubes are the first detector's file
     a = next((runs / "toy" / "_data" / "seed1" / "cubes").glob("*.npy"))
     b = runs / "toy" / "mean_intensity" / "seed1" / "cubes" / a.name
