@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import load_config
 
+from evaluation.bench_report import write_markdown
 from pipeline.bench import plan, run_bench, variant
 from pipeline.core.errors import ConfigError
 
@@ -150,6 +151,11 @@ def test_sweep_publishes_the_change_against_zero_with_the_seed_figure(tmp_path):
     doc = json.loads((tmp_path / "docs" / "bench" / "toy.json").read_text())
     a0, a1 = (next(r["auroc_mean"] for r in doc["rows"] if r["score"] == "pca_recon" and r["sweep"] == v) for v in (0.0, 0.1))
     assert f"| PCA | pca_recon | {a0:.3f} | {a1 - a0:+.3f} | -0.01 (a seed figure) |" in md
+    # a result file whose sweep values were stored as strings (numpy floats through json's default=str) renders the same
+    for r in doc["rows"]:
+        r["sweep"] = str(r["sweep"])
+    (tmp_path / "docs" / "bench" / "toy.json").write_text(json.dumps(doc))
+    assert f"| PCA | pca_recon | {a0:.3f} | {a1 - a0:+.3f} | -0.01 (a seed figure) |" in write_markdown(tmp_path / "docs").read_text()
     splits = pd.read_csv(tmp_path / "runs" / "toy" / "pca" / "contamination_0.1" / "seed0" / "splits.csv")
     train = splits[splits.split == "train"]
     assert (train.label == 1).sum() == round(0.1 * (train.label == 0).sum() / 0.9)  # the training set really is contaminated
