@@ -49,9 +49,9 @@ def main() -> None:
                 sweeps = []
                 original = anomaly_map.sweep
 
-                def timed(*a, **k):
-                    out = original(*a, **k)
-                    sweeps.append(out.seconds)
+                def timed(*a, _original=original, _sweeps=sweeps, **k):  # bound now (ruff B023), though used in this iteration only
+                    out = _original(*a, **k)
+                    _sweeps.append(out.seconds)
                     return out
 
                 anomaly_map.sweep = timed

@@ -236,13 +236,11 @@ def one(part: str, workers: int, work: Path) -> dict:
 
 
 def _cubes(work: Path, n: int):
-    import numpy as np
+    from pipeline.core import artifacts
+    from preprocessing.intensity import SampleCubes, fit_normalisation
 
-    from preprocessing.intensity import fit_normalisation, normalise
-
-    with np.load(work / "extract_w1" / "cubes.npz") as z:
-        raw = z["raw"][:n]
-    return normalise(raw, fit_normalisation("window", (-1000.0, 400.0), 28))
+    samples = artifacts.read_samples(work / "extract_w1").head(n)
+    return SampleCubes(work / "extract_w1", samples, fit_normalisation("window", (-1000.0, 400.0), 28))[:]
 
 
 def _train(work: Path, workers: int) -> dict:

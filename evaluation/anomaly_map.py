@@ -44,9 +44,9 @@ from models.registry import Detector
 from pipeline.core import artifacts, io
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
-from preprocessing.cubes import centre_patch, lung_mask
+from preprocessing.cubes import lung_mask
 from preprocessing.geometry import index_to_world, lps_affine, world_to_index
-from preprocessing.intensity import load_cubes, normalise
+from preprocessing.intensity import SampleCubes, normalise
 from preprocessing.nifti import write_nifti
 from preprocessing.nodules import read_nodules
 
@@ -137,13 +137,12 @@ def _bbox(mask: np.ndarray, patch: int, shape: np.ndarray) -> tuple[np.ndarray, 
 
 def window_calibration(model: Detector, run_dir: Path, norm: dict, cfg: Config, score: str) -> dict | None:
     """The window score's null distribution: the normal validation centre patches, scored as the windows are."""
-    splits = artifacts.read_splits(run_dir)
+    splits = artifacts.read_splits(run_dir, ["sample_id", "split", "label"])
     normal_val = splits.loc[(splits["split"] == "val") & (splits["label"] == 0), "sample_id"]
     if len(normal_val) < 5:
         return None
-    ids, cubes = load_cubes(run_dir, norm)
-    rows = np.flatnonzero(np.isin(ids, normal_val.to_numpy()))
-    x = np.ascontiguousarray(centre_patch(cubes[rows], model.patch_size))
+    samples = artifacts.read_samples(run_dir, ["sample_id", *artifacts.SHARD_COLUMNS])
+    x = SampleCubes(run_dir, samples[np.isin(samples["sample_id"].to_numpy(str), normal_val.to_numpy(str))], norm, model.patch_size)
     device = next(model.parameters(), torch.zeros(0)).device
     scores, _, _ = score_array(model, x, cfg.map.mc_samples, cfg.map.batch_size, cfg.run.seed, device)
     calib = fit_calibration(scores[score], cfg.score.threshold, cfg.score.fpr, cfg.score.bh)

@@ -152,7 +152,7 @@ def _score_row(bench, label: str, col: str, sweep: float | None, view, reps: lis
         return None
     auc = np.array([m["auroc"] for m in per_rep])
     mean = lambda key: float(np.mean([m[key] for m in per_rep]))  # noqa: E731
-    row = {"detector": label, "score": col, "sweep": sweep, "view": view.label if view else "",
+    row = {"detector": label, "score": col, "sweep": None if sweep is None else float(sweep), "view": view.label if view else "",
            "n_repeats": len(per_rep), "auroc_mean": float(auc.mean()), "auroc_std": float(auc.std(ddof=1)) if len(auc) > 1 else None,
            "auroc_each": [round(float(a), 4) for a in auc],
            "lr_cv_auroc_mean": float(np.mean([m["lr_protocol"].get("cv_auroc", np.nan) for m in per_rep])),
@@ -229,6 +229,8 @@ def _fmt(v, nd: int = 3) -> str:
 
 def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
     rows = pd.DataFrame(doc["rows"])
+    if doc.get("sweep_key") and not rows.empty:  # older result files stored numpy sweep values as strings
+        rows["sweep"] = pd.to_numeric(rows["sweep"])
     lines = [f"## {doc['protocol']}", "", doc["description"].strip(), ""]
     if rows.empty:
         return "\n".join(lines + [f"**Failed run**: {f['detector']}, repeat {f['repeat']}: {f['error']}" for f in doc.get("failures", [])] + [""])

@@ -28,9 +28,8 @@ from pipeline.core import artifacts
 from pipeline.core.errors import StageError
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
-from preprocessing.cubes import centre_patch
 from preprocessing.geometry import lps_affine, world_to_index
-from preprocessing.intensity import denormalise, load_cubes
+from preprocessing.intensity import SampleCubes, denormalise
 from preprocessing.nodules import read_nodules
 
 META_COLS = {"sample_id", "patient_id", "series_uid", "kind", "label", "class", "split", "p_value", "flagged"}
@@ -108,10 +107,10 @@ def write_figures_and_report(cfg: Config, run_dir: Path, table, test, score_cols
     plot_roc_band(test, ec.score, per_score, fig("roc_band"), min(ec.bootstrap, 500) or 100, cfg.run.seed)
     plot_pr(test, ordered, per_score, fig("pr"))
     outputs = [fig(n) for n in ("roc", "score_density", "roc_band", "pr")]
-    patches = ScoredPatches(cfg, run_dir)
-    outputs += write_galleries(cfg, run_dir, test, ec.score, patches)
-    if ec.overlays and patches.cubes.ndim == 4 and ec.overlay_top_n > 0:  # 2D inputs: PNG overlays
-        outputs += write_png_overlays(cfg, run_dir, test, ec.score, patches)
+    with ScoredPatches(cfg, run_dir) as patches:
+        outputs += write_galleries(cfg, run_dir, test, ec.score, patches)
+        if ec.overlays and patches.cubes.ndim == 4 and ec.overlay_top_n > 0:  # 2D inputs: PNG overlays
+            outputs += write_png_overlays(cfg, run_dir, test, ec.score, patches)
     if "map" in metrics and metrics["map"]["nodules"]:
         outputs += write_nodule_views(cfg, run_dir)
     curves = artifacts.model_file("curves_plot", model_folder(cfg, run_dir))
@@ -151,26 +150,37 @@ def write_nodule_views(cfg: Config, run_dir: Path) -> list[Path]:
 
 
 class ScoredPatches:
-    """The normalised centre patches that were scored, with their residual maps and (2D) reconstructions, by sample ID."""
+    """The normalised centre patches that were scored (read from their shards), with their residual
+    maps and (2D) reconstructions (read from ``residuals.npz`` in one forward pass per call), by sample ID."""
 
     def __init__(self, cfg: Config, run_dir: Path) -> None:
-        z = artifacts.read_npz("residuals", run_dir, "run the score stage first")
-        self.residual, ids = z["residual"], z["sample_id"]
-        self.reconstruction = z.get("reconstruction")
-        self.row = {s: i for i, s in enumerate(ids)}
+        hint = "run the score stage first"
+        self.residual = artifacts.NpzRows("residuals", run_dir, "residual", hint)
+        self.reconstruction = artifacts.NpzRows("residuals", run_dir, "reconstruction", hint) if self.residual.has("reconstruction") else None
+        self.row = {s: i for i, s in enumerate(artifacts.read_npz_member("residuals", run_dir, "sample_id", hint))}
         self.norm = read_normalisation(model_folder(cfg, run_dir))
-        cube_ids, self.cubes = load_cubes(run_dir, self.norm)
-        self.cube_row = {s: i for i, s in enumerate(cube_ids)}
-        self.patch = self.residual.shape[-1]
+        samples = artifacts.read_samples(run_dir, ["sample_id", *artifacts.SHARD_COLUMNS])
+        self.cubes = SampleCubes(run_dir, samples, self.norm, patch=self.residual.shape[-1])
+        self.cube_row = {s: i for i, s in enumerate(samples["sample_id"])}
+
+    def __enter__(self) -> "ScoredPatches":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for rows in (self.residual, self.reconstruction):
+            if rows is not None:
+                rows.close()
 
     def image(self, sample_id: str) -> np.ndarray:
-        return centre_patch(self.cubes[[self.cube_row[sample_id]]], self.patch)[0]
+        return self.cubes[self.cube_row[sample_id]]
 
-    def residual_of(self, sample_id: str) -> np.ndarray:
-        return self.residual[self.row[sample_id]].astype(np.float32)
+    def residuals_of(self, sample_ids) -> np.ndarray:
+        return self.residual.read([self.row[s] for s in sample_ids]).astype(np.float32)
 
-    def reconstruction_of(self, sample_id: str) -> np.ndarray | None:
-        return None if self.reconstruction is None else self.reconstruction[self.row[sample_id]].astype(np.float32)
+    def reconstructions_of(self, sample_ids) -> list[np.ndarray | None]:
+        if self.reconstruction is None:
+            return [None] * len(sample_ids)
+        return list(self.reconstruction.read([self.row[s] for s in sample_ids]).astype(np.float32))
 
 
 def write_galleries(cfg: Config, run_dir: Path, test, score_col: str, patches: ScoredPatches, n: int = 6) -> list[Path]:
@@ -179,7 +189,7 @@ def write_galleries(cfg: Config, run_dir: Path, test, score_col: str, patches: S
     ordered = test.sort_values(score_col, ascending=False)
     for name, part in (("most", ordered.head(n)), ("least", ordered.tail(n).iloc[::-1])):
         imgs = [patches.image(s) for s in part["sample_id"]]
-        res = [patches.residual_of(s) for s in part["sample_id"]]
+        res = list(patches.residuals_of(part["sample_id"]))
         titles = [f"{'anomaly' if lab else 'normal'}\n{score_col}={v:.4g}" for lab, v in zip(part["label"], part[score_col])]
         path = artifacts.path("figure", run_dir, name=f"gallery_{name}_anomalous")
         plot_gallery(imgs, res, titles, path, f"{name} anomalous {cfg.evaluate.split} cases ({score_col})")
@@ -198,14 +208,15 @@ def write_png_overlays(cfg: Config, run_dir: Path, test, score_col: str, patches
     normals = normals.sample(min(n, len(normals)), random_state=cfg.run.seed).sort_values(score_col, ascending=False)
     written = []
     for tag, part in (("top", top), ("normal", normals)):
-        for rank, row in enumerate(part.to_dict("records"), 1):
+        ids = [str(s) for s in part["sample_id"]]
+        maps, recons = patches.residuals_of(ids), patches.reconstructions_of(ids)
+        for rank, (row, residual, recon) in enumerate(zip(part.to_dict("records"), maps, recons), 1):
             sid = str(row["sample_id"])
             cls = f", class {row['class']}" if "class" in row else ""
             title = f"{sid}: {'anomaly' if row['label'] else 'normal'}{cls}, {score_col} = {row[score_col]:.4g}"
             path = artifacts.path("overlay_png", run_dir, tag=tag, rank=f"{rank:02d}", sample=sid)
-            recon = patches.reconstruction_of(sid)
             plot_overlay_2d(denormalise(patches.image(sid), patches.norm), None if recon is None else denormalise(recon, patches.norm),
-                            patches.residual_of(sid), title, path)
+                            residual, title, path)
             written.append(path)
     return written
 
@@ -218,34 +229,44 @@ def class_column(samples, test) -> np.ndarray | None:
 
 
 def write_overlays(run_dir: Path, table, score_col: str, result: StageResult, samples) -> list[Path]:
-    """Residual and score overlays per series, on the ingested CT's grid."""
-    z = artifacts.read_npz("residuals", run_dir, "run the score stage first")
-    residual, ids, offset = z["residual"], z["sample_id"], int(z["offset"])
-    row_of = {s: i for i, s in enumerate(ids)}
-    written = []
+    """Residual and score overlays per series, on the ingested CT's grid (the residual maps read one
+    series at a time, in their order in ``residuals.npz``, so in one forward pass)."""
+    hint = "run the score stage first"
+    offset = int(artifacts.read_npz_member("residuals", run_dir, "offset", hint))
+    row_of = {s: i for i, s in enumerate(artifacts.read_npz_member("residuals", run_dir, "sample_id", hint))}
+    groups = []
     for series, grp in table.groupby("series_uid"):
         if not isinstance(series, str) or not series:  # array datasets have no CT grid
             continue
-        ct_path = artifacts.path("volume", run_dir, series=series)
-        if not ct_path.exists():
-            result.fail(f"series {series}", f"overlay skipped: ingested CT {ct_path} not found")
+        if not artifacts.path("volume", run_dir, series=series).exists():
+            result.fail(f"series {series}", f"overlay skipped: ingested CT {artifacts.path('volume', run_dir, series=series)} not found")
             continue
-        ct = sitk.ReadImage(str(ct_path))
-        shape = ct.GetSize()[::-1]
-        geo = samples.loc[grp["sample_id"]]
-        starts = geo[["start_i", "start_j", "start_k"]].to_numpy(int)
-        res = [residual[row_of[s], 0] for s in grp["sample_id"]]
-        out_res = artifacts.path("overlay_residual", run_dir, series=series)
-        write_overlay(ct, paint(shape, starts + offset, res), out_res)
-        size = geo["size"].to_numpy(int)
-        values = grp[score_col].to_numpy(float)
-        blocks = [np.full((n, n, n), v, np.float32) for n, v in zip(size, values)]
-        out_score = artifacts.path("overlay_score", run_dir, series=series)
-        write_overlay(ct, paint(shape, starts, blocks, fill=float(np.nanmin(values))), out_score)
-        written += [out_res, out_score]
-        nod = geo[geo["kind"] == "nodule"]
-        if len(nod):
-            out_mask = artifacts.path("overlay_nodules", run_dir, series=series)
-            write_overlay(ct, nodule_mask(shape, nod[["i", "j", "k"]].to_numpy(int)), out_mask)
-            written.append(out_mask)
+        groups.append((series, grp))
+    with artifacts.NpzRows("residuals", run_dir, "residual", hint) as residual:
+        done = {series: _series_overlays(run_dir, series, grp, residual, row_of, offset, score_col, samples)
+                for series, grp in sorted(groups, key=lambda g: min(row_of[s] for s in g[1]["sample_id"]))}
+    return [p for series, _ in groups for p in done[series]]
+
+
+def _series_overlays(run_dir: Path, series: str, grp, residual: artifacts.NpzRows, row_of: dict, offset: int, score_col: str,
+                     samples) -> list[Path]:
+    """The residual, score and nodule overlays of one series."""
+    ct = sitk.ReadImage(str(artifacts.path("volume", run_dir, series=series)))
+    shape = ct.GetSize()[::-1]
+    geo = samples.loc[grp["sample_id"]]
+    starts = geo[["start_i", "start_j", "start_k"]].to_numpy(int)
+    res = list(residual.read([row_of[s] for s in grp["sample_id"]])[:, 0])
+    out_res = artifacts.path("overlay_residual", run_dir, series=series)
+    write_overlay(ct, paint(shape, starts + offset, res), out_res)
+    size = geo["size"].to_numpy(int)
+    values = grp[score_col].to_numpy(float)
+    blocks = [np.full((n, n, n), v, np.float32) for n, v in zip(size, values)]
+    out_score = artifacts.path("overlay_score", run_dir, series=series)
+    write_overlay(ct, paint(shape, starts, blocks, fill=float(np.nanmin(values))), out_score)
+    written = [out_res, out_score]
+    nod = geo[geo["kind"] == "nodule"]
+    if len(nod):
+        out_mask = artifacts.path("overlay_nodules", run_dir, series=series)
+        write_overlay(ct, nodule_mask(shape, nod[["i", "j", "k"]].to_numpy(int)), out_mask)
+        written.append(out_mask)
     return written

@@ -44,8 +44,7 @@ from models.checkpoint import load_checkpoint  # noqa: E402
 from models.model_folder import model_folder  # noqa: E402
 from pipeline.core import artifacts, io  # noqa: E402
 from pipeline.core.schema import Config  # noqa: E402
-from preprocessing.cubes import centre_patch  # noqa: E402
-from preprocessing.intensity import load_cubes  # noqa: E402
+from preprocessing.intensity import SampleCubes  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Model adapters
@@ -425,15 +424,15 @@ FIGURES = {  # figure name (``<run>/<name>.png``) → caption in report.html
 
 def normal_patches(cfg: Config, run_dir: Path, norm: dict, patch: int, cap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Centre patches (model range) of the run's normal ``train`` and ``val`` samples, at most ``cap`` of each (a seeded draw)."""
-    ids, cubes = load_cubes(run_dir, norm)
-    splits = artifacts.read_splits(run_dir).set_index("sample_id").loc[ids]
+    samples = artifacts.read_samples(run_dir, ["sample_id", *artifacts.SHARD_COLUMNS])  # the cubes are read from their shards
+    splits = artifacts.read_splits(run_dir, ["sample_id", "split", "label"]).set_index("sample_id").loc[samples["sample_id"]]
     normal = splits["label"].to_numpy() == 0
     rng = np.random.default_rng(seed)
     out = []
     for split in ("train", "val"):
         rows = np.flatnonzero(normal & (splits["split"].to_numpy() == split))
         rows = np.sort(rng.permutation(rows)[:cap])
-        out.append(centre_patch(cubes[rows], patch).astype(np.float32))
+        out.append(SampleCubes(run_dir, samples.iloc[rows], norm, patch)[:].astype(np.float32))
     return out[0], out[1]
 
 

@@ -158,7 +158,10 @@ class GeomDetector(Detector):
     def fit_after_training(self, train_x):
         was = self.training
         self.eval()
-        self.mean_image.copy_(plain(train_x).float().mean(0))
+        total = torch.zeros_like(self.mean_image, dtype=torch.float64)
+        for i in range(0, len(train_x), 256):  # read in slices: train_x may be the train stage's stand-in (Detector.fit_after_training)
+            total += plain(train_x[i : i + 256]).double().sum(0).to(total.device)
+        self.mean_image.copy_((total / max(len(train_x), 1)).to(self.mean_image.dtype))
         terms = self.density.fit(self.features(train_x))
         self.train(was)
         return terms

@@ -90,7 +90,10 @@ class Detector(nn.Module):
 
     def fit_after_training(self, train_x: torch.Tensor) -> dict[str, float]:
         """Fit post-hoc statistics on the normal training centre patches with the selected weights
-        (e.g. the density of the VAE's codes); called once by the train stage. Returns summary terms."""
+        (e.g. the density of the VAE's codes); called once by the train stage. Returns summary terms.
+
+        ``train_x`` is (N, C, *spatial): a tensor, or from the train stage a stand-in that reads the
+        patches when sliced, so an implementation uses only ``len(train_x)`` and ``train_x[i:j]``."""
         return {}
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:

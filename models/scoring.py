@@ -6,9 +6,13 @@ float16 maps |x − reconstruction| of the centre patch, ``sample_id`` and ``off
 the patch's first voxel inside its cube (so the map can be placed back on the CT grid); for 2D
 inputs also ``reconstruction`` (float16, model range), shown next to the image in PNG overlays.
 
-Scoring runs under ``torch.inference_mode`` in batches; Monte-Carlo noise comes from a generator
+Scoring runs under ``torch.inference_mode`` in batches, each read from the extract shards when it
+is scored (:class:`preprocessing.intensity.SampleCubes`); Monte-Carlo noise comes from a generator
 seeded with the run seed, and is shared across a batch, so scores are reproducible and do not
-depend on the batch size.
+depend on the batch size. Each batch's residual maps are written into ``residuals.npz`` as soon as
+they are computed (:func:`pipeline.core.io.npz_stream`), so memory does not grow with the number of
+samples (but for the scores, and the reconstructions of 2D inputs). The Ray engine gathers the
+residual maps in the driver.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import torch
 
 from models.calibration import check_calibration, fit_calibration, flag, p_values
 from models.checkpoint import ModelFileError, device_for, load_checkpoint
-from models.inference import score_array
+from models.inference import score_batches
+from models.registry import Detector
 from pipeline.core import artifacts, io
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
-from preprocessing.cubes import centre_offset, centre_patch
-from preprocessing.intensity import load_cubes
+from preprocessing.cubes import centre_offset
+from preprocessing.intensity import SampleCubes
 
 
 def model_path(cfg: Config, run_dir: Path) -> Path:
@@ -51,25 +56,33 @@ def _score_table(run_dir: Path, ids: np.ndarray, splits: pd.DataFrame, scores: d
     })
 
 
+def _chosen(cfg: Config, run_dir: Path, norm: dict, patch: int) -> tuple[np.ndarray, SampleCubes, pd.DataFrame]:
+    """IDs, centre patches (read when scored) and ``splits.csv`` rows of the samples of ``score.splits``, in ``samples.csv`` order."""
+    samples = artifacts.read_samples(run_dir)
+    ids = samples["sample_id"].to_numpy(str)
+    splits = artifacts.read_splits(run_dir).set_index("sample_id").loc[ids]
+    chosen = splits["split"].isin(cfg.score.splits).to_numpy()
+    return ids[chosen], SampleCubes(run_dir, samples[chosen], norm, patch), splits[chosen]
+
+
 def run(cfg: Config, run_dir: Path) -> StageResult:
     """The score stage: load the model folder, score the centre patch of every chosen sample, calibrate, write."""
     torch.set_num_threads(cfg.run.threads)
     device = device_for(cfg.run.device)
     folder = model_path(cfg, run_dir)
     model, payload = load_checkpoint(folder, device)
-    ids, cubes = load_cubes(run_dir, payload["normalisation"])
-    splits = artifacts.read_splits(run_dir).set_index("sample_id").loc[ids]
-    chosen = splits["split"].isin(cfg.score.splits).to_numpy()
-    ids, cubes, splits = ids[chosen], cubes[chosen], splits[chosen]
     patch = payload["patch_size"]
+    ids, cubes, splits = _chosen(cfg, run_dir, payload["normalisation"], patch)
+    residuals = artifacts.path("residuals", run_dir)
+    offset = np.array(centre_offset(cubes.stored_shape()[2], patch))
     if cfg.run.engine == "ray":  # Ray Data scoring carries no reconstructions: 2D overlays then show image and residual only
         from models.ray_scoring import score_with_ray  # Ray is optional (medanomaly[ray])
 
-        scores, residual = score_with_ray(folder, centre_patch(cubes, patch), cfg.score.mc_samples, cfg.score.batch_size,
+        scores, residual = score_with_ray(folder, cubes, cfg.score.mc_samples, cfg.score.batch_size,
                                           cfg.run.seed, device.type, cfg.run.threads, cfg.run.workers)
-        recon = None
+        io.write_npz(residuals, residual=residual, sample_id=ids, offset=offset)
     else:
-        scores, residual, recon = score_array(model, centre_patch(cubes, patch), cfg.score.mc_samples, cfg.score.batch_size, cfg.run.seed, device)
+        scores = _score_streaming(model, cubes, ids, offset, cfg, device, residuals)
     table = _score_table(run_dir, ids, splits, scores)
     outputs = []
     calib = calibrate(cfg, run_dir, table)
@@ -78,14 +91,36 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
         table["flagged"] = flag(table["p_value"].to_numpy(), calib)
         if cfg.score.model is None:
             outputs.append(artifacts.write_json("calibration", run_dir, calib))
-    outputs.insert(0, artifacts.write_table("scores", run_dir, table))
-    extra = {"reconstruction": recon} if recon is not None and cubes.ndim == 4 else {}  # 2D: shown in the PNG overlays
-    outputs.insert(1, artifacts.path("residuals", run_dir))
-    io.write_npz(outputs[1], residual=residual, sample_id=ids, offset=np.array(centre_offset(cubes.shape[2], patch)), **extra)
+    outputs[:0] = [artifacts.write_table("scores", run_dir, table), residuals]
     counts = {"scored": len(table), "mc_samples": cfg.score.mc_samples}
     if calib is not None:
         counts["flagged"] = int(table["flagged"].sum())
     return StageResult(counts=counts, outputs=outputs)
+
+
+def _score_streaming(model: Detector, cubes: SampleCubes, ids: np.ndarray, offset: np.ndarray, cfg: Config, device: torch.device,
+                     dest: Path) -> dict[str, np.ndarray]:
+    """Score batch by batch, streaming each batch's residual maps into ``residuals.npz`` (then the
+    IDs, the patch offset and, for 2D inputs, the reconstructions); returns the scores."""
+    two_d, n, done = cubes.ndim == 4, len(cubes), 0
+    scores: dict[str, np.ndarray] = {}  # filled in place: no small allocations that outlive a batch (they fragment the heap)
+    recons = []
+    with io.npz_stream(dest) as z:
+        with z.rows("residual", cubes.shape, np.float16) as write:
+            for batch_scores, residual, recon in score_batches(model, cubes, cfg.score.mc_samples, cfg.score.batch_size, cfg.run.seed,
+                                                               device, reconstructions=two_d):
+                write(residual)
+                for k, v in batch_scores.items():
+                    if k not in scores:
+                        scores[k] = np.empty(n, v.dtype)
+                    scores[k][done : done + len(v)] = v
+                done += len(residual)
+                recons += [recon] if recon is not None else []
+        z.put("sample_id", ids)
+        z.put("offset", offset)
+        if recons and sum(map(len, recons)) == n:  # 2D: shown in the PNG overlays
+            z.put("reconstruction", np.concatenate(recons))
+    return scores
 
 
 def calibrate(cfg: Config, run_dir: Path, table: pd.DataFrame) -> dict | None:

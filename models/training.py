@@ -2,7 +2,10 @@
 
 - Data: the ``train`` split (normals, plus any contamination) as random sub-patches with flips
   (MONAI transforms); the normal ``val`` split as centre patches for early stopping and model
-  selection. Test data are never touched here.
+  selection. Test data are never touched here. Cubes are read from the extract shards when a
+  batch needs them (:class:`preprocessing.intensity.SampleCubes`), in training, validation and the
+  post-training fit alike, so memory does not grow with the number of samples (except for the
+  closed-form baselines, which fit on all training centre patches at once).
 - Determinism: every epoch re-seeds torch and the MONAI transforms from (seed, epoch), so a run
   that is killed and resumed from ``train_state.pt`` continues exactly as an uninterrupted one.
 - Outputs: the model folder (:mod:`models.checkpoint`: weights of the epoch with the best
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,22 +44,62 @@ from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
 from preprocessing.augment import KEY, train_transforms
 from preprocessing.cubes import centre_patch
-from preprocessing.intensity import fit_normalisation, normalise
+from preprocessing.intensity import SampleCubes, fit_normalisation
+
+# Training and validation data: an (N, C, *spatial) array in model range, or the same read on access.
+Cubes = np.ndarray | SampleCubes
+PATCH_BATCH = 256  # samples per read when centre patches of all training samples are needed
 
 
-def _batches(x: np.ndarray, batch_size: int) -> list[torch.Tensor]:
-    """Centre patches in fixed order, ``batch_size`` at a time (validation; no augmentation)."""
-    return [torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+class _Batches:
+    """Centre patches of ``x`` in fixed order, ``batch_size`` at a time, read anew on every pass (validation; no augmentation)."""
+
+    def __init__(self, x: Cubes, patch: int, batch_size: int) -> None:
+        self.x, self.patch, self.batch_size = x, patch, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for i in range(0, len(self.x), self.batch_size):
+            yield torch.from_numpy(np.ascontiguousarray(centre_patch(self.x[i : i + self.batch_size], self.patch)))
 
 
-def _train_loader(x: np.ndarray, transform, batch_size: int, seed: int) -> DataLoader:
-    """Shuffled batches of ``batch_size`` (global) samples; this rank's share under DDP.
+class _Patches:
+    """Centre patches of ``x`` as tensors on ``device``, read when sliced: what the train stage gives
+    :meth:`Detector.fit_after_training` in place of one (N, C, *spatial) tensor (``len`` and ``[i:j]``)."""
+
+    def __init__(self, x: Cubes, patch: int, device: torch.device) -> None:
+        self.x, self.patch, self.device = x, patch, device
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(centre_patch(self.x[index], self.patch))).to(self.device)
+
+
+class _Items:
+    """``{KEY: x[i]}`` on access: a training cube is read when the loader asks for it."""
+
+    def __init__(self, x: Cubes) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {KEY: self.x[i]}
+
+
+def _train_loader(x: Cubes, transform, batch_size: int, seed: int) -> DataLoader:
+    """Shuffled batches of ``batch_size`` (global) samples, each cube read and transformed when drawn; this rank's share under DDP.
 
     Every rank draws the same permutation and takes every world-size-th index, so the ranks'
     k-th batches together are exactly the k-th batch of a single process.
     """
     rank, world = distributed.rank_world()
-    ds = Dataset([{KEY: c} for c in x], transform)
+    ds = Dataset(_Items(x), transform)
     return DataLoader(ds, batch_size=batch_size // world, sampler=DistributedSampler(ds, world, rank, shuffle=True, seed=seed), num_workers=0)
 
 
@@ -68,7 +112,7 @@ def _seed_epoch(transform, seed: int, epoch: int) -> None:
 
 
 @torch.no_grad()
-def _validate(model: Detector, batches: list[torch.Tensor], device: torch.device, seed: int) -> float:
+def _validate(model: Detector, batches: _Batches, device: torch.device, seed: int) -> float:
     """Mean per-sample validation loss on normal validation patches (NaN without any)."""
     model.eval()
     torch.manual_seed(seed)  # the single-sample loss is stochastic; fix its noise for comparability
@@ -89,13 +133,14 @@ class _State:
     stop_reason: str = "max epochs"
 
 
-def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, out_dir: Path, normalisation: dict, data_key: str = "") -> dict:
+def fit(model: Detector, train_x: Cubes, val_x: Cubes, cfg: Config, out_dir: Path, normalisation: dict, data_key: str = "") -> dict:
     """Train ``model`` and write the best checkpoint and curves into ``out_dir``; returns a summary.
 
     Args:
         model: a freshly built detector.
         train_x, val_x: normalised training cubes (N, C, *spatial; random patches are cut from
-            them) and normal validation cubes (their centre patches select the epoch).
+            them) and normal validation cubes (their centre patches select the epoch): arrays, or
+            :class:`SampleCubes` read from the shards a batch at a time.
         cfg: the run config (``train``, ``model``, ``run.seed``, ``run.device``).
         out_dir: the model folder.
         normalisation: stored in the checkpoint for scoring new data.
@@ -108,7 +153,7 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
     """
     device = device_for(cfg.run.device)
     model.to(device).train()
-    val = _batches(centre_patch(val_x, cfg.train.patch_size), cfg.train.batch_size)
+    val = _Batches(val_x, cfg.train.patch_size, cfg.train.batch_size)
     if not model.sgd:
         return _fit_closed_form(model, train_x, val, cfg, out_dir, normalisation, device)
     fingerprint = io.sha256_json([cfg.section("train"), cfg.section("model"), cfg.run.seed, data_key])
@@ -132,13 +177,13 @@ def fit(model: Detector, train_x: np.ndarray, val_x: np.ndarray, cfg: Config, ou
             "world_size": distributed.rank_world()[1], **post}
 
 
-def _fit_closed_form(model: Detector, train_x: np.ndarray, val: list[torch.Tensor], cfg: Config, out_dir: Path, normalisation: dict,
+def _fit_closed_form(model: Detector, train_x: Cubes, val: _Batches, cfg: Config, out_dir: Path, normalisation: dict,
                      device: torch.device) -> dict:
-    """Closed-form models (PCA, intensity statistics): one fit on all training centre patches."""
+    """Closed-form models (PCA, intensity statistics): one fit on all training centre patches (all in memory: PCA needs them)."""
     t0 = time.perf_counter()
     if distributed.rank_world()[1] > 1:
         raise StageError(f"train --ddp: {model.registry_name} is fitted in closed form; train it in one process")
-    x = torch.from_numpy(np.ascontiguousarray(centre_patch(train_x, cfg.train.patch_size)))
+    x = torch.cat(list(_Batches(train_x, cfg.train.patch_size, PATCH_BATCH)))
     terms = model.fit_arrays(x.to(device))
     loss = float(_validate(model, val, device, cfg.run.seed)) if val else float("nan")
     _write_curves(out_dir, [{"epoch": 0, **{f"train_{k}": v for k, v in terms.items()}, "val_loss": loss}])
@@ -178,7 +223,7 @@ def _ddp_wrapper(model: Detector, optimizers: list, batch_size: int, device: tor
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _epochs(model: Detector, optimizers: list, train_x: np.ndarray, val: list[torch.Tensor], cfg: Config, out_dir: Path,
+def _epochs(model: Detector, optimizers: list, train_x: Cubes, val: _Batches, cfg: Config, out_dir: Path,
             normalisation: dict, device: torch.device, fingerprint: str, state: _State) -> tuple[_State, int]:
     """Train from ``state.start`` until the last epoch, early stopping or a non-finite loss; returns the state and last epoch."""
     tc, seed = cfg.train, cfg.run.seed
@@ -206,7 +251,7 @@ def _epochs(model: Detector, optimizers: list, train_x: np.ndarray, val: list[to
     return state, epoch
 
 
-def _train_epoch(model: Detector, optimizers: list, ddp, train_x: np.ndarray, transform, cfg: Config, epoch: int, device: torch.device) -> dict:
+def _train_epoch(model: Detector, optimizers: list, ddp, train_x: Cubes, transform, cfg: Config, epoch: int, device: torch.device) -> dict:
     """One pass over the training patches; returns the epoch's mean loss terms (averaged over DDP ranks)."""
     tc, seed = cfg.train, cfg.run.seed
     _seed_epoch(transform, seed, epoch)
@@ -245,11 +290,11 @@ def _save_epoch(model: Detector, optimizers: list, out_dir: Path, normalisation:
         "history": state.history, "best": state.best, "best_epoch": state.best_epoch, "epoch": epoch, "bad_epochs": state.bad_epochs}, tmp))
 
 
-def _fit_after_training(model: Detector, ckpt_path: Path, train_x: np.ndarray, patch: int, device: torch.device) -> dict:
+def _fit_after_training(model: Detector, ckpt_path: Path, train_x: Cubes, patch: int, device: torch.device) -> dict:
     """Reload the selected checkpoint, let the model fit its post-hoc statistics on the training
-    centre patches (:meth:`Detector.fit_after_training`) and save the checkpoint again."""
+    centre patches (:meth:`Detector.fit_after_training`, read in slices) and save the checkpoint again."""
     best, payload = load_checkpoint(ckpt_path, device)
-    terms = best.fit_after_training(torch.from_numpy(np.ascontiguousarray(centre_patch(train_x, patch))).to(device))
+    terms = best.fit_after_training(_Patches(train_x, patch, device))
     if terms:
         extra = {k: v for k, v in payload.items() if k not in MODEL_KEYS}
         save_checkpoint(ckpt_path, best, payload["normalisation"], extra | {"post_fit": terms})
@@ -275,32 +320,39 @@ def _write_curves(out_dir: Path, history: list[dict], plot: bool = True) -> None
     io.write_with(artifacts.model_file("curves_plot", out_dir), lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
 
 
-def _training_data(run_dir: Path) -> tuple[np.ndarray, list[int], list[int], list[int]]:
-    """Raw cubes and the indices of the training samples, the normal validation samples and the normal training samples."""
-    splits = artifacts.read_splits(run_dir)
-    ids, raw = artifacts.read_raw_cubes(run_dir)
-    pos = {s: i for i, s in enumerate(ids)}
-    rows = lambda mask: [pos[s] for s in splits.loc[mask, "sample_id"]]  # noqa: E731
+def _training_samples(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Rows of ``samples.csv`` (with each cube's shard and row) of the training samples, the normal
+    validation samples and the normal training samples, in ``splits.csv`` order."""
+    splits = artifacts.read_splits(run_dir, ["sample_id", "split", "label"])
+    samples = artifacts.read_samples(run_dir, ["sample_id", *artifacts.SHARD_COLUMNS]).set_index("sample_id")
+    pick = lambda mask: samples.loc[splits.loc[mask, "sample_id"]].reset_index()  # noqa: E731
     train, normal = splits["split"] == "train", splits["label"] == 0
-    return raw, rows(train), rows((splits["split"] == "val") & normal), rows(train & normal)
+    return pick(train), pick((splits["split"] == "val") & normal), pick(train & normal)
+
+
+def _data_key(run_dir: Path, train: pd.DataFrame, val: pd.DataFrame) -> str:
+    """Identifies the training data (the content of the shards read, the samples and their order), for resuming."""
+    artifacts.check_shard_columns(train, run_dir)
+    shards = sorted(set(train["shard"]) | set(val["shard"]))
+    digests = {s: io.sha256_file(artifacts.path("cubes", run_dir, shard=s)) for s in shards}
+    return io.sha256_json([digests, train["sample_id"].tolist(), val["sample_id"].tolist()])
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:
-    """The train stage: normalisation fitted on the training normals, then :func:`fit` into the model folder."""
+    """The train stage: normalisation fitted on the training normals (streaming), then :func:`fit` into the model folder."""
     torch.set_num_threads(distributed.threads_per_process(cfg.run.threads))
-    raw, train_idx, val_idx, normal_idx = _training_data(run_dir)
-    if not train_idx:
+    train, val, normals = _training_samples(run_dir)
+    if not len(train):
         raise StageError("train: the training split is empty")
     ec = cfg.extract
-    normalisation = fit_normalisation(ec.normalise, ec.hu_window, ec.cube_size, raw[normal_idx] if ec.normalise == "zscore" else None)
-    cubes = normalise(raw, normalisation)
+    normalisation = fit_normalisation(ec.normalise, ec.hu_window, ec.cube_size, SampleCubes(run_dir, normals) if ec.normalise == "zscore" else None)
+    train_x, val_x = SampleCubes(run_dir, train, normalisation), SampleCubes(run_dir, val, normalisation)
     torch.manual_seed(cfg.run.seed)
-    model = build(cfg.model.name, cfg.model, cubes.shape[1], cfg.train.patch_size)
+    model = build(cfg.model.name, cfg.model, train_x.shape[1], cfg.train.patch_size)
     out_dir = artifacts.model_dir(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_key = io.sha256_json([io.sha256_file(artifacts.path("cubes", run_dir)), train_idx, val_idx])
-    summary = fit(model, cubes[train_idx], cubes[val_idx], cfg, out_dir, normalisation, data_key)
-    result = StageResult(counts={"train_samples": len(train_idx), "val_samples": len(val_idx),
+    summary = fit(model, train_x, val_x, cfg, out_dir, normalisation, _data_key(run_dir, train, val))
+    result = StageResult(counts={"train_samples": len(train), "val_samples": len(val),
                                  "parameters": sum(p.numel() for p in model.parameters())}, extra=summary)
     if summary["diverged"]:
         result.fail("training", summary["stop_reason"])

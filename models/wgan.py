@@ -145,9 +145,12 @@ class AnoGAN(WGANGP):
             return {}
         was = self.training
         self.eval()
-        x = nets.plain(train_x)
-        f = torch.cat([self.D.features(x[i : i + 256]) for i in range(0, len(x), 256)])
-        s_res = (x - x.mean(0, keepdim=True)).abs().flatten(1).sum(1).mean()
+        # train_x is read in slices (the train stage passes a stand-in that reads the cubes when sliced: Detector.fit_after_training)
+        chunks = range(0, len(train_x), 256)
+        f = torch.cat([self.D.features(nets.plain(train_x[i : i + 256])) for i in chunks])
+        mean = sum(nets.plain(train_x[i : i + 256]).double().sum(0, keepdim=True) for i in chunks) / len(train_x)
+        s_res = sum(float((nets.plain(train_x[i : i + 256]) - mean.float()).abs().flatten(1).sum(1).sum()) for i in chunks) / len(train_x)
+        s_res = torch.tensor(s_res, dtype=f.dtype, device=f.device)
         s_feat = (f - f.mean(0, keepdim=True)).abs().sum(1).mean()
         self.term_scale.copy_(torch.stack([s_res, s_feat]).clamp_min(1e-8))
         self.train(was)

@@ -28,6 +28,7 @@ from pipeline.core.errors import MedAnomalyError, StageError
 from pipeline.core.inputs import external_inputs
 from pipeline.core.lock import run_lock
 from pipeline.core.manifest import Manifest, library_versions, now
+from pipeline.core.memory import fix_mmap_threshold
 from pipeline.core.schema import Config
 from pipeline.core.stage import Stage
 from preprocessing import extract, ingest, splits
@@ -87,6 +88,7 @@ def run_stages(cfg: Config, run_dir: Path, names: list[str], force: bool = False
     and confines every write to ``run_dir``.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    fix_mmap_threshold()  # batch buffers go back to the system when freed: flat peaks (pipeline/core/memory.py)
     with run_lock(run_dir, log), io.confine(run_dir):
         stale = io.remove_stale_temps(run_dir)
         if stale:

@@ -18,8 +18,9 @@ so images of one dataset may differ in size: ``arrays.npz`` stores them padded t
 size (top-left aligned) with each image's valid ``shape``.
 
 ``extract`` centre-crops every image to ``extract.cube_size`` (an image smaller than that is a
-per-item error), writing the same ``cubes.npz`` / ``samples.csv`` contract as CT cubes (without
-geometry columns), so split, train, score and evaluate are shared with the CT path.
+per-item error), writing the same ``cubes/`` shards / ``samples.csv`` contract as CT cubes
+(``IMAGES_PER_SHARD`` images per shard, without geometry columns), so split, train, score and
+evaluate are shared with the CT path.
 """
 
 from __future__ import annotations
@@ -249,7 +250,7 @@ def write_arrays(run_dir: Path, table: pd.DataFrame, grids: list[np.ndarray], sp
 
 
 def extract(cfg: Config, run_dir: Path) -> StageResult:
-    """Centre-crop every image to ``extract.cube_size`` → ``cubes.npz`` and ``samples.csv`` (no geometry columns)."""
+    """Centre-crop every image to ``extract.cube_size`` → ``cubes/images-*.npy`` and ``samples.csv`` (no geometry columns)."""
     table = artifacts.read_arrays_table(run_dir)
     z = artifacts.read_npz("arrays", run_dir, "run the ingest stage first")
     images, shapes = z["images"], z["shape"]
@@ -269,9 +270,19 @@ def extract(cfg: Config, run_dir: Path) -> StageResult:
     samples = table.iloc[keep].assign(kind="image", series_uid="", size=size)
     samples = samples[["sample_id", "patient_id", "series_uid", "kind", "label", "class", "source_split", "source", "size",
                        *extra]].reset_index(drop=True)
-    cubes_path = artifacts.write_cubes(run_dir, crops, samples["sample_id"].to_numpy(str))
+    samples, shards = _write_image_shards(run_dir, samples, crops)
     samples_path = artifacts.write_table("samples", run_dir, samples)
     result.counts = {"images": int(len(samples)), "normal": int((samples.label == 0).sum()), "anomalous": int((samples.label == 1).sum()),
                      "too_small": int(small.sum())}
-    result.outputs = [cubes_path, samples_path]
+    result.outputs = [*shards, samples_path]
     return result
+
+
+def _write_image_shards(run_dir: Path, samples: pd.DataFrame, crops: np.ndarray) -> tuple[pd.DataFrame, list[Path]]:
+    """Write the crops in shards of ``artifacts.IMAGES_PER_SHARD``; returns the samples with their shard and row, and the shards."""
+    index = np.arange(len(samples))
+    names = [artifacts.image_shard(i) for i in index]
+    n = artifacts.IMAGES_PER_SHARD
+    shards = [artifacts.write_cube_shard(run_dir, names[i], crops[i : i + n]) for i in range(0, len(crops), n)]
+    artifacts.remove_stale_shards(run_dir, shards)
+    return samples.assign(shard=names, shard_row=index % n), shards

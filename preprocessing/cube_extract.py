@@ -1,14 +1,17 @@
-"""Nodule cubes: nodule table + ingested CT volumes → ``cubes.npz`` and ``samples.csv``.
+"""Nodule cubes: nodule table + ingested CT volumes → ``cubes/<series>.npy`` shards and ``samples.csv``.
 
-``cubes.npz`` holds ``raw`` (N, 1, S, S, S) int16 in HU, ``zyx`` order, exactly as cut from the
-1 mm volume, plus ``sample_id``. (Array datasets store (N, C, *spatial) float32 in source units.)
+Each series' cubes go to their own shard ``cubes/<series stem>.npy``, written by the worker that
+cut them as soon as the series is done, so the memory of the stage is that of one series (per
+worker) whatever the number of series; only the series' table rows come back to the driver. A
+shard holds (n, 1, S, S, S) int16 in HU, ``zyx`` order, exactly as cut from the 1 mm volume, in
+``sample_id`` order. (Array datasets store (n, C, *spatial) float32 in source units.)
 Normalisation (HU window → [0, 1]) is applied on load with the
 config's window, the same function the model checkpoint records for new data.
 
-``samples.csv`` has one row per cube: sample_id, patient_id, series_uid, kind (nodule |
-background), nodule_id, label (0 normal, 1 anomaly), malignancy, centre (LPS mm and ijk),
-start index, padded flag, and ``affine_lps``: the 16 numbers (row-major) of the cube's own
-voxel(ijk)→LPS affine.
+``samples.csv`` has one row per cube, sorted by sample_id: sample_id, patient_id, series_uid,
+kind (nodule | background), nodule_id, label (0 normal, 1 anomaly), malignancy, centre (LPS mm
+and ijk), start index, padded flag, ``affine_lps``: the 16 numbers (row-major) of the cube's own
+voxel(ijk)→LPS affine, then ``shard`` and ``shard_row``: where the cube is.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class _Job:
     nodules: pd.DataFrame
     cfg: object  # ExtractConfig
     seed: int
+    run_dir: Path
 
 
 def _label(cfg, rating: float) -> int | None:
@@ -54,6 +58,7 @@ def _label(cfg, rating: float) -> int | None:
 
 
 def _extract_series(job: _Job) -> dict:
+    """Cut one series' cubes and write its shard; returns its table rows (a DataFrame), errors and shard path."""
     cfg, size = job.cfg, job.cfg.cube_size
     image = sitk.ReadImage(str(job.volume))
     vol = sitk.GetArrayViewFromImage(image)  # zyx, HU int16
@@ -90,8 +95,21 @@ def _extract_series(job: _Job) -> dict:
             ijk = start + size // 2
             rows.append(_row(job, f"{job.series_uid}:bg{'_'.join(map(str, ijk))}", "background", "", 0, float("nan"), aff, ijk, start, padded, size))
             n_bg += 1
-    arr = np.stack(cubes).astype(np.int16) if cubes else np.zeros((0, size, size, size), np.int16)
-    return {"rows": rows, "cubes": arr, "errors": errors, "n_background": n_bg}
+    table, shard = _write_shard(job, rows, cubes)
+    return {"rows": table, "shard": shard, "errors": errors, "n_background": n_bg}
+
+
+def _write_shard(job: _Job, rows: list[dict], cubes: list[np.ndarray]) -> tuple[pd.DataFrame, Path | None]:
+    """Write the series' cubes in sample_id order to ``cubes/<series stem>.npy`` (none without cubes); their rows say where."""
+    table = pd.DataFrame(rows)
+    if not rows:
+        return table, None
+    order = np.argsort(table["sample_id"].to_numpy(), kind="stable")
+    stem = artifacts.series_stem(job.series_uid)
+    shard = artifacts.write_cube_shard(job.run_dir, stem, np.stack([cubes[i] for i in order])[:, None].astype(np.int16, copy=False))
+    row = np.empty(len(order), dtype=np.int64)
+    row[order] = np.arange(len(order))
+    return table.assign(shard=stem, shard_row=row), shard
 
 
 def _row(job: _Job, sample_id: str, kind: str, nodule_id: str, label: int, rating: float, aff: np.ndarray, ijk: np.ndarray,
@@ -127,8 +145,8 @@ def extract(cfg: Config, run_dir: Path) -> StageResult:
         if len(nods) == 0 and not cfg.extract.background.enabled:
             continue
         jobs.append(_Job(s["series_uid"], s["patient_id"], artifacts.path("volume", run_dir, series=s["series_uid"]), nods,
-                         cfg.extract, cfg.run.seed))
-    rows, cubes = [], []
+                         cfg.extract, cfg.run.seed, run_dir))
+    tables, shards = [], []
     for item, ok, res in map_items(_extract_series, jobs, cfg.run.workers, engine=cfg.run.engine, desc="extract",
                                    key=lambda j: f"series {j.series_uid}"):
         if not ok:
@@ -137,15 +155,16 @@ def extract(cfg: Config, run_dir: Path) -> StageResult:
         result.ok(item)
         for it, msg in res["errors"]:
             result.fail(it, msg)
-        rows.extend(res["rows"])
-        cubes.append(res["cubes"])
-    if not rows:
+        if res["shard"] is not None:
+            tables.append(res["rows"])
+            shards.append(Path(res["shard"]))
+    if not tables:
         raise StageError("extract: no cubes were extracted; see errors.csv", result.errors)
-    table = pd.DataFrame(rows)
-    order = np.argsort(table["sample_id"].to_numpy(), kind="stable")
-    table = table.iloc[order].reset_index(drop=True)
-    arr = np.concatenate(cubes)[order]
-    cubes_path = artifacts.write_cubes(run_dir, arr[:, None], table["sample_id"].to_numpy(dtype=str))
+    table = pd.concat(tables, ignore_index=True)
+    tables.clear()
+    table = table.iloc[np.argsort(table["sample_id"].to_numpy(), kind="stable")].reset_index(drop=True)
+    shards.sort()
+    artifacts.remove_stale_shards(run_dir, shards)
     samples_path = artifacts.write_table("samples", run_dir, table)
     result.counts = {
         "nodules_in_table": int(len(nodules) + len(errors)),
@@ -155,5 +174,5 @@ def extract(cfg: Config, run_dir: Path) -> StageResult:
         "normal": int((table.label == 0).sum()),
         "anomalous": int((table.label == 1).sum()),
     }
-    result.outputs = [cubes_path, samples_path]
+    result.outputs = [*shards, samples_path]
     return result

@@ -1,4 +1,4 @@
-"""Extract stage: ingested data → ``cubes.npz`` (raw patches in stored units) and ``samples.csv``.
+"""Extract stage: ingested data → ``cubes/*.npy`` shards (raw patches in stored units) and ``samples.csv``.
 
 DICOM CT: a ``cube_size``³ cube at every nodule of the table, plus optional background cubes of
 lung tissue (:mod:`preprocessing.cube_extract`). Array datasets and image folders: the centre
@@ -23,7 +23,7 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
         run_dir: the run directory; the stage reads its upstream artifacts there and writes its own.
 
     Returns:
-        counts, per-item errors and the files written (``cubes.npz`` and ``samples.csv``), recorded in the manifest.
+        counts, per-item errors and the files written (the ``cubes/`` shards and ``samples.csv``), recorded in the manifest.
     """
     # imported when the stage runs (SimpleITK, SciPy): see pipeline/core/stage.py
     if cfg.ingest.format in ("arrays", "images"):  # both write the arrays.npz contract

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from conftest import SHARED_DATA, validate
 
+from pipeline.core.artifacts import read_raw_cubes
 from pipeline.core.errors import StageError
 from preprocessing.arrays import extract, ingest, read_idx
 from preprocessing.grouped_splits import assert_no_leakage, make_splits
@@ -58,8 +59,7 @@ def test_sources_idx_and_csv_are_concatenated_with_their_names(tmp_path):
     samples = pd.read_csv(run / "samples.csv", keep_default_na=False)
     assert samples["source"].tolist() == ["t10k"] * 6 + ["csv"] * 4
     assert samples["label"].tolist() == [0, 0, 0, 1, 1, 0, 1, 0, 0, 0]
-    with np.load(run / "cubes.npz") as z:
-        cubes = z["raw"]
+    _, cubes = read_raw_cubes(run)
     np.testing.assert_array_equal(cubes[0, 0], a[0, :4, :4])  # centre 4x4 of 5x5 starts at (5-4)//2 = 0
     np.testing.assert_array_equal(cubes[7, 0], b[1].reshape(5, 5)[:4, :4])
 
@@ -103,8 +103,7 @@ def test_per_image_spacing_gives_ragged_grids_and_too_small_is_per_item(tmp_path
     res = extract(cfg, run)
     assert res.counts["images"] == 2 and len(res.errors) == 1
     assert "img000002" in res.errors[0][1] and "smaller than extract.cube_size 8" in res.errors[0][1]
-    with np.load(run / "cubes.npz") as z:
-        np.testing.assert_allclose(z["raw"], 100, atol=1e-4)  # constant image stays constant through resampling
+    np.testing.assert_allclose(read_raw_cubes(run)[1], 100, atol=1e-4)  # constant image stays constant through resampling
 
 
 def test_sample_split_draws_balanced_test_from_source_and_fixed_train(tmp_path):

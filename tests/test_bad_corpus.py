@@ -23,6 +23,8 @@ import pytest
 from conftest import ROOT, SAMPLE_CT, run_cli
 from corpus import build_corpus
 
+from pipeline.core.artifacts import read_raw_cubes
+
 FAST = ["--set", "train.epochs=1", "--set", "score.mc_samples=2", "--set", "evaluate.bootstrap=20",
         "--set", "extract.background.max_per_series=40", "--set", "run.threads=1"]
 
@@ -106,9 +108,7 @@ def test_good_series_and_nodules_match_a_clean_run(corpus_run, tmp_path):
     nodules = reference[reference.kind == "nodule"].index
     assert len(nodules) == 2
     pd.testing.assert_frame_equal(samples.loc[nodules], reference.loc[nodules])
-    with np.load(out / "cubes.npz") as z, np.load(clean / "cubes.npz") as r:
-        got = dict(zip(z["sample_id"], z["raw"]))
-        ref = dict(zip(r["sample_id"], r["raw"]))
+    got, ref = (dict(zip(*read_raw_cubes(run))) for run in (out, clean))
     for s in nodules:
         assert np.array_equal(got[s], ref[s])
     edge = next(c.item for c in cases["nodules"] if c.name == "nodule at the volume edge")
@@ -221,7 +221,7 @@ def test_read_only_output_directory(tmp_path):
 
 def test_full_disk_stops_cleanly_and_resumes_after_space_is_freed(tmp_path):
     """A real size-limited file system: full while ingest writes its NIfTI (SimpleITK only prints
-    'NWAD' and returns), then while extract writes cubes.npz (Python's ENOSPC), then enough."""
+    'NWAD' and returns), then while extract writes a cube shard (Python's ENOSPC), then enough."""
     cfg = str(ROOT / "configs" / "ct_nodules.yaml")
     with tmpfs(tmp_path / "disk", "3m") as disk:
         out = disk / "run"

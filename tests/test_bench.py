@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import load_config
 
+from evaluation.bench_report import write_markdown
 from pipeline.bench import plan, run_bench, variant
 from pipeline.core.errors import ConfigError
 
@@ -94,10 +95,15 @@ def test_bench_runs_publishes_and_resumes(tmp_path):
     assert row["auroc_each"] == [round(a, 4) for a in per_run]
     assert row["auroc_mean"] == pytest.approx(np.mean(per_run))
     assert row["auroc_mean"] > 0.9  # a bright square is exactly what a mean-intensity score sees
+    # model size and scoring throughput stand beside the AUROC: samples of all scored splits per second of the score stage
+    assert "| params | train s | score s | scored/s | peak MB |" in text
+    man = json.loads((runs / "toy" / "mean_intensity" / "seed0" / "manifest.json").read_text())["stages"]["score"]
+    assert man["counts"]["scored"] > 0 and row["scored_per_s"] > 0
     # data stages were shared: the second detector's cubes are the first detector's file
-    a, b = runs / "toy" / "_data" / "seed1" / "cubes.npz", runs / "toy" / "mean_intensity" / "seed1" / "cubes.npz"
+    a = next((runs / "toy" / "_data" / "seed1" / "cubes").glob("*.npy"))
+    b = runs / "toy" / "mean_intensity" / "seed1" / "cubes" / a.name
     assert os.stat(a).st_ino == os.stat(b).st_ino
-    m = json.loads((b.parent / "manifest.json").read_text())
+    m = json.loads((b.parent.parent / "manifest.json").read_text())
     assert "last_skipped" in m["stages"]["extract"]
     # a second run resumes: every stage of every run is skipped
     run_bench([path], tmp_path / "data", out, runs, quick=False, jobs=0, only=None)
@@ -145,6 +151,11 @@ def test_sweep_publishes_the_change_against_zero_with_the_seed_figure(tmp_path):
     doc = json.loads((tmp_path / "docs" / "bench" / "toy.json").read_text())
     a0, a1 = (next(r["auroc_mean"] for r in doc["rows"] if r["score"] == "pca_recon" and r["sweep"] == v) for v in (0.0, 0.1))
     assert f"| PCA | pca_recon | {a0:.3f} | {a1 - a0:+.3f} | -0.01 (a seed figure) |" in md
+    # a result file whose sweep values were stored as strings (numpy floats through json's default=str) renders the same
+    for r in doc["rows"]:
+        r["sweep"] = str(r["sweep"])
+    (tmp_path / "docs" / "bench" / "toy.json").write_text(json.dumps(doc))
+    assert f"| PCA | pca_recon | {a0:.3f} | {a1 - a0:+.3f} | -0.01 (a seed figure) |" in write_markdown(tmp_path / "docs").read_text()
     splits = pd.read_csv(tmp_path / "runs" / "toy" / "pca" / "contamination_0.1" / "seed0" / "splits.csv")
     train = splits[splits.split == "train"]
     assert (train.label == 1).sum() == round(0.1 * (train.label == 0).sum() / 0.9)  # the training set really is contaminated

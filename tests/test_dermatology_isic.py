@@ -21,6 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from evaluation.metrics import per_class_auroc
 from models.checkpoint import read_checkpoint
+from pipeline.core.artifacts import read_raw_cubes
 from pipeline.runner import STAGE_NAMES, run_stages
 
 CLASSES = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
@@ -74,10 +75,9 @@ def test_dermatology_config_on_synthetic_isic_layout(tmp_path, one_thread):
     # RGB end to end: ingested grid, extracted crops, residual maps and reconstructions keep 3 channels
     with np.load(run / "arrays.npz") as z:
         assert z["images"].shape == (44, 3, 24, 32) and z["shape"].tolist() == [[24, 32]] * 44
-    with np.load(run / "cubes.npz") as z:
-        raw = z["raw"]
-        assert raw.shape == (44, 3, 24, 24)
-        assert (np.ptp(raw, axis=(2, 3)) > 0).all() and not np.allclose(raw[:, 0], raw[:, 2])  # real colour, not grey copies
+    ids, raw = read_raw_cubes(run)
+    assert raw.shape == (44, 3, 24, 24)
+    assert (np.ptp(raw, axis=(2, 3)) > 0).all() and not np.allclose(raw[:, 0], raw[:, 2])  # real colour, not grey copies
     with np.load(run / "residuals.npz") as z:
         assert z["residual"].shape == (44, 3, 16, 16) and z["reconstruction"].shape == (44, 3, 16, 16)
     # one-hot classes and nevus-as-normal
@@ -96,8 +96,7 @@ def test_dermatology_config_on_synthetic_isic_layout(tmp_path, one_thread):
         assert m["auroc"] == pytest.approx(roc_auc_score(sel["label"], sel["elbo"]))
     # z-score statistics: mean/std per channel of the training nevi only, stored in the checkpoint
     splits = pd.read_csv(run / "splits.csv")
-    with np.load(run / "cubes.npz") as z:
-        ids = list(z["sample_id"])
+    ids = list(ids)
     train_normals = [ids.index(s) for s in splits.loc[(splits.split == "train") & (splits.label == 0), "sample_id"]]
     norm = read_checkpoint(run / "model" / "model.pt")["normalisation"]
     assert norm["mode"] == "zscore"

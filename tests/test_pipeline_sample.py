@@ -33,12 +33,13 @@ def test_demo_writes_every_output(demo_run):
     out, proc = demo_run
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    for rel in ("manifest.json", "errors.csv", "series.csv", "cubes.npz", "samples.csv", "splits.csv", "model/model.pt",
+    for rel in ("manifest.json", "errors.csv", "series.csv", "samples.csv", "splits.csv", "model/model.pt",
                 "model/curves.csv", "model/curves.png", "scores.csv", "residuals.npz", "metrics.json", "roc.png", "score_density.png",
                 "candidates.csv", "candidates.mrk.json", "map_metrics.json", "map_calibration.json"):
         assert (out / rel).is_file(), rel
-    series = pd.read_csv(out / "series.csv")
+    series = pd.read_csv(out / "series.csv", dtype=str)
     assert len(series) == 1
+    assert [p.name for p in (out / "cubes").iterdir()] == [f"{series['series_uid'][0]}.npy"]  # one cube shard per series
     uid = series.series_uid[0]
     ct = nib.load(out / "volumes" / f"{uid}.nii.gz")
     assert np.allclose(ct.header.get_zooms(), 1.0)

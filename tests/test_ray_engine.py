@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, SAMPLE_CT, run_cli
 
+from pipeline.core.artifacts import read_raw_cubes
 from preprocessing.dicom_copy import copy_series
 
 CONFIG = str(ROOT / "configs" / "ct_nodules.yaml")
@@ -101,8 +102,9 @@ def test_ray_engine_matches_local_engine(local_ray, new_data, model_dir, tmp_pat
         pd.testing.assert_frame_equal(pd.read_csv(local / name), pd.read_csv(remote / name))
     for vol in (local / "volumes").glob("*.nii.gz"):
         assert vol.read_bytes() == (remote / "volumes" / vol.name).read_bytes(), vol.name
-    with np.load(local / "cubes.npz") as a, np.load(remote / "cubes.npz") as b:
-        assert np.array_equal(a["raw"], b["raw"]) and np.array_equal(a["sample_id"], b["sample_id"])
+    (ids_a, raw_a), (ids_b, raw_b) = read_raw_cubes(local), read_raw_cubes(remote)
+    assert np.array_equal(raw_a, raw_b) and np.array_equal(ids_a, ids_b)
+    assert sorted(p.name for p in (local / "cubes").iterdir()) == sorted(p.name for p in (remote / "cubes").iterdir())
     sl, sr = pd.read_csv(local / "scores.csv"), pd.read_csv(remote / "scores.csv")
     assert len(sl) > 100 and list(sl.columns) == list(sr.columns)
     pd.testing.assert_frame_equal(sl, sr, check_exact=False, rtol=1e-6)

@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, Sequence
 
 import numpy as np
 
@@ -93,8 +94,10 @@ ARTIFACTS: dict[str, Artifact] = _declare(
     Artifact("ingest_record", "ingest/done/{series}.json", "ingest", "a finished series' row and input key (item-level resume)"),
     Artifact("arrays", "arrays.npz", "ingest", "2D/array datasets: images padded to the largest size, their shapes and IDs"),
     Artifact("arrays_table", "arrays.csv", "ingest", "2D/array datasets: one row per image"),
-    Artifact("cubes", "cubes.npz", "extract", "raw (N, C, *spatial) patches in stored units, sample_id"),
-    Artifact("samples", "samples.csv", "extract", "one row per patch: IDs, label, class, centre and voxel→LPS affine of cubes"),
+    Artifact("cubes", "cubes/{shard}.npy", "extract",
+             "raw (n, C, *spatial) patches in stored units; a plain .npy per series, named by its safe stem (arrays: images-<k>, 4,096 each)"),
+    Artifact("samples", "samples.csv", "extract",
+             "one row per patch: IDs, label, class, centre and voxel→LPS affine of cubes, its shard and row there"),
     Artifact("splits", "splits.csv", "split", "train / val / test / buffer / unused per sample, fold, group"),
     Artifact("model_dir", "model", "train", "the model folder (everything pipeline score --model needs)"),
     Artifact("scores", "scores.csv", "score", "one column per score (higher = more anomalous), p_value, flagged"),
@@ -153,7 +156,7 @@ def model_file(name: str, folder: Path) -> Path:
 
 # Columns read as text (IDs): pandas would otherwise turn "0063" into 63.
 _TEXT = {"patient_id": str, "series_uid": str, "study_uid": str, "sample_id": str, "nodule_id": str,
-         "source_split": str, "source": str, "group": str}
+         "source_split": str, "source": str, "group": str, "shard": str}
 
 
 def _read_csv(name: str, run_dir: Path, hint: str, **kwargs: Any) -> "pd.DataFrame":
@@ -163,6 +166,11 @@ def _read_csv(name: str, run_dir: Path, hint: str, **kwargs: Any) -> "pd.DataFra
     if not p.exists():
         raise StageError(f"{p} not found: {hint}")
     return pd.read_csv(p, dtype=_TEXT, **kwargs)
+
+
+def _only(columns: Sequence[str] | None):
+    """pandas ``usecols`` keeping ``columns`` (all when None); a missing one is left for the caller to name."""
+    return None if columns is None else (lambda c, keep=frozenset(columns): c in keep)
 
 
 def write_table(name: str, run_dir: Path, table: "pd.DataFrame") -> Path:
@@ -176,13 +184,14 @@ def read_series(run_dir: Path) -> "pd.DataFrame":
     return _read_csv("series", run_dir, "run the ingest stage first")
 
 
-def read_samples(run_dir: Path) -> "pd.DataFrame":
-    table = _read_csv("samples", run_dir, "run the extract stage first")
+def read_samples(run_dir: Path, columns: Sequence[str] | None = None) -> "pd.DataFrame":
+    """``samples.csv`` (only ``columns`` when given: a table of millions of samples is large)."""
+    table = _read_csv("samples", run_dir, "run the extract stage first", usecols=_only(columns))
     return table.fillna({c: "" for c in ("series_uid", "nodule_id", "source_split", "source") if c in table.columns})
 
 
-def read_splits(run_dir: Path) -> "pd.DataFrame":
-    return _read_csv("splits", run_dir, "run the split stage first")
+def read_splits(run_dir: Path, columns: Sequence[str] | None = None) -> "pd.DataFrame":
+    return _read_csv("splits", run_dir, "run the split stage first", usecols=_only(columns))
 
 
 def read_scores(run_dir: Path) -> "pd.DataFrame":
@@ -191,6 +200,84 @@ def read_scores(run_dir: Path) -> "pd.DataFrame":
 
 def read_arrays_table(run_dir: Path) -> "pd.DataFrame":
     return _read_csv("arrays_table", run_dir, "run the ingest stage first", keep_default_na=False)
+
+
+def read_npz_member(name: str, run_dir: Path, member: str, hint: str) -> np.ndarray:
+    """One member of an ``.npz`` artifact, loaded (the others are not read)."""
+    p = path(name, run_dir)
+    if not p.exists():
+        raise StageError(f"{p} not found: {hint}")
+    with np.load(p, allow_pickle=False) as z:
+        return z[member]
+
+
+class NpzRows:
+    """Rows of one (N, ...) member of an ``.npz`` artifact, read forward from its compressed stream:
+    memory is that of the rows asked for, never the whole member. Asking for a row before the last
+    one read starts the stream again, so callers ask in row order. ``None`` members: see :meth:`has`."""
+
+    SKIP = 64  # rows read at a time while skipping
+
+    def __init__(self, name: str, run_dir: Path, member: str, hint: str) -> None:
+        self.p, self.member = path(name, run_dir), f"{member}.npy"
+        if not self.p.exists():
+            raise StageError(f"{self.p} not found: {hint}")
+        self.zf = zipfile.ZipFile(self.p)
+        self.f: BinaryIO | None = None
+        self.shape: tuple[int, ...] = ()
+        if self.has(member):
+            self._rewind()
+
+    def has(self, member: str) -> bool:
+        return f"{member}.npy" in self.zf.namelist()
+
+    def _rewind(self) -> None:
+        if self.f is not None:
+            self.f.close()
+        self.f = self.zf.open(self.member)
+        self.shape, self.dtype, _ = _npy_layout(self.f, self.p)
+        self.row_bytes, self.pos = self.dtype.itemsize * int(np.prod(self.shape[1:])), 0
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def _next(self, n: int) -> np.ndarray:
+        buf = self.f.read(n * self.row_bytes)
+        if len(buf) != n * self.row_bytes:
+            raise StageError(f"{self.p}: {self.member} is truncated at row {self.pos}")
+        self.pos += n
+        return np.frombuffer(buf, self.dtype).reshape(n, *self.shape[1:])
+
+    def read(self, rows: Sequence[int]) -> np.ndarray:
+        """The given rows (any order; read in row order), as an array."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        last = -1, -1
+        for i in np.argsort(rows, kind="stable"):
+            r = int(rows[i])
+            if not 0 <= r < self.shape[0]:
+                raise StageError(f"{self.p}: row {r} of {self.member} requested, it holds {self.shape[0]}")
+            if r == last[0]:  # asked twice
+                out[i] = out[last[1]]
+                continue
+            if r < self.pos:
+                self._rewind()
+            while self.pos < r:
+                self._next(min(self.SKIP, r - self.pos))
+            out[i], last = self._next(1)[0], (r, i)
+        return out
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+        self.zf.close()
+
+    def __enter__(self) -> "NpzRows":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def read_npz(name: str, run_dir: Path, hint: str) -> dict[str, np.ndarray]:
@@ -202,16 +289,100 @@ def read_npz(name: str, run_dir: Path, hint: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def read_raw_cubes(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(sample_ids, cubes)`` as stored by extract (HU for CT, source units for arrays/images)."""
-    z = read_npz("cubes", run_dir, "run the extract stage first")
-    return z["sample_id"], z["raw"]
+# Where each sample's cube is: samples.csv names the shard (a file stem under cubes/) and the row in it.
+SHARD_COLUMNS = ("shard", "shard_row")
+IMAGES_PER_SHARD = 4096
 
 
-def write_cubes(run_dir: Path, raw: np.ndarray, sample_ids: np.ndarray) -> Path:
-    p = path("cubes", run_dir)
-    io.write_npz(p, raw=raw, sample_id=sample_ids)
+def image_shard(index: int) -> str:
+    """The shard of the ``index``-th image of an array dataset (``IMAGES_PER_SHARD`` images per shard)."""
+    return f"images-{index // IMAGES_PER_SHARD:05d}"
+
+
+def write_cube_shard(run_dir: Path, shard: str, raw: np.ndarray) -> Path:
+    """Write one shard ``cubes/<shard>.npy`` (a series' safe stem, or :func:`image_shard`); returns its path."""
+    p = path("cubes", run_dir, shard=shard)
+    io.write_npy(p, raw)
     return p
+
+
+def remove_stale_shards(run_dir: Path, keep: Sequence[Path]) -> None:
+    """Delete shards of an earlier extract that this one did not write (another config, fewer series)."""
+    folder = path("cubes", run_dir, shard="x").parent
+    kept = {Path(p).name for p in keep}
+    for p in folder.glob("*.npy") if folder.is_dir() else ():
+        if p.name not in kept:
+            p.unlink()
+
+
+def _npy_layout(f: BinaryIO, p: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and data offset of an open ``.npy`` file, from its header alone."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"format version {version}")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+    except ValueError as exc:
+        raise StageError(f"{p}: not a cube shard ({exc}); run the extract stage again") from None
+    if fortran or dtype.hasobject or not shape:
+        raise StageError(f"{p}: not a cube shard (shape {shape}, dtype {dtype}); run the extract stage again")
+    return shape, dtype, f.tell()
+
+
+def _read_rows(f: BinaryIO, p: Path, n_rows: int, offset: int, rows: np.ndarray, out: list[np.ndarray]) -> None:
+    """Read ``rows`` of an open shard into the arrays ``out`` (one per row), in file order, each at its byte offset."""
+    for i in np.argsort(rows, kind="stable"):
+        r = int(rows[i])
+        if not 0 <= r < n_rows:
+            raise StageError(f"{p}: row {r} requested, the shard holds {n_rows}; run the extract stage again")
+        buf = memoryview(out[i]).cast("B")
+        f.seek(offset + r * len(buf))
+        if f.readinto(buf) != len(buf):
+            raise StageError(f"{p}: truncated at row {r}; run the extract stage again")
+
+
+def read_cube_rows(run_dir: Path, shards: Sequence[str], rows: Sequence[int]) -> np.ndarray:
+    """Raw cubes of the given samples, in the order given: sample i is row ``rows[i]`` of shard ``shards[i]``.
+
+    Each shard is opened once and only the requested rows are read, at their byte offset after the
+    ``.npy`` header: no shard is loaded whole and no memory map stays alive (mapped pages would count
+    toward the resident memory), so the memory used is the result's. No rows give shape ``(0,)``.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    names, which = np.unique(np.asarray(shards, dtype=str), return_inverse=True)
+    out: np.ndarray | None = None
+    for k, name in enumerate(names):
+        p = path("cubes", run_dir, shard=name)
+        if not p.exists():
+            raise StageError(f"{p} not found: run the extract stage first")
+        pos = np.flatnonzero(which.ravel() == k)
+        with open(p, "rb", buffering=0) as f:
+            shape, dtype, offset = _npy_layout(f, p)
+            if out is None:
+                out = np.empty((len(rows), *shape[1:]), dtype)
+            elif (tuple(shape[1:]), dtype) != (out.shape[1:], out.dtype):
+                raise StageError(f"{p}: cubes of shape {shape[1:]} {dtype}, other shards hold {out.shape[1:]} {out.dtype}")
+            _read_rows(f, p, shape[0], offset, rows[pos], [out[i] for i in pos])
+    return out if out is not None else np.zeros((0,), np.float32)
+
+
+def read_raw_cubes(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(sample_ids, cubes)`` of every sample, in ``samples.csv`` order (HU for CT, source units for arrays/images).
+
+    Loads every cube: for tests and small runs. The stages read the samples they need with :func:`read_cube_rows`.
+    """
+    samples = read_samples(run_dir)
+    check_shard_columns(samples, run_dir)
+    return samples["sample_id"].to_numpy(str), read_cube_rows(run_dir, samples["shard"], samples["shard_row"])
+
+
+def check_shard_columns(samples: "pd.DataFrame", run_dir: Path) -> None:
+    """Refuse a samples table without the shard columns (an extract of a version before sharding)."""
+    missing = [c for c in SHARD_COLUMNS if c not in samples.columns]
+    if missing:
+        raise StageError(f"{path('samples', run_dir)} has no {', '.join(missing)} column (written before cubes were sharded); "
+                         "run the extract stage again (pipeline extract --force)")
 
 
 def read_json(name: str, run_dir: Path) -> dict | None:

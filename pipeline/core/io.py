@@ -87,6 +87,8 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, dest)
     except OSError as exc:
+        if exc.errno is None and disk_full(dest.parent):  # numpy's tofile reports a short write with no errno
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write)", str(dest)) from exc
         if exc.filename is None:  # a failed write() names no file: name the output
             raise OSError(exc.errno, exc.strerror, str(dest)) from exc
         raise
@@ -162,14 +164,63 @@ def write_npz(dest: str | Path, **arrays: np.ndarray) -> None:
     6 s at level 1 (105 MB), most of the extract stage; the fixed timestamp makes equal arrays give
     equal bytes (a resumed run is byte-identical to an uninterrupted one).
     """
+    with npz_stream(dest) as z:
+        for name, arr in arrays.items():
+            z.put(name, arr)
+
+
+class NpzStream:
+    """An ``.npz`` being written member by member (see :func:`npz_stream`)."""
+
+    def __init__(self, zf: zipfile.ZipFile) -> None:
+        self.zf = zf
+
+    def _member(self, name: str):
+        info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_EPOCH)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info._compresslevel = 1
+        return self.zf.open(info, "w", force_zip64=True)
+
+    def put(self, name: str, arr: np.ndarray) -> None:
+        """Add a whole array."""
+        with self._member(name) as f:
+            np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+
+    @contextlib.contextmanager
+    def rows(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> Iterator[Callable[[np.ndarray], None]]:
+        """Add an array of ``shape`` given a block of rows at a time: yields ``write(block)``. The bytes
+        are those of :meth:`put` with the whole array; fewer or more rows than ``shape[0]`` is an error."""
+        dtype, written = np.dtype(dtype), 0
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(int(n) for n in shape)}
+
+        def write(block: np.ndarray) -> None:
+            nonlocal written
+            if block.shape[1:] != tuple(shape[1:]) or written + len(block) > shape[0]:
+                raise ValueError(f"{name}: block of shape {block.shape} does not continue an array of shape {tuple(shape)} at row {written}")
+            f.write(np.ascontiguousarray(block, dtype).tobytes())
+            written += len(block)
+
+        with self._member(name) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            yield write
+            if written != shape[0]:
+                raise ValueError(f"{name}: {written} rows written of {shape[0]}")
+
+
+@contextlib.contextmanager
+def npz_stream(dest: str | Path) -> Iterator[NpzStream]:
+    """Write an ``.npz`` atomically, member by member, as :func:`write_npz` does (same bytes for the
+    same arrays); :meth:`NpzStream.rows` streams a large member, so it never has to be in memory."""
     with atomic_path(dest, suffix=".npz") as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-            for name, arr in arrays.items():
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_EPOCH)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info._compresslevel = 1
-                with zf.open(info, "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+            yield NpzStream(zf)
+
+
+def write_npy(dest: str | Path, arr: np.ndarray) -> None:
+    """Plain ``.npy`` (no pickles, no compression): equal arrays give equal bytes, and a row can be
+    read back at its byte offset after the header without loading the file (``artifacts.read_cube_rows``)."""
+    with atomic_path(dest, suffix=".npy") as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
 
 
 def write_with(dest: str | Path, writer: Callable[[Path], None]) -> None:
