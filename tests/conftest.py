@@ -60,6 +60,17 @@ def gen():
     return torch.Generator().manual_seed(0)
 
 
+def tiny_gan(name: str, side: int = 28, **kw):
+    """A GAN-family detector with latent 8 and channels 4-8 (seeded, train mode), for fast tests."""
+    import torch
+
+    from models.zoo import MODELS, build
+
+    params = MODELS[name].Params(name=name, latent_dim=8, channels=[4, 8], strides=[2, 2], **kw)
+    torch.manual_seed(0)
+    return build(name, params, 1, side)
+
+
 def load_config(path, overrides=None):
     """:func:`pipeline.core.config.load_config` with the built-in model catalog (as the CLI hands it in)."""
     from models.catalog import MODELS

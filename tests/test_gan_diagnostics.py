@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_gan
 
 from evaluation import gan_diagnostics as gd
-from models.zoo import MODELS, build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -18,10 +18,7 @@ P = 28
 
 
 def tiny(name: str, **kw):
-    cls = MODELS[name]
-    params = cls.Params(name=name, latent_dim=8, channels=[4, 8], strides=[2, 2], **kw)
-    torch.manual_seed(0)
-    return build(name, params, 1, P).eval()
+    return tiny_gan(name, P, **kw).eval()
 
 
 def blobs(n: int, seed: int, shift: float = 0.0, dims: int = 2) -> np.ndarray:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import validate
+from conftest import tiny_gan, validate
 
 from models import nets
-from models.zoo import MODELS, build
+from models.zoo import MODELS
 from pipeline.core.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -16,11 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 P = 28
 
 
-def tiny(name: str, **kw):
-    cls = MODELS[name]
-    params = cls.Params(name=name, latent_dim=8, channels=[4, 8], strides=[2, 2], **kw)
-    torch.manual_seed(0)
-    return build(name, params, 1, P)
+tiny = tiny_gan
 
 
 @pytest.mark.parametrize("dims,strides", [(2, [2, 2]), (3, [2, 2, 1])])
