@@ -45,6 +45,27 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else x
 
 
+def fit_pca(flat: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+    """PCA of the rows of ``flat`` (N, D), zero-padded to ``n_components``.
+
+    Returns ``(mean (D,), components (n_components, D), explained variance (n_components,), k,
+    explained variance ratio)``. The centred data have rank ≤ N − 1, so only k = min(n_components,
+    N − 1, D) components are fitted; the other rows are zero. scikit-learn's ``auto`` solver with
+    ``random_state=0``, so fits are reproducible.
+    """
+    n, d = flat.shape
+    k = min(n_components, n - 1, d)
+    mean = flat.mean(0)
+    comps = np.zeros((n_components, d), np.float32)
+    var = np.zeros(n_components)  # float64, as scikit-learn gives it
+    ratio = 0.0
+    if k > 0:
+        pca = SkPCA(n_components=k, svd_solver="auto", random_state=0).fit(flat)
+        mean, comps[:k], var[:k] = pca.mean_, pca.components_, pca.explained_variance_
+        ratio = float(pca.explained_variance_ratio_.sum())
+    return np.asarray(mean, np.float32), comps, var, k, ratio
+
+
 class ClosedFormDetector(Detector):
     """Base for detectors fitted in closed form by :meth:`fit_arrays` (no optimiser, no SGD)."""
 
@@ -99,20 +120,9 @@ class PCADetector(ClosedFormDetector):
         n = len(x)
         if n == 0:
             raise ValueError(f"{self.registry_name}: cannot fit PCA on 0 training patches")
-        flat = x.detach().reshape(n, -1).cpu().float().numpy()
-        k = min(self.params.n_components, n - 1, self.n_features)
-        mean = flat.mean(0)
-        comps = np.zeros((self.params.n_components, self.n_features), np.float32)
-        var = np.zeros(self.params.n_components, np.float32)
-        ratio = 0.0
-        if k > 0:
-            pca = SkPCA(n_components=k, whiten=self.params.whiten, svd_solver="auto", random_state=0).fit(flat)
-            mean = pca.mean_
-            comps[:k] = pca.components_
-            var[:k] = pca.explained_variance_
-            ratio = float(pca.explained_variance_ratio_.sum())
+        mean, comps, var, k, ratio = fit_pca(x.detach().reshape(n, -1).cpu().float().numpy(), self.params.n_components)
         with torch.no_grad():
-            self.mean.copy_(torch.from_numpy(np.asarray(mean, np.float32)))
+            self.mean.copy_(torch.from_numpy(mean))
             self.components.copy_(torch.from_numpy(comps))
             self.explained_variance.copy_(torch.from_numpy(var))
             self.n_fitted.fill_(k)

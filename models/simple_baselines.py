@@ -26,9 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt
-from sklearn.decomposition import PCA as SkPCA
 
-from models.baselines import ClosedFormDetector
+from models.baselines import ClosedFormDetector, fit_pca
 from models.catalog import KNNParams
 from models.feature_density import FeatureDensity
 from models.registry import MODELS, ScoreOutput, register_2d_3d
@@ -110,20 +109,12 @@ class KNNDetector(ClosedFormDetector):
         n = len(x)
         if n == 0:
             raise ValueError(f"{self.registry_name}: cannot fit on 0 training patches")
-        flat = x.detach().reshape(n, -1).cpu().float().numpy()
-        k = min(self.params.n_components, n - 1, self.n_features)
-        comps = np.zeros((self.params.n_components, self.n_features), np.float32)
+        mean, comps, var, k, ratio = fit_pca(x.detach().reshape(n, -1).cpu().float().numpy(), self.params.n_components)
         scale = np.ones(self.params.n_components, np.float32)
-        mean = flat.mean(0)
-        ratio = 0.0
-        if k > 0:
-            pca = SkPCA(n_components=k, svd_solver="auto", random_state=0).fit(flat)
-            mean, comps[:k] = pca.mean_, pca.components_
-            ratio = float(pca.explained_variance_ratio_.sum())
-            if self.params.whiten:
-                scale[:k] = np.sqrt(np.maximum(pca.explained_variance_, np.finfo(np.float32).eps))
+        if self.params.whiten and k > 0:
+            scale[:k] = np.sqrt(np.maximum(var[:k], np.finfo(np.float32).eps))
         with torch.no_grad():
-            self.pca_mean.copy_(torch.from_numpy(np.asarray(mean, np.float32)))
+            self.pca_mean.copy_(torch.from_numpy(mean))
             self.components.copy_(torch.from_numpy(comps))
             self.scale.copy_(torch.from_numpy(scale))
             z, _ = self.project(x.float())
