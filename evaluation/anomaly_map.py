@@ -236,17 +236,20 @@ def _nodules(cfg: Config, run_dir: Path, series: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["series_uid", "nodule_id", "x_mm", "y_mm", "z_mm", "radius_mm"])
     table, _ = read_nodules(cfg.extract.nodules, series)
     table["radius_mm"] = pd.to_numeric(table["diameter_mm"], errors="coerce") / 2 if "diameter_mm" in table.columns else np.nan
-    table = table[[_inside_volume(run_dir, n["series_uid"], n[["x_mm", "y_mm", "z_mm"]].to_numpy(float)) for _, n in table.iterrows()]]
-    return table[["series_uid", "nodule_id", "x_mm", "y_mm", "z_mm", "radius_mm"]].reset_index(drop=True)
+    inside = np.zeros(len(table), bool)
+    for uid, rows in table.groupby("series_uid").indices.items():
+        inside[rows] = _inside_volume(run_dir, uid, table.iloc[rows][["x_mm", "y_mm", "z_mm"]].to_numpy(float))
+    return table[inside][["series_uid", "nodule_id", "x_mm", "y_mm", "z_mm", "radius_mm"]].reset_index(drop=True)
 
 
-def _inside_volume(run_dir: Path, uid: str, lps_mm: np.ndarray) -> bool:
-    """Whether an LPS point (mm) falls inside the ingested volume of its series (header only; the extract stage reports the others)."""
+def _inside_volume(run_dir: Path, uid: str, lps_mm: np.ndarray) -> np.ndarray:
+    """Which LPS points (n, 3; mm) fall inside the ingested volume of their series (its header only, read once;
+    the extract stage reports the others)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(artifacts.path("volume", run_dir, series=uid)))
     reader.ReadImageInformation()
-    ijk = np.rint(world_to_index(lps_affine(reader), lps_mm)[0]).astype(int)  # the reader has the image's origin, spacing, direction
-    return bool(np.all(ijk >= 0) and np.all(ijk < np.array(reader.GetSize())))
+    ijk = np.rint(world_to_index(lps_affine(reader), lps_mm)).astype(int)  # the reader has the image's origin, spacing, direction
+    return np.all((ijk >= 0) & (ijk < np.array(reader.GetSize())), axis=1)
 
 
 def map_run(cfg: Config, run_dir: Path) -> StageResult:

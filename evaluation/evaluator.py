@@ -134,11 +134,8 @@ def write_nodule_views(cfg: Config, run_dir: Path) -> list[Path]:
     for uid, own in nodules.groupby("series_uid"):
         ct = sitk.ReadImage(str(artifacts.path("volume", run_dir, series=uid)))
         amap = sitk.ReadImage(str(artifacts.path("anomaly_map", run_dir, series=uid)))
+        # map_metrics holds only nodules inside their volume (anomaly_map._nodules)
         centres = np.rint(world_to_index(lps_affine(ct), table.loc[own["nodule_id"], ["x_mm", "y_mm", "z_mm"]].to_numpy(float))).astype(int)
-        inside = np.all((centres >= 0) & (centres < np.array(ct.GetSize())), axis=1)
-        if not inside.any():
-            continue  # every nodule of this series lies outside its volume (the extract stage has already reported them)
-        centres, own = centres[inside], own[inside]
         near = cands[cands["series_uid"] == uid]
         titles = [f"{n['nodule_id']}: nearest candidate #{n['nearest_rank']} at {n['nearest_mm']:.1f} mm" if n["nearest_rank"] == n["nearest_rank"]
                   else f"{n['nodule_id']}: no candidate" for _, n in own.iterrows()]
