@@ -42,6 +42,7 @@ import torch  # noqa: E402
 
 from models.checkpoint import load_checkpoint  # noqa: E402
 from models.model_folder import model_folder  # noqa: E402
+from models.nets import plain  # noqa: E402
 from pipeline.core import artifacts, io  # noqa: E402
 from pipeline.core.schema import Config  # noqa: E402
 from preprocessing.intensity import SampleCubes  # noqa: E402
@@ -85,10 +86,6 @@ def encoder_of(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
     return None
 
 
-def _plain(x):
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
-
-
 @torch.no_grad()
 def generate_samples(model, n: int, seed: int = 0, batch: int = 256) -> np.ndarray:
     """n samples G(z), z from the prior with ``seed``; (n, C, *spatial) float32."""
@@ -98,7 +95,7 @@ def generate_samples(model, n: int, seed: int = 0, batch: int = 256) -> np.ndarr
     was = model.training
     model.eval()
     z = sample_prior(model, n, seed)
-    out = torch.cat([_plain(gen(z[i : i + batch])) for i in range(0, n, batch)])
+    out = torch.cat([plain(gen(z[i : i + batch])) for i in range(0, n, batch)])
     model.train(was)
     return out.float().cpu().numpy()
 
@@ -277,7 +274,7 @@ def search_diagnostics(model, val: np.ndarray, path: Path | None = None, n: int 
     with torch.no_grad():
         was = model.training
         model.eval()
-        x_own = _plain(generator_of(model)(z_true))
+        x_own = plain(generator_of(model)(z_true))
         model.train(was)
     x_real = torch.from_numpy(np.ascontiguousarray(np.asarray(val)[:n], dtype=np.float32))
     own_trace, own = search_trace(model, x_own, seed, **overrides)
@@ -302,7 +299,7 @@ def _l1(model, x: torch.Tensor, z: torch.Tensor) -> float:
     """Mean |x − G(z)| over voxels and images, in model range (unlike the search terms, never rescaled)."""
     was = model.training
     model.eval()
-    g = _plain(generator_of(model)(z))
+    g = plain(generator_of(model)(z))
     model.train(was)
     return float((x - g).abs().mean())
 
@@ -335,8 +332,8 @@ def _search_figures(model, traces, own, real, path: Path) -> dict:
     was = model.training
     model.eval()
     gen = generator_of(model)
-    rows = [("G(z*)", own[0][:16].numpy()), ("search", _plain(gen(own[1][:16])).numpy()),
-            ("real", real[0][:16].numpy()), ("search", _plain(gen(real[1][:16])).numpy())]
+    rows = [("G(z*)", own[0][:16].numpy()), ("search", plain(gen(own[1][:16])).numpy()),
+            ("real", real[0][:16].numpy()), ("search", plain(gen(real[1][:16])).numpy())]
     model.train(was)
     grid = path.with_name(path.stem + "_matches.png")
     _grid(rows, grid, "latent search: known-code samples and real normals with their closest matches")
@@ -361,12 +358,12 @@ def encoder_diagnostics(model, val: np.ndarray, path: Path | None = None, n_show
     model.eval()
     try:
         x = torch.from_numpy(np.ascontiguousarray(val, dtype=np.float32))
-        z_hat = torch.cat([_plain(enc(x[i : i + 256])) for i in range(0, len(x), 256)])
-        rec = torch.cat([_plain(gen(z_hat[i : i + 256])) for i in range(0, len(x), 256)])
+        z_hat = torch.cat([plain(enc(x[i : i + 256])) for i in range(0, len(x), 256)])
+        rec = torch.cat([plain(gen(z_hat[i : i + 256])) for i in range(0, len(x), 256)])
         z = sample_prior(model, n_own, seed + 2)
-        g = _plain(gen(z))
-        z_back = _plain(enc(g))
-        g_back = _plain(gen(z_back))
+        g = plain(gen(z))
+        z_back = plain(enc(g))
+        g_back = plain(gen(z_back))
     finally:
         model.train(was)
     d = (x - rec).flatten(1)
