@@ -43,20 +43,45 @@ def bootstrap_auroc(labels: np.ndarray, scores: np.ndarray, n: int = 1000, ci: f
     return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
 
 
+def weighted_auroc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC of one labelled sample under each row of integer ``weights`` (B × n): NaN where a row
+    leaves one class empty.
+
+    A cluster bootstrap resample is the original sample with each item repeated as often as its
+    patient was drawn, so its AUROC is the weighted Mann-Whitney statistic
+    Σ_pos w_i (W_neg below s_i + ½ W_neg tied with s_i) / (W_pos W_neg), which is what
+    ``roc_auc_score(..., sample_weight=w)`` computes. Written out because the B resamples then share
+    one sort and cost a few array operations instead of B scikit-learn calls (≈ 2.5 ms each, mostly
+    input validation: 80 s of a quick benchmark's 100 s of summarising).
+    """
+    order = np.argsort(scores, kind="stable")
+    s, y, w = scores[order], labels[order], np.asarray(weights, float)[:, order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first index of each run of tied scores
+    neg = np.add.reduceat(w * (y == 0), starts, axis=1)  # B × (distinct scores): normal weight per score
+    pos = np.add.reduceat(w * (y == 1), starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    den = pos.sum(1) * neg.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (pos * (below + 0.5 * neg)).sum(1) / den, np.nan)
+
+
 def cluster_bootstrap_auroc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n: int = 1000, ci: float = 0.95,
                             seed: int = 0) -> tuple[float, float]:
-    """Percentile CI resampling whole patients (stratified by whether the patient has an anomaly)."""
+    """Percentile CI resampling whole patients (stratified by whether the patient has an anomaly).
+
+    Resamples that hold one class only are dropped (as an AUROC is undefined there).
+    """
     rng = np.random.default_rng(seed)
     uniq, inv = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    has_anom = np.array([labels[m].max() for m in members])
+    has_anom = np.zeros(len(uniq), int)
+    np.maximum.at(has_anom, inv, np.asarray(labels, int))
     strata = [np.flatnonzero(has_anom == v) for v in (0, 1)]
-    stats = []
-    for _ in range(n):
+    counts = np.zeros((n, len(uniq)))  # how often each patient is drawn, per resample
+    for b in range(n):
         pick = np.concatenate([rng.choice(s, len(s)) for s in strata if len(s)])
-        idx = np.concatenate([members[g] for g in pick])
-        if len(np.unique(labels[idx])) == 2:
-            stats.append(roc_auc_score(labels[idx], scores[idx]))
+        np.add.at(counts[b], pick, 1)
+    stats = weighted_auroc(labels, scores, counts[:, inv])
+    stats = stats[np.isfinite(stats)]
     a = (1 - ci) / 2
     return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
 

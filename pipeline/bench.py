@@ -24,7 +24,7 @@ import copy
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -185,48 +185,91 @@ def _run_detector(specs: list[RunSpec], threads: int | None) -> list[dict]:
     return records
 
 
-def run_protocol(path: Path, data_root: Path | None, runs_root: Path, quick: bool, jobs: int = 1, only: list[str] | None = None,
-                 repeats: int | None = None) -> dict:
-    """Run (or resume) every run of one protocol; returns the protocol's result document.
-
-    ``jobs``: detectors run at once, each in a fresh process (1 thread each when > 1); 0 runs
-    everything in this process (tests), so the peak memory column is this process's.
-    """
-    cfg, specs = plan(path, data_root, runs_root, quick, only, repeats)
-    bench = cfg.bench
-    if not specs:
-        print(f"[bench] {bench.protocol}: no detector matches --only {', '.join(only or [])}; skipped", file=sys.stderr, flush=True)
-        return {}
-    t0 = time.perf_counter()
+def _by_detector(specs: list[RunSpec]) -> dict[str, list[RunSpec]]:
     by_det: dict[str, list[RunSpec]] = {}
     for s in specs:
         by_det.setdefault(s.detector, []).append(s)
-    print(f"[bench] {bench.protocol}: {len(specs)} run(s), {len(by_det)} detector(s){' (quick)' if quick else ''}", file=sys.stderr, flush=True)
+    return by_det
+
+
+def _announce(cfg: Config, specs: list[RunSpec], quick: bool) -> None:
+    print(f"[bench] {cfg.bench.protocol}: {len(specs)} run(s), {len(_by_detector(specs))} detector(s){' (quick)' if quick else ''}",
+          file=sys.stderr, flush=True)
+
+
+def _publish(doc: dict, out: Path) -> None:
+    """Save one protocol's result document, its figures and the rebuilt BENCHMARKS.md."""
+    with io.confine(out):
+        io.write_json(out / "bench" / f"{doc['slug']}.json", doc)
+        plot_protocol(doc, out / "bench")
+        md = write_markdown(out)
+    print(f"[bench] {doc['protocol']} done in {doc['wall_s'] / 60:.1f} min; wrote {md}", file=sys.stderr, flush=True)
+
+
+def run_protocol(path: Path, data_root: Path | None, runs_root: Path, quick: bool, only: list[str] | None = None,
+                 repeats: int | None = None) -> dict:
+    """Run (or resume) every run of one protocol in this process (tests; no per-detector memory
+    figure); returns the protocol's result document."""
+    cfg, specs = plan(path, data_root, runs_root, quick, only, repeats)
+    if not specs:
+        print(f"[bench] {cfg.bench.protocol}: no detector matches --only {', '.join(only or [])}; skipped", file=sys.stderr, flush=True)
+        return {}
+    t0 = time.perf_counter()
+    _announce(cfg, specs, quick)
     prepare_data(specs)
-    if jobs == 0:  # in this process (tests): no per-detector memory figure
-        results = {d: _run_detector(by_det[d], None) for d in by_det}
-        return summarise(cfg, path, specs, results, quick, jobs, time.perf_counter() - t0)
-    threads = 1 if jobs > 1 else None
-    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(by_det))), mp_context=get_context("spawn")) as pool:
-        futures = {d: pool.submit(_run_detector, by_det[d], threads) for d in by_det}
-        results = {d: fut.result() for d, fut in futures.items()}
-    return summarise(cfg, path, specs, results, quick, jobs, time.perf_counter() - t0)
+    results = {d: _run_detector(runs, None) for d, runs in _by_detector(specs).items()}
+    return summarise(cfg, path, specs, results, quick, 0, time.perf_counter() - t0)
 
 
 def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root: Path, quick: bool, jobs: int,
               only: list[str] | None, repeats: int | None = None) -> Path:
-    """``pipeline bench``: every protocol in turn; each protocol's result is saved as soon as it finishes."""
+    """``pipeline bench``: every protocol; each protocol's result is saved as soon as its last run ends.
+
+    ``jobs``: detectors run at once, each in a fresh process (so its peak memory is its own; one
+    thread each when > 1); 0 runs everything in this process, one protocol after another (tests).
+    With ``jobs`` ≥ 1 all protocols share one queue of detectors: every config is planned and
+    validated first (a typo in the last protocol fails before the first trains), then each
+    protocol's data stages run here while the workers train the detectors already queued, so no
+    core idles at the end of a protocol waiting for its slowest detector.
+    """
     (out / "bench").mkdir(parents=True, exist_ok=True)
     git_commit()  # the code that ran is the code at the start, whatever is committed meanwhile
     t0 = time.perf_counter()
+    if jobs == 0:
+        for path in configs:
+            if doc := run_protocol(path, data_root, runs_root, quick, only, repeats):
+                _publish(doc, out)
+        print(f"[bench] all protocols: {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
+        return out / "BENCHMARKS.md"
+    planned = []
     for path in configs:
-        doc = run_protocol(path, data_root, runs_root, quick, jobs, only, repeats)
-        if not doc:
-            continue
-        with io.confine(out):
-            io.write_json(out / "bench" / f"{doc['slug']}.json", doc)
-            plot_protocol(doc, out / "bench")
-            md = write_markdown(out)
-        print(f"[bench] {doc['protocol']} done in {doc['wall_s'] / 60:.1f} min; wrote {md}", file=sys.stderr, flush=True)
+        cfg, specs = plan(path, data_root, runs_root, quick, only, repeats)
+        if specs:
+            planned.append((path, cfg, specs))
+        else:
+            print(f"[bench] {cfg.bench.protocol}: no detector matches --only {', '.join(only or [])}; skipped", file=sys.stderr, flush=True)
+    n_tasks = sum(len(_by_detector(specs)) for _, _, specs in planned)
+    threads = 1 if jobs > 1 else None
+    pending: dict = {}  # future → (protocol index, detector)
+    with ProcessPoolExecutor(max_workers=max(1, min(jobs, n_tasks)), mp_context=get_context("spawn")) as pool:
+        started = [0.0] * len(planned)
+        for i, (_path, cfg, specs) in enumerate(planned):
+            started[i] = time.perf_counter()
+            _announce(cfg, specs, quick)
+            try:
+                prepare_data(specs)
+            except Exception as exc:  # noqa: BLE001 - one protocol's bad data must not stop the others
+                print(f"[bench] {cfg.bench.protocol}: data stages failed, protocol skipped: {type(exc).__name__}: {exc}".splitlines()[0],
+                      file=sys.stderr, flush=True)
+                continue
+            for det, runs in _by_detector(specs).items():
+                pending[pool.submit(_run_detector, runs, threads)] = (i, det)
+        results: list[dict[str, list[dict]]] = [{} for _ in planned]
+        for fut in as_completed(pending):
+            i, det = pending[fut]
+            results[i][det] = fut.result()
+            path, cfg, specs = planned[i]
+            if len(results[i]) == len(_by_detector(specs)):  # the protocol's last detector: publish it now
+                _publish(summarise(cfg, path, specs, results[i], quick, jobs, time.perf_counter() - started[i]), out)
     print(f"[bench] all protocols: {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
     return out / "BENCHMARKS.md"

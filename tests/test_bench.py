@@ -159,3 +159,18 @@ def test_sweep_publishes_the_change_against_zero_with_the_seed_figure(tmp_path):
     splits = pd.read_csv(tmp_path / "runs" / "toy" / "pca" / "contamination_0.1" / "seed0" / "splits.csv")
     train = splits[splits.split == "train"]
     assert (train.label == 1).sum() == round(0.1 * (train.label == 0).sum() / 0.9)  # the training set really is contaminated
+
+
+def test_protocols_share_one_queue_and_bad_data_skips_only_its_protocol(tmp_path, capsys):
+    """With jobs ≥ 1 every protocol is planned first and all detectors share one pool: a protocol
+    whose data stages fail is reported and skipped, the others are published."""
+    good = _protocol(tmp_path, repeats=1)
+    bad = tmp_path / "bad.yaml"
+    raw = yaml.safe_load(good.read_text())
+    raw["bench"].update(protocol="Missing data", data={"ingest.input": "nowhere.npz"})
+    bad.write_text(yaml.safe_dump(raw))
+    md = run_bench([bad, good], tmp_path / "data", tmp_path / "docs", tmp_path / "runs", quick=False, jobs=2, only=None).read_text()
+    assert "## Toy" in md and "| PCA | pca_recon |" in md and "Missing data" not in md
+    err = capsys.readouterr().err
+    assert "[bench] Missing data: data stages failed, protocol skipped:" in err and "nowhere.npz" in err
+    assert "[bench] Toy done in" in err

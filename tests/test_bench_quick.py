@@ -1,4 +1,4 @@
-"""``pipeline bench --quick`` on the real benchmark data (slow: about 5 minutes on 2 quiet CPU cores).
+"""``pipeline bench --quick`` on the real benchmark data (slow: about 4 minutes on 2 quiet CPU cores).
 
 Runs every protocol at reduced size through the CLI, as a user would, and checks that the
 detectors that work on MNIST-9 and PneumoniaMNIST are far above chance. The thresholds come

@@ -166,3 +166,39 @@ def test_write_overlay_copies_reference_geometry(tmp_path):
     data = np.asarray(ov.dataobj)  # xyz
     np.testing.assert_array_equal(data, vol.transpose(2, 1, 0))
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary left behind
+
+
+def test_weighted_auroc_equals_sklearn_with_sample_weights(data):
+    """The vectorised weighted Mann-Whitney statistic equals sklearn's weighted AUROC, ties ½, row by row."""
+    from evaluation.metrics import weighted_auroc
+    labels, scores = data
+    rng = np.random.default_rng(3)
+    w = rng.integers(0, 4, (50, len(labels)))
+    w[0] = 1  # the unweighted sample
+    w[1] = w[1] * (labels == 0)  # no anomaly left: undefined
+    got = weighted_auroc(labels, scores, w)
+    assert got[0] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert np.isnan(got[1])
+    for row, g in zip(w[2:], got[2:]):
+        assert g == pytest.approx(roc_auc_score(labels, scores, sample_weight=row), abs=1e-12)
+
+
+def test_cluster_bootstrap_equals_sklearn_on_the_same_patient_resamples(data):
+    """The patient bootstrap's CI equals the one from calling sklearn on each resampled set of patients."""
+    from evaluation.metrics import cluster_bootstrap_auroc
+    labels, scores = data
+    groups = np.arange(len(labels)) // 3  # patients of 3 samples
+    n, seed, ci = 200, 7, 0.9
+    got = cluster_bootstrap_auroc(labels, scores, groups, n=n, ci=ci, seed=seed)
+    rng = np.random.default_rng(seed)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    has_anom = np.array([labels[m].max() for m in members])
+    strata = [np.flatnonzero(has_anom == v) for v in (0, 1)]
+    stats = []
+    for _ in range(n):
+        idx = np.concatenate([members[g] for g in np.concatenate([rng.choice(s, len(s)) for s in strata])])
+        if len(np.unique(labels[idx])) == 2:
+            stats.append(roc_auc_score(labels[idx], scores[idx]))
+    a = (1 - ci) / 2
+    assert got == pytest.approx((np.quantile(stats, a), np.quantile(stats, 1 - a)), abs=1e-12)

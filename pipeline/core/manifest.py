@@ -9,6 +9,7 @@ regenerated from it, so it always lists the errors of the latest run of every st
 from __future__ import annotations
 
 import csv
+import functools
 import io as _text
 import json
 import platform
@@ -26,6 +27,14 @@ LIBRARIES = ("torch", "monai", "numpy", "SimpleITK", "pydicom", "nibabel", "scik
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of Python, the platform and the libraries that shape results (a copy: callers may edit it)."""
+    return dict(_library_versions())
+
+
+@functools.cache
+def _library_versions() -> dict[str, str]:
+    # read once per process: each lookup parses a package's metadata (≈ 1 ms; a resumed benchmark
+    # fingerprints hundreds of stages), and what is installed does not change under a running process
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
     for lib in ("medanomaly",) + LIBRARIES:
         try:
