@@ -12,7 +12,7 @@ stages run once into ``_data/``, and their outputs are hard-linked into every de
 together with their manifest records; the runner still checks fingerprints and output hashes and
 redoes a stage whose config differs (a detector that changes the data sections).
 
-Each detector runs in a fresh child process, so its peak resident memory is its own. Results go
+Each run goes to a fresh child process (all protocols share one queue), so its peak memory is its own. Results go
 to ``<out>/bench/<protocol>.json`` (one file per protocol, with the command line and git commit),
 then ``<out>/BENCHMARKS.md`` is rebuilt from every protocol file found there, with ROC curves and
 score densities as ``<out>/bench/<protocol>_roc.png`` and ``_density.png``.
@@ -154,8 +154,8 @@ def prepare_data(specs: list[RunSpec]) -> None:
         run_stages(cfg, spec.data_dir, list(DATA_STAGES), log=lambda m: None)
 
 
-def _run_detector(specs: list[RunSpec], threads: int | None) -> list[dict]:
-    """Child process: every run of one detector; returns its per-run records (peak RSS from the run manifests)."""
+def _run_specs(specs: list[RunSpec], threads: int | None) -> list[dict]:
+    """Child process (or this one, for tests): the given runs in turn; returns their records (peak RSS from the run manifests)."""
     records = []
     for spec in specs:
         raw = copy.deepcopy(spec.raw)
@@ -217,7 +217,7 @@ def run_protocol(path: Path, data_root: Path | None, runs_root: Path, quick: boo
     t0 = time.perf_counter()
     _announce(cfg, specs, quick)
     prepare_data(specs)
-    results = {d: _run_detector(runs, None) for d, runs in _by_detector(specs).items()}
+    results = {d: _run_specs(runs, None) for d, runs in _by_detector(specs).items()}
     return summarise(cfg, path, specs, results, quick, 0, time.perf_counter() - t0)
 
 
@@ -225,12 +225,12 @@ def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root:
               only: list[str] | None, repeats: int | None = None) -> Path:
     """``pipeline bench``: every protocol; each protocol's result is saved as soon as its last run ends.
 
-    ``jobs``: detectors run at once, each in a fresh process (so its peak memory is its own; one
-    thread each when > 1); 0 runs everything in this process, one protocol after another (tests).
-    With ``jobs`` ≥ 1 all protocols share one queue of detectors: every config is planned and
-    validated first (a typo in the last protocol fails before the first trains), then each
-    protocol's data stages run here while the workers train the detectors already queued, so no
-    core idles at the end of a protocol waiting for its slowest detector.
+    ``jobs``: runs at once, each in a fresh process (so its peak memory is its own; one thread
+    each when > 1); 0 runs everything in this process, one protocol after another (tests). With
+    ``jobs`` ≥ 1 all protocols share one queue of runs: every config is planned and validated first
+    (a typo in the last protocol fails before the first trains), then each protocol's data stages
+    run here while the workers train the runs already queued, so no core idles at the end of a
+    protocol waiting for its slowest detector.
     """
     (out / "bench").mkdir(parents=True, exist_ok=True)
     git_commit()  # the code that ran is the code at the start, whatever is committed meanwhile
@@ -248,9 +248,9 @@ def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root:
             planned.append((path, cfg, specs))
         else:
             print(f"[bench] {cfg.bench.protocol}: no detector matches --only {', '.join(only or [])}; skipped", file=sys.stderr, flush=True)
-    n_tasks = sum(len(_by_detector(specs)) for _, _, specs in planned)
+    n_tasks = sum(len(specs) for _, _, specs in planned)
     threads = 1 if jobs > 1 else None
-    pending: dict = {}  # future → (protocol index, detector)
+    pending: dict = {}  # future → protocol index
     with ProcessPoolExecutor(max_workers=max(1, min(jobs, n_tasks)), mp_context=get_context("spawn")) as pool:
         started = [0.0] * len(planned)
         for i, (_path, cfg, specs) in enumerate(planned):
@@ -262,14 +262,17 @@ def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root:
                 print(f"[bench] {cfg.bench.protocol}: data stages failed, protocol skipped: {type(exc).__name__}: {exc}".splitlines()[0],
                       file=sys.stderr, flush=True)
                 continue
-            for det, runs in _by_detector(specs).items():
-                pending[pool.submit(_run_detector, runs, threads)] = (i, det)
+            for spec in specs:  # one task per run: the 5 folds of a slow detector spread over the workers
+                pending[pool.submit(_run_specs, [spec], threads)] = i
         results: list[dict[str, list[dict]]] = [{} for _ in planned]
+        left = [len(specs) for _, _, specs in planned]
         for fut in as_completed(pending):
-            i, det = pending[fut]
-            results[i][det] = fut.result()
-            path, cfg, specs = planned[i]
-            if len(results[i]) == len(_by_detector(specs)):  # the protocol's last detector: publish it now
+            i = pending[fut]
+            for rec in fut.result():
+                results[i].setdefault(rec["detector"], []).append(rec)
+            left[i] -= 1
+            if left[i] == 0:  # the protocol's last run: publish it now
+                path, cfg, specs = planned[i]
                 _publish(summarise(cfg, path, specs, results[i], quick, jobs, time.perf_counter() - started[i]), out)
     print(f"[bench] all protocols: {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
     return out / "BENCHMARKS.md"

@@ -90,7 +90,7 @@ def _bench_parser(sub) -> None:
                     help="every protocol at reduced size (minutes), written to runs/bench_quick/ unless --out is given")
     sp.add_argument("--out", type=Path, help="where BENCHMARKS.md and bench/*.png|json go (default: docs/, or runs/bench_quick with --quick)")
     sp.add_argument("--runs", type=Path, help="run directories (default: runs/bench, or runs/bench_quick/runs with --quick)")
-    sp.add_argument("--jobs", type=int, default=1, help="detectors trained at the same time (each with one thread); times are then per-job")
+    sp.add_argument("--jobs", type=int, default=1, help="runs at the same time, each in its own process with one thread; times are then per job")
     sp.add_argument("--only", action="append", metavar="LABEL", help="only the detector(s) with this label (repeatable)")
     sp.add_argument("--repeats", type=int, help="run only the first N seeds/folds (exploration; the tables say how many ran)")
     sp.add_argument("--debug", action="store_true")
