@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
+from pipeline.core.validation import added
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -331,6 +333,8 @@ class SynthParams:
     top_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])  # synth_top1, synth_top10
     knn_k: int = 5
     val_seed: int = 12345  # the fixed synthetic anomalies of the validation loss
+    # fraction of each training batch left out of the step, by the highest loss on unaltered voxels (robustness to contaminated training data)
+    trim: float = added(0.0, "2026-11-30")
 
     def check(self, cfg) -> list[str]:
         errs = []
@@ -352,6 +356,8 @@ class SynthParams:
             errs.append("model.centre_margin: must be in [0, 0.5)")
         if len(self.top_fractions) != 2 or not all(0 < f <= 1 for f in self.top_fractions):
             errs.append("model.top_fractions: two fractions in (0, 1]")
+        if not 0 <= self.trim < 0.5:
+            errs.append("model.trim: fraction of each batch left out, in [0, 0.5)")
         return errs
 
 

@@ -164,3 +164,13 @@ def test_bundled_config_validates():
     assert cfg.ingest.input == (ROOT / "sample_data" / "ct" / "LIDC-IDRI-0063").resolve()
     assert cfg.ingest.input.is_dir()
     assert cfg.extract.nodules.is_file()
+
+
+def test_a_parameter_added_later_leaves_fingerprints_alone_at_its_default():
+    """``model.trim`` (added after runs existed): at its default it is not in the section that stage
+    fingerprints hash, so finished runs stay finished; set, it is; the resolved config always shows it."""
+    base = ["model.name=synth2d", "model.channels=[8,16]", "model.strides=[2]"]
+    cfg = load_config("configs/xray.yaml", base)
+    assert "trim" not in cfg.section("model") and cfg.to_dict()["model"]["trim"] == 0.0
+    assert cfg.section("model")["channels"] == [8, 16]
+    assert load_config("configs/xray.yaml", base + ["model.trim=0.1"]).section("model")["trim"] == 0.1

@@ -278,3 +278,41 @@ def test_geom_all_views_features(dims, views):
     model.fit_after_training(rand(6, 1, *[patch] * dims, seed=2))
     out = model.score(x, 1, torch.Generator())
     assert torch.isfinite(out.scores["feat_knn"]).all() and torch.isfinite(out.scores["feat_maha"]).all()
+
+
+def test_trimmed_loss_leaves_out_the_samples_ranked_highest():
+    from models.synth import trimmed_mean
+    per = torch.tensor([0.1, 5.0, 0.3, 0.2, 9.0, 0.4, 0.5, 0.6, 0.7, 0.8])
+    rank = torch.tensor([0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0])  # samples 3 and 6 rank highest
+    assert float(trimmed_mean(per, rank, 0.0)) == pytest.approx(float(per.mean()))
+    assert float(trimmed_mean(per, rank, 0.2)) == pytest.approx(np.mean([0.1, 5.0, 0.3, 9.0, 0.4, 0.6, 0.7, 0.8]))
+    assert float(trimmed_mean(per[:1], rank[:1], 0.4)) == pytest.approx(0.1)  # at least one kept
+    w = per.clone().requires_grad_(True)
+    trimmed_mean(w, rank, 0.2).backward()  # the gradient reaches only the kept samples
+    assert w.grad[3] == 0 and w.grad[6] == 0 and (w.grad[[0, 1, 2, 4, 5, 7, 8, 9]] > 0).all()
+
+
+def test_synth_training_loss_is_trimmed_by_the_loss_on_unaltered_voxels():
+    """``model.trim``: the training loss leaves out the images with the highest loss on their unaltered
+    voxels; the validation loss still averages every image."""
+    cls = MODELS["synth2d"]
+    torch.manual_seed(0)
+    model = cls(cls.Params(name="synth2d", trim=0.25, **SMALL["synth"]), 1, 28).train()
+    x = rand(8, 1, 28, 28, seed=2)
+    with torch.no_grad():
+        per, native = model._pretext(x, torch.Generator().manual_seed(5))
+    assert per.shape == native.shape == (8,) and (native >= 0).all() and (native != per).any()
+    model._rng = torch.Generator().manual_seed(5)
+    loss = model.loss(x)[0].detach()
+    kept = native.argsort()[:6]  # 8 − int(0.25·8) images with the lowest native loss
+    assert float(loss) == pytest.approx(float(per[kept].mean()), rel=1e-5)
+    assert float(loss) != pytest.approx(float(per.mean()), rel=1e-5)
+    assert model.validation_loss(x).shape == (8,)
+
+
+def test_synth_trim_is_validated(tmp_path):
+    from conftest import load_config
+
+    from pipeline.core.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"model\.trim: fraction of each batch left out, in \[0, 0\.5\)"):
+        load_config("configs/xray.yaml", ["model.name=synth2d", "model.channels=[8,16]", "model.strides=[2]", "model.trim=0.6"])

@@ -283,8 +283,9 @@ class Config:
     notices: list[str] = field(default_factory=list)  # what loading changed on the user's behalf (printed by the CLI)
 
     def section(self, name: str) -> dict:
-        """A JSON-able dict of one section (used for stage fingerprints and the manifest)."""
-        return to_plain(getattr(self, name))
+        """A JSON-able dict of one section, as stage fingerprints see it (parameters added later are
+        left out while at their default: :func:`pipeline.core.validation.added`)."""
+        return to_plain(getattr(self, name), fingerprint=True)
 
     def to_dict(self) -> dict:
         return {f.name: to_plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in ("source", "notices")}

@@ -107,14 +107,25 @@ def coerce(value: Any, tp: Any, key: str, base_dir: Path, errors: list[str]) -> 
     return value
 
 
-def to_plain(obj: Any) -> Any:
-    """Dataclasses/paths/tuples → JSON-able builtins (stable, for hashing and the manifest)."""
+def added(default: Any, when: str) -> Any:
+    """A parameter added after runs were made with the code that lacked it: at ``default`` (which
+    must reproduce the old behaviour) it is left out of stage fingerprints, so finished runs stay
+    finished (``when``: the date it was added, for the reader)."""
+    return dataclasses.field(default=default, metadata={"added": when})
+
+
+def to_plain(obj: Any, fingerprint: bool = False) -> Any:
+    """Dataclasses/paths/tuples → JSON-able builtins (stable, for hashing and the manifest).
+
+    ``fingerprint``: leave out :func:`added` parameters that hold their default.
+    """
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_plain(getattr(obj, f.name), fingerprint) for f in dataclasses.fields(obj)
+                if not (fingerprint and "added" in f.metadata and getattr(obj, f.name) == f.default)}
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
+        return [to_plain(v, fingerprint) for v in obj]
     if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
+        return {str(k): to_plain(v, fingerprint) for k, v in obj.items()}
     return obj
