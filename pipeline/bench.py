@@ -154,6 +154,10 @@ def prepare_data(specs: list[RunSpec]) -> None:
         run_stages(cfg, spec.data_dir, list(DATA_STAGES), log=lambda m: None)
 
 
+def _tag(spec: RunSpec) -> str:
+    return f"{spec.detector} | {('sweep ' + format(spec.sweep, 'g') + ' | ') if spec.sweep is not None else ''}repeat {spec.repeat}"
+
+
 def _run_specs(specs: list[RunSpec], threads: int | None) -> list[dict]:
     """Child process (or this one, for tests): the given runs in turn; returns their records (peak RSS from the run manifests)."""
     records = []
@@ -169,12 +173,11 @@ def _run_specs(specs: list[RunSpec], threads: int | None) -> list[dict]:
                 manifest = run_stages(cfg, spec.run_dir, list(STAGE_NAMES), log=lambda m: None)
         except Exception as exc:  # noqa: BLE001 - one failing run must not lose the protocol's other runs
             msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            print(f"  {spec.detector} | repeat {spec.repeat}: FAILED: {msg}", file=sys.stderr, flush=True)
+            print(f"  {_tag(spec)}: FAILED: {msg}", file=sys.stderr, flush=True)
             records.append({"detector": spec.detector, "sweep": spec.sweep, "repeat": spec.repeat, "run_dir": str(spec.run_dir), "error": msg})
             continue
         st = manifest.stages
-        print(f"  {spec.detector} | {('sweep ' + format(spec.sweep, 'g') + ' | ') if spec.sweep is not None else ''}repeat {spec.repeat}: "
-              f"{time.perf_counter() - t0:.0f} s, AUROC {st['evaluate'].get('details', {}).get('auroc', float('nan')):.3f}",
+        print(f"  {_tag(spec)}: {time.perf_counter() - t0:.0f} s, AUROC {st['evaluate'].get('details', {}).get('auroc', float('nan')):.3f}",
               file=sys.stderr, flush=True)
         records.append({"detector": spec.detector, "sweep": spec.sweep, "repeat": spec.repeat, "run_dir": str(spec.run_dir),
                         "train_s": st["train"].get("wall_time_s"), "score_s": st["score"].get("wall_time_s"),
