@@ -176,7 +176,7 @@ def trimmed_mean(per: torch.Tensor, rank_by: torch.Tensor, trim: float) -> torch
     (target 0), so that part of its loss is high once the network knows what normal looks like,
     while the whole pretext loss is dominated by how hard the synthetic blend is. Measured with a
     model trained on clean PneumoniaMNIST normals: pneumonia images mixed into its training set were
-    in their batch's top 10 % by the native-voxel loss 91 % of the time, by the whole loss 26 %
+    in their batch's top 10 % by the native-voxel loss 89 % of the time, by the whole loss 27 %
     (docs/BENCHMARK_NOTES.md, "Contamination").
     """
     if trim <= 0:
