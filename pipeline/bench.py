@@ -151,7 +151,19 @@ def prepare_data(specs: list[RunSpec]) -> None:
             continue
         done.add(spec.data_dir)
         cfg = validate(copy.deepcopy(spec.raw), base_dir=spec.base_dir, source=spec.source, models=MODELS)
-        run_stages(cfg, spec.data_dir, list(DATA_STAGES), log=lambda m: None)
+        run_stages(cfg, spec.data_dir, list(DATA_STAGES), force=_outdated(spec.data_dir), log=lambda m: None)
+
+
+def _outdated(data_dir: Path) -> bool:
+    """A shared data folder extracted before cubes were sharded: its fingerprints still match, but
+    a new detector's run could not read its cubes, so its data stages are redone. (Runs that were
+    finished from it keep their own linked copy and manifest, and stay finished.)"""
+    samples = artifacts.path("samples", data_dir)
+    if not samples.exists():
+        return False
+    with open(samples) as f:
+        header = f.readline().strip().split(",")
+    return not set(artifacts.SHARD_COLUMNS) <= set(header)
 
 
 def _tag(spec: RunSpec) -> str:

@@ -174,3 +174,25 @@ def test_protocols_share_one_queue_and_bad_data_skips_only_its_protocol(tmp_path
     err = capsys.readouterr().err
     assert "[bench] Missing data: data stages failed, protocol skipped:" in err and "nowhere.npz" in err
     assert "[bench] Toy done in" in err
+
+
+def test_a_shared_data_folder_from_before_sharding_is_extracted_again(tmp_path):
+    """A ``_data`` folder written by a version without cube shards still matches its fingerprints;
+    a detector added later must not fail on it: its data stages are redone."""
+    from pipeline.core import io
+    from pipeline.core.manifest import Manifest
+
+    path = _protocol(tmp_path, repeats=1, detectors=[{"label": "PCA", "set": {"model.name": "pca2d", "model.n_components": 4}}])
+    run_bench([path], tmp_path / "data", tmp_path / "docs", tmp_path / "runs", quick=False, jobs=0, only=None)
+    data = tmp_path / "runs" / "toy" / "_data" / "seed0"
+    samples = pd.read_csv(data / "samples.csv").drop(columns=["shard", "shard_row"])  # as the old extract wrote it
+    samples.to_csv(data / "samples.csv", index=False)
+    man = Manifest(data)
+    man.stages["extract"]["outputs"]["samples.csv"] = io.sha256_file(data / "samples.csv")
+    man.save()
+    raw = yaml.safe_load(path.read_text())
+    raw["bench"]["detectors"].append({"label": "mean intensity", "set": {"model.name": "intensity2d", "model.distance": "upper"}})
+    path.write_text(yaml.safe_dump(raw))
+    md = run_bench([path], tmp_path / "data", tmp_path / "docs", tmp_path / "runs", quick=False, jobs=0, only=None).read_text()
+    assert "| mean intensity | intensity |" in md and "Failed run" not in md
+    assert {"shard", "shard_row"} <= set(pd.read_csv(data / "samples.csv").columns)
