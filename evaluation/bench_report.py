@@ -186,15 +186,21 @@ def _command() -> str:
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The git commit the benchmark started from (read once, at the start)."""
+    """The git commit the benchmark started from (read once, at the start), marked when code differs from it."""
+    repo = Path(__file__).resolve().parent.parent
     try:
-        repo = Path(__file__).resolve().parent.parent
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        return sha + (" (with uncommitted changes)" if dirty else "") if sha else "unknown"
+        return sha + (" (with uncommitted changes)" if code_changed(repo) else "") if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def code_changed(repo: Path) -> bool:
+    """Whether tracked files outside ``docs/`` differ from HEAD (the benchmark itself rewrites
+    docs/BENCHMARKS.md and docs/bench/, which say nothing about the code that ran)."""
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs"], cwd=repo,
+                         capture_output=True, text=True, timeout=10).stdout
+    return bool(out.strip())
 
 
 def _machine() -> str:

@@ -196,3 +196,24 @@ def test_a_shared_data_folder_from_before_sharding_is_extracted_again(tmp_path):
     md = run_bench([path], tmp_path / "data", tmp_path / "docs", tmp_path / "runs", quick=False, jobs=0, only=None).read_text()
     assert "| mean intensity | intensity |" in md and "Failed run" not in md
     assert {"shard", "shard_row"} <= set(pd.read_csv(data / "samples.csv").columns)
+
+
+def test_the_commit_mark_counts_code_changes_not_the_published_docs(tmp_path):
+    import subprocess
+
+    from evaluation.bench_report import code_changed
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "BENCHMARKS.md").write_text("old table\n")
+    (tmp_path / "model.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert not code_changed(tmp_path)
+    (tmp_path / "docs" / "BENCHMARKS.md").write_text("new table\n")
+    assert not code_changed(tmp_path)
+    (tmp_path / "model.py").write_text("x = 2\n")
+    assert code_changed(tmp_path)
