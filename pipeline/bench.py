@@ -24,7 +24,7 @@ import copy
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -35,7 +35,7 @@ from evaluation.bench_report import git_commit, plot_protocol, slug, summarise, 
 from models.catalog import MODELS
 from pipeline.core import artifacts, io
 from pipeline.core.config import resolve_config_path, set_dotted, validate
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, StageError
 from pipeline.core.lock import run_lock
 from pipeline.core.manifest import Manifest
 from pipeline.core.schema import BenchConfig, BenchDetector, Config
@@ -158,12 +158,13 @@ def _outdated(data_dir: Path) -> bool:
     """A shared data folder extracted before cubes were sharded: its fingerprints still match, but
     a new detector's run could not read its cubes, so its data stages are redone. (Runs that were
     finished from it keep their own linked copy and manifest, and stay finished.)"""
-    samples = artifacts.path("samples", data_dir)
-    if not samples.exists():
+    if not artifacts.path("samples", data_dir).exists():
         return False
-    with open(samples) as f:
-        header = f.readline().strip().split(",")
-    return not set(artifacts.SHARD_COLUMNS) <= set(header)
+    try:
+        artifacts.check_shard_columns(artifacts.read_samples(data_dir), data_dir)
+    except StageError:
+        return True
+    return False
 
 
 def _tag(spec: RunSpec) -> str:
@@ -200,15 +201,8 @@ def _run_specs(specs: list[RunSpec], threads: int | None) -> list[dict]:
     return records
 
 
-def _by_detector(specs: list[RunSpec]) -> dict[str, list[RunSpec]]:
-    by_det: dict[str, list[RunSpec]] = {}
-    for s in specs:
-        by_det.setdefault(s.detector, []).append(s)
-    return by_det
-
-
 def _announce(cfg: Config, specs: list[RunSpec], quick: bool) -> None:
-    print(f"[bench] {cfg.bench.protocol}: {len(specs)} run(s), {len(_by_detector(specs))} detector(s){' (quick)' if quick else ''}",
+    print(f"[bench] {cfg.bench.protocol}: {len(specs)} run(s), {len({s.detector for s in specs})} detector(s){' (quick)' if quick else ''}",
           file=sys.stderr, flush=True)
 
 
@@ -221,19 +215,22 @@ def _publish(doc: dict, out: Path) -> None:
     print(f"[bench] {doc['protocol']} done in {doc['wall_s'] / 60:.1f} min; wrote {md}", file=sys.stderr, flush=True)
 
 
-def run_protocol(path: Path, data_root: Path | None, runs_root: Path, quick: bool, only: list[str] | None = None,
-                 repeats: int | None = None) -> dict:
-    """Run (or resume) every run of one protocol in this process (tests; no per-detector memory
-    figure); returns the protocol's result document."""
-    cfg, specs = plan(path, data_root, runs_root, quick, only, repeats)
-    if not specs:
-        print(f"[bench] {cfg.bench.protocol}: no detector matches --only {', '.join(only or [])}; skipped", file=sys.stderr, flush=True)
-        return {}
-    t0 = time.perf_counter()
-    _announce(cfg, specs, quick)
-    prepare_data(specs)
-    results = {d: _run_specs(runs, None) for d, runs in _by_detector(specs).items()}
-    return summarise(cfg, path, specs, results, quick, 0, time.perf_counter() - t0)
+class _InProcess:
+    """``jobs=0``: each run in this process as it is submitted (tests; the memory column is then this process's)."""
+
+    def __enter__(self) -> "_InProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as exc:  # noqa: BLE001 - raised again by result(), as from a worker process
+            fut.set_exception(exc)
+        return fut
 
 
 def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root: Path, quick: bool, jobs: int,
@@ -241,21 +238,15 @@ def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root:
     """``pipeline bench``: every protocol; each protocol's result is saved as soon as its last run ends.
 
     ``jobs``: runs at once, each in a fresh process (so its peak memory is its own; one thread
-    each when > 1); 0 runs everything in this process, one protocol after another (tests). With
-    ``jobs`` ≥ 1 all protocols share one queue of runs: every config is planned and validated first
-    (a typo in the last protocol fails before the first trains), then each protocol's data stages
-    run here while the workers train the runs already queued, so no core idles at the end of a
-    protocol waiting for its slowest detector.
+    each when > 1); 0 runs each run in this process as it is queued (tests). All protocols share
+    one queue of runs: every config is planned and validated first (a typo in the last protocol
+    fails before the first trains), then each protocol's data stages run here while the workers
+    train the runs already queued, so no core idles at the end of a protocol waiting for its
+    slowest detector.
     """
     (out / "bench").mkdir(parents=True, exist_ok=True)
     git_commit()  # the code that ran is the code at the start, whatever is committed meanwhile
     t0 = time.perf_counter()
-    if jobs == 0:
-        for path in configs:
-            if doc := run_protocol(path, data_root, runs_root, quick, only, repeats):
-                _publish(doc, out)
-        print(f"[bench] all protocols: {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
-        return out / "BENCHMARKS.md"
     planned = []
     for path in configs:
         cfg, specs = plan(path, data_root, runs_root, quick, only, repeats)
@@ -263,11 +254,24 @@ def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root:
             planned.append((path, cfg, specs))
         else:
             print(f"[bench] {cfg.bench.protocol}: no detector matches --only {', '.join(only or [])}; skipped", file=sys.stderr, flush=True)
-    n_tasks = sum(len(specs) for _, _, specs in planned)
     threads = 1 if jobs > 1 else None
-    pending: dict = {}  # future → protocol index
-    with ProcessPoolExecutor(max_workers=max(1, min(jobs, n_tasks)), mp_context=get_context("spawn")) as pool:
-        started = [0.0] * len(planned)
+    pending: dict[Future, int] = {}  # future → protocol index
+    results: list[dict[str, list[dict]]] = [{} for _ in planned]
+    left = [len(specs) for _, _, specs in planned]
+    started = [0.0] * len(planned)
+
+    def collect(fut: Future) -> None:
+        i = pending.pop(fut)
+        for rec in fut.result():
+            results[i].setdefault(rec["detector"], []).append(rec)
+        left[i] -= 1
+        if left[i] == 0:  # the protocol's last run: publish it now
+            path, cfg, specs = planned[i]
+            _publish(summarise(cfg, path, specs, results[i], quick, jobs, time.perf_counter() - started[i]), out)
+
+    n_tasks = sum(left)
+    pool = ProcessPoolExecutor(max_workers=max(1, min(jobs, n_tasks)), mp_context=get_context("spawn")) if jobs else _InProcess()
+    with pool:
         for i, (_path, cfg, specs) in enumerate(planned):
             started[i] = time.perf_counter()
             _announce(cfg, specs, quick)
@@ -279,15 +283,9 @@ def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root:
                 continue
             for spec in specs:  # one task per run: the 5 folds of a slow detector spread over the workers
                 pending[pool.submit(_run_specs, [spec], threads)] = i
-        results: list[dict[str, list[dict]]] = [{} for _ in planned]
-        left = [len(specs) for _, _, specs in planned]
-        for fut in as_completed(pending):
-            i = pending[fut]
-            for rec in fut.result():
-                results[i].setdefault(rec["detector"], []).append(rec)
-            left[i] -= 1
-            if left[i] == 0:  # the protocol's last run: publish it now
-                path, cfg, specs = planned[i]
-                _publish(summarise(cfg, path, specs, results[i], quick, jobs, time.perf_counter() - started[i]), out)
+            for fut in [f for f in pending if f.done()]:  # publish what has finished (in this process: the whole protocol)
+                collect(fut)
+        for fut in as_completed(list(pending)):
+            collect(fut)
     print(f"[bench] all protocols: {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
     return out / "BENCHMARKS.md"
