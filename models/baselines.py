@@ -37,12 +37,8 @@ from sklearn.decomposition import PCA as SkPCA
 
 from models.catalog import STATISTICS, IntensityParams, PCAParams
 from models.complexity import png_bits
+from models.nets import plain
 from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d
-
-
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    """Drop MONAI's MetaTensor wrapper (keeps the data)."""
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
 
 
 def fit_pca(flat: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
@@ -79,7 +75,7 @@ class ClosedFormDetector(Detector):
                            "call fit_arrays() on all training patches instead of training_step()")
 
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
-        x = _plain(x)
+        x = plain(x)
         want = (self.in_channels, *([self.patch_size] * self.spatial_dims))
         if tuple(x.shape[1:]) != want:
             raise ValueError(f"{self.registry_name}: expected input (B, {', '.join(map(str, want))}), got {tuple(x.shape)}")
