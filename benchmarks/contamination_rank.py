@@ -5,7 +5,7 @@ contaminated run (its ``splits.csv`` has anomalies in ``train``) and one or more
 folders, it alters the training images in random batches exactly as training does, and prints how
 often the hidden anomalies are among the top 5 / 10 / 25 % of their batch by
 
-- ``whole``: the pretext loss over all voxels (what a plain trimmed loss would rank by), and
+- ``whole``: the pretext loss over all voxels (the detector's own ``pretext_losses``) (what a plain trimmed loss would rank by), and
 - ``native``: the loss on the voxels the blend left unaltered (target 0; what ``model.trim`` ranks by).
 
 Chance is 5 / 10 / 25 %. Usage (the run folder gives the training images; any model can be ranked):
@@ -33,11 +33,8 @@ def main() -> None:
 
     import numpy as np
     import torch
-    import torch.nn.functional as F
 
     from models.checkpoint import load_checkpoint
-    from models.nets import plain
-    from models.synth import synth_blend, synth_spec
     from pipeline.core import artifacts
     from preprocessing.intensity import normalise
 
@@ -56,10 +53,8 @@ def main() -> None:
                 perm = torch.randperm(len(x), generator=order).numpy()
                 for b in range(0, len(x) - args.batch + 1, args.batch):
                     idx = perm[b : b + args.batch]
-                    xa, target, _ = synth_blend(plain(x[idx]), torch.Generator().manual_seed(p * 100_003 + b), synth_spec(model.params))
-                    per = F.binary_cross_entropy_with_logits(model.forward_features(xa)[0], target, reduction="none").flatten(1)
-                    native = (target.flatten(1) == 0).float()
-                    for key, loss in (("whole", per.mean(1)), ("native", (per * native).sum(1) / native.sum(1).clamp_min(1))):
+                    whole, native = model.pretext_losses(x[idx], torch.Generator().manual_seed(p * 100_003 + b))
+                    for key, loss in (("whole", whole), ("native", native)):
                         r = loss.argsort().argsort().numpy() / (len(idx) - 1)  # 0 = lowest loss of the batch, 1 = highest
                         ranks[key].append(r[hidden[idx]])
         for key, rs in ranks.items():

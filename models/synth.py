@@ -215,7 +215,7 @@ class SynthDetector(Detector):
         # drawn from the global RNG, which the train stage seeds per (seed, epoch): resumable
         self._rng = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
 
-    def _pretext(self, x: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def pretext_losses(self, x: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample pretext loss of a batch altered with ``rng``, and per-sample loss on the voxels
         left unaltered (target 0: content the network is taught to call native)."""
         x = plain(x)
@@ -231,7 +231,7 @@ class SynthDetector(Detector):
     def loss(self, x):
         if self._rng is None:
             self._rng = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
-        per, native = self._pretext(x, self._rng)
+        per, native = self.pretext_losses(x, self._rng)
         return trimmed_mean(per, native, self.params.trim), {}
 
     def training_step(self, x, optimizers, max_grad_norm):
@@ -239,7 +239,7 @@ class SynthDetector(Detector):
         return sgd_step(self, x, opt, max_grad_norm)
 
     def validation_loss(self, x):
-        return self._pretext(x, torch.Generator().manual_seed(self.params.val_seed))[0]
+        return self.pretext_losses(x, torch.Generator().manual_seed(self.params.val_seed))[0]
 
     @torch.inference_mode()
     def features(self, x: torch.Tensor, chunk: int = 128) -> torch.Tensor:

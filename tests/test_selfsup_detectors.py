@@ -300,7 +300,7 @@ def test_synth_training_loss_is_trimmed_by_the_loss_on_unaltered_voxels():
     model = cls(cls.Params(name="synth2d", trim=0.25, **SMALL["synth"]), 1, 28).train()
     x = rand(8, 1, 28, 28, seed=2)
     with torch.no_grad():
-        per, native = model._pretext(x, torch.Generator().manual_seed(5))
+        per, native = model.pretext_losses(x, torch.Generator().manual_seed(5))
     assert per.shape == native.shape == (8,) and (native >= 0).all() and (native != per).any()
     model._rng = torch.Generator().manual_seed(5)
     loss = model.loss(x)[0].detach()
