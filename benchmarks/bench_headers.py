@@ -36,8 +36,8 @@ import pydicom
 from preprocessing.dicom_series import discover
 base, t0 = status_kb("VmRSS"), time.perf_counter()
 if mode == "discover":
-    series, errors = discover(target)
-    n = {"headers": sum(len(v) for v in series.values()), "errors": len(errors)}
+    found = discover(target)
+    n = {"headers": sum(len(v) for v in found.series.values()), "errors": len(found.errors)}
 else:
     pydicom.dcmread(target, stop_before_pixels=True)
     n = {}

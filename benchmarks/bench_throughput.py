@@ -127,7 +127,7 @@ def ours_breakdown(series: Path, out: Path) -> dict[str, float]:
     from preprocessing.resample import resample_isotropic
 
     t = [time.perf_counter()]
-    groups, _ = discover(series)
+    groups = discover(series).series
     info = validate_series(next(iter(groups.values())))
     t.append(time.perf_counter())
     image = read_volume(info)

@@ -234,7 +234,7 @@ def _nodules(cfg: Config, run_dir: Path, series: pd.DataFrame) -> pd.DataFrame:
     """The annotated nodules of the mapped series (LPS mm, radius when the table gives a diameter)."""
     if cfg.ingest.format != "dicom" or not Path(cfg.extract.nodules).exists():
         return pd.DataFrame(columns=["series_uid", "nodule_id", "x_mm", "y_mm", "z_mm", "radius_mm"])
-    table, _ = read_nodules(cfg.extract.nodules, series)
+    table = read_nodules(cfg.extract.nodules, series)[0]
     table["radius_mm"] = pd.to_numeric(table["diameter_mm"], errors="coerce") / 2 if "diameter_mm" in table.columns else np.nan
     inside = np.zeros(len(table), bool)
     for uid, rows in table.groupby("series_uid").indices.items():

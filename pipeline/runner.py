@@ -121,7 +121,8 @@ def _run_one(stage: Stage, cfg: Config, run_dir: Path, manifest: Manifest, force
         result = stage.run(cfg, run_dir)
     except MedAnomalyError as exc:
         errors = [*getattr(exc, "item_errors", []), (stage.name, str(exc))]
-        manifest.stages[stage.name].update(status="failed", finished=now(), wall_time_s=round(time.perf_counter() - t0, 3), errors=errors)
+        kept = {k: v for k in ("ignored", "warnings") if (v := getattr(exc, k, None))}
+        manifest.stages[stage.name].update(status="failed", finished=now(), wall_time_s=round(time.perf_counter() - t0, 3), errors=errors, **kept)
         manifest.save()
         raise
     record = {
@@ -136,9 +137,14 @@ def _run_one(stage: Stage, cfg: Config, run_dir: Path, manifest: Manifest, force
         "counts": result.counts,
         "items": result.items,
         "errors": result.errors,
+        **{k: v for k, v in (("ignored", result.ignored), ("warnings", result.warnings), ("notes", result.notes)) if v},
         **({"details": result.extra} if result.extra else {}),
     }
     manifest.stages[stage.name] = record
     manifest.save()
+    for note in result.notes:
+        log(f"note: {note}")
+    if result.warnings:
+        log(f"note: {len(result.warnings)} library warning(s) while reading {len({i for i, _ in result.warnings})} input(s); see warnings.csv")
     counts = ", ".join(f"{k}={v}" for k, v in result.counts.items())
     log(f"[{stage.name}] done in {record['wall_time_s']:.1f} s ({counts}); {len(result.errors)} error(s)")

@@ -26,6 +26,7 @@ import SimpleITK as sitk
 from pipeline.core import artifacts, io
 from pipeline.core.engine import map_items
 from pipeline.core.errors import StageError
+from pipeline.core.manifest import Manifest
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
 from preprocessing.cubes import background_starts, cube_start, cut_cube
@@ -135,8 +136,9 @@ def _row(job: _Job, sample_id: str, kind: str, nodule_id: str, label: int, ratin
 def extract(cfg: Config, run_dir: Path) -> StageResult:
     """Cut a cube at every nodule of the table (and background cubes of lung tissue when enabled)."""
     series = artifacts.read_series(run_dir)
-    nodules, errors = read_nodules(cfg.extract.nodules, series)
-    result = StageResult()
+    failed = frozenset(i.split(" ", 1)[1] for i in Manifest(run_dir).failed_items("ingest") if i.startswith("series "))
+    nodules, errors, notes = read_nodules(cfg.extract.nodules, series, failed)
+    result = StageResult(notes=notes)
     for item, msg in errors:
         result.fail(item, msg)
     jobs = []

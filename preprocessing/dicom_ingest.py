@@ -23,7 +23,7 @@ from pipeline.core.engine import map_items
 from pipeline.core.errors import StageError
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
-from preprocessing.dicom_series import SeriesInfo, check_size, discover, read_volume, validate_series
+from preprocessing.dicom_series import SeriesInfo, check_size, discover, overlap_notes, read_volume, validate_series
 from preprocessing.nifti import write_nifti
 from preprocessing.resample import resample_isotropic
 
@@ -86,14 +86,20 @@ def ingest(cfg: Config, run_dir: Path) -> StageResult:
     if not root.exists():
         raise StageError(f"ingest.input: folder {root} does not exist")
     result = StageResult()
-    groups, file_errors = discover(root, cfg.run.workers, cfg.run.engine)
+    found = discover(root, cfg.run.workers, cfg.run.engine)
+    groups, file_errors = found.series, found.errors
     for item, msg in file_errors:
         result.fail(item, msg)
+    result.ignore(found.ignored, str(root))
+    result.warnings += found.warnings
+    if not groups and not file_errors and not found.ignored:
+        raise StageError(f"ingest.input: folder {root} holds no files (hidden files are ignored)")
     if not groups and not file_errors:
-        raise StageError(f"ingest.input: folder {root} holds no files (hidden files and DICOMDIR are ignored)")
+        raise StageError(f"ingest.input: folder {root} holds no DICOM image: its {len(found.ignored)} file(s) are not images "
+                         f"(e.g. {found.ignored[0][1]})", ignored=result.ignored, warnings=result.warnings)
     if not groups:
         raise StageError(f"ingest.input: no readable DICOM image series under {root} "
-                         f"({len(file_errors)} unreadable file(s); see errors.csv)", result.errors)
+                         f"({len(file_errors)} unreadable file(s); see errors.csv)", result.errors, result.ignored, result.warnings)
     jobs = []
     for uid, slices in groups.items():
         try:
@@ -113,9 +119,11 @@ def ingest(cfg: Config, run_dir: Path) -> StageResult:
         else:
             result.fail(item, res)
     if not rows:
-        raise StageError(f"ingest: none of the {len(groups)} series under {root} could be ingested; see errors.csv", result.errors)
+        raise StageError(f"ingest: none of the {len(groups)} series under {root} could be ingested; see errors.csv",
+                         result.errors, result.ignored, result.warnings)
     table = pd.DataFrame(rows).drop(columns=["key"]).sort_values("series_uid").reset_index(drop=True)
-    result.counts = {"files_unreadable": len(file_errors), "series_found": len(groups), "series_ingested": len(rows),
-                     "series_failed": len(groups) - len(rows)}
+    result.notes += overlap_notes([j.info for j in jobs if j.info.series_uid in set(table["series_uid"])])
+    result.counts = {"files_unreadable": len(file_errors), "files_not_images": len(found.ignored), "series_found": len(groups),
+                     "series_ingested": len(rows), "series_failed": len(groups) - len(rows)}
     result.outputs = [artifacts.write_table("series", run_dir, table)] + [run_dir / r["volume"] for r in rows]
     return result

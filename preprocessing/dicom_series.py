@@ -15,6 +15,7 @@ never by InstanceNumber, which scanners do not always assign in spatial order.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -47,8 +48,23 @@ _TS_NAMES = {"1.2.840.10008.1.2.8.1": "Deflated Image Frame Compression", "1.2.8
              "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression", "1.2.840.10008.1.2.4.112": "JPEG XL"}
 # The only tags read from a header: nothing else (no names, dates) is parsed into memory.
 HEADER_TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Modality", "ImagePositionPatient", "ImageOrientationPatient",
-               "PixelSpacing", "Rows", "Columns", "InstanceNumber", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames")
+               "PixelSpacing", "Rows", "Columns", "InstanceNumber", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames", "SOPClassUID")
 _SEQ_END = b"\xfe\xff\xdd\xe0"  # (FFFE,E0DD) little endian
+
+
+# Files that download folders carry beside the slices and that are plainly not images (annotations,
+# tables, notes): by name ending, when the file has no DICOM preamble.
+NOT_IMAGE_SUFFIXES = {".xml": "an XML", ".csv": "a CSV", ".tsv": "a TSV", ".txt": "a text", ".json": "a JSON", ".md": "a text",
+                      ".html": "an HTML", ".htm": "an HTML", ".pdf": "a PDF", ".log": "a text", ".yaml": "a YAML", ".yml": "a YAML",
+                      ".ini": "a text", ".rtf": "an RTF", ".xls": "a spreadsheet", ".xlsx": "a spreadsheet", ".doc": "a document",
+                      ".docx": "a document", ".icc": "an ICC colour profile", ".dump": "a text"}
+# Name endings that say "DICOM": such a file is expected to be an image, so a broken one stays an error.
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
+
+
+class NotAnImage(Exception):
+    """A file that is plainly not an image (annotations, a table, text, a DICOMDIR, a non-image DICOM
+    object): ingest lists it in ``ignored.csv`` with the reason and one summary note, not as an error."""
 
 
 def transfer_syntax_name(uid: str) -> str:
@@ -95,8 +111,64 @@ class SeriesInfo:
         return [str(s.path) for s in self.slices]
 
 
+def plain_non_image(path: Path, head: bytes) -> str:
+    """What kind of plainly non-image file ``path`` is ("an XML file", ...), or '' when it may be an image.
+
+    ``head`` is the file's first bytes (≥ 132 of them where the file has them). A file with the DICM
+    preamble is judged by its SOP class later (:func:`non_image_sop_class`); a file named like DICOM
+    (``.dcm`` ...) is expected to be one, so it is never called a non-image here.
+    """
+    if path.name.upper() == "DICOMDIR":
+        return "a DICOMDIR index"
+    if head[128:132] == b"DICM":
+        return ""
+    suffix = path.suffix.lower()
+    if suffix in NOT_IMAGE_SUFFIXES:
+        return f"{NOT_IMAGE_SUFFIXES[suffix]} file"
+    if suffix in DICOM_SUFFIXES or not head or b"\0" in head:
+        return ""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a multi-byte character cut at the end of the head: binary
+            return ""
+        text = head[:exc.start].decode("utf-8")
+    text = text.lstrip("\ufeff \t\r\n")
+    if text.startswith("<"):
+        return "an XML file"
+    if text[:1] in ("{", "["):
+        return "a JSON file"
+    return "a text file" if all(c.isprintable() or c in "\t\r\n" for c in text) else ""
+
+
+def _archive_hint(path: Path) -> str:
+    """'; a gzip archive: ...' when ``path`` is a compressed archive a user has to unpack first, else ''."""
+    with open(path, "rb") as fp:
+        magic = fp.read(4)
+    if magic[:2] == b"\x1f\x8b":
+        return "; a gzip archive: decompress it first"
+    if magic == b"PK\x03\x04":
+        return "; a ZIP archive: extract it first"
+    return ""
+
+
+def non_image_sop_class(ds) -> str:
+    """What ``ds`` is ("a DICOM RT Plan Storage object") when its SOP class is a known non-image
+    object (SR, RT Plan, a presentation state, a DICOMDIR, ...), else ''. Image storage classes,
+    and unknown or missing ones, give '' (the file is then checked as a slice)."""
+    meta = getattr(ds, "file_meta", None)
+    uid = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else "") or "")
+    if not uid:
+        return ""
+    name = UID(uid).name
+    if uid == "1.2.840.10008.1.3.10":  # Media Storage Directory Storage
+        return "a DICOMDIR index"
+    return "" if name == uid or "Image Storage" in name else f"a DICOM {name} object"
+
+
 def read_header(path: Path) -> SliceHeader:
-    """Read one file's header (no pixels). Raises :class:`DicomReadError` with the reason."""
+    """Read one file's header (no pixels). Raises :class:`DicomReadError` with the reason, or
+    :class:`NotAnImage` for a file that is plainly not an image."""
     try:
         size = path.stat().st_size
     except OSError as exc:  # a dangling link, a file removed during the scan, no permission
@@ -105,8 +177,15 @@ def read_header(path: Path) -> SliceHeader:
         raise DicomReadError(f"{path}: empty file (0 bytes)")
     try:
         with open(path, "rb") as fp:
+            kind = plain_non_image(path, fp.read(512))
+            if kind:
+                raise NotAnImage(f"{path}: {kind}, not an image")
+            fp.seek(0)
             ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_TAGS), defer_size=1024)
             pixel_offset = fp.tell()  # pydicom rewinds to the start of the Pixel Data element
+            sop = non_image_sop_class(ds)
+            if sop:
+                raise NotAnImage(f"{path}: {sop}, not an image")
             missing = [k for k in ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
                        if k not in ds]
             if missing:
@@ -114,10 +193,10 @@ def read_header(path: Path) -> SliceHeader:
             tsyntax = str(getattr(ds.file_meta, "TransferSyntaxUID", IMPLICIT_LE))
             if tsyntax != DEFLATED_LE:  # a deflated data set has no file offsets to check
                 _check_pixel_data(path, fp, ds, tsyntax, pixel_offset, size)
-    except DicomReadError:
+    except (DicomReadError, NotAnImage):
         raise
     except InvalidDicomError:
-        raise DicomReadError(f"{path}: not a DICOM file (no DICM preamble)") from None
+        raise DicomReadError(f"{path}: not a DICOM file (no DICM preamble{_archive_hint(path)})") from None
     except Exception as exc:  # pydicom raises many types on damaged headers
         raise DicomReadError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from None
     try:
@@ -196,50 +275,83 @@ def _check_pixel_data(path: Path, fp: BinaryIO, ds, tsyntax: str, pixel_offset: 
 HEADER_CHUNK = 64  # files per task when headers are read by several workers (≈ 0.05-0.1 s of work each)
 
 
-def _read_header_chunk(job: tuple[int, list[Path]]) -> tuple[int, list[SliceHeader | str]]:
-    """``(chunk number, headers)`` of one chunk of files, in order; an unreadable file becomes its error message."""
-    index, paths = job
-    out: list[SliceHeader | str] = []
-    for path in paths:
+@dataclass(frozen=True)
+class FileRead:
+    """What reading one file's header gave: a slice header, or an error or ignore reason; and the
+    library warnings raised while reading it (once each)."""
+
+    header: SliceHeader | None = None
+    error: str = ""
+    ignored: str = ""
+    warnings: tuple[str, ...] = ()
+
+
+def read_file(path: Path) -> FileRead:
+    """:func:`read_header` with its outcome as a value and the library warnings caught (never raises)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         try:
-            out.append(read_header(path))
+            read = FileRead(header=read_header(path))
         except DicomReadError as exc:
-            out.append(str(exc))
+            read = FileRead(error=str(exc))
+        except NotAnImage as exc:
+            read = FileRead(ignored=str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug on one hostile file must not stop the others
-            out.append(f"{path}: unexpected {type(exc).__name__} while reading the header: {str(exc)[:200]}")
-    return index, out
+            read = FileRead(error=f"{path}: unexpected {type(exc).__name__} while reading the header: {str(exc)[:200]}")
+    said = tuple(dict.fromkeys(f"{w.category.__name__}: {str(w.message).strip()[:300]}" for w in caught))
+    return FileRead(read.header, read.error, read.ignored, said) if said else read
 
 
-def discover(root: Path, workers: int = 1, engine: str = "local") -> tuple[dict[str, list[SliceHeader]], list[tuple[str, str]]]:
+def _read_header_chunk(job: tuple[int, list[Path]]) -> tuple[int, list[FileRead]]:
+    """``(chunk number, reads)`` of one chunk of files, in order."""
+    index, paths = job
+    return index, [read_file(path) for path in paths]
+
+
+@dataclass
+class Discovery:
+    """The files under a root, sorted out: readable slices by series, and per file what was wrong."""
+
+    series: dict[str, list[SliceHeader]] = field(default_factory=dict)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (file, message): should be an image, cannot be read
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): plainly not an image
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (file, library warning), once each
+
+
+def discover(root: Path, workers: int = 1, engine: str = "local") -> Discovery:
     """Walk ``root`` recursively and group readable slices by SeriesInstanceUID.
 
-    Returns ``(series, errors)`` where errors are ``(file, message)`` for unreadable files. With
-    ``workers > 1`` the headers are read in chunks of :data:`HEADER_CHUNK` files by the engine's
-    workers (on a cluster the header walk of a large archive is otherwise the serial bottleneck,
-    docs/SCALING.md); the result is the same, in the same order.
+    Unreadable files become ``errors``, files that are plainly not images (annotations, tables,
+    text, DICOMDIR, non-image DICOM objects) ``ignored``; library warnings are kept with the file
+    they came from. With ``workers > 1`` the headers are read in chunks of :data:`HEADER_CHUNK`
+    files by the engine's workers (on a cluster the header walk of a large archive is otherwise
+    the serial bottleneck, docs/SCALING.md); the result is the same, in the same order. Hidden
+    files are skipped silently.
     """
     paths = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        paths += [Path(dirpath) / name for name in sorted(filenames) if not name.startswith(".") and name.upper() != "DICOMDIR"]
+        paths += [Path(dirpath) / name for name in sorted(filenames) if not name.startswith(".")]
     chunks = list(enumerate(paths[i:i + HEADER_CHUNK] for i in range(0, len(paths), HEADER_CHUNK)))
     if workers > 1 and len(chunks) > 1:
-        read: dict[int, list[SliceHeader | str]] = {}
+        read: dict[int, list[FileRead]] = {}
         for key, ok, res in map_items(_read_header_chunk, chunks, workers, desc="headers", engine=engine, key=lambda c: str(c[0])):
             # an unexpected failure of the task: read that chunk here, so each file gets its own message
-            k, headers = res if ok else _read_header_chunk(chunks[int(key)])
-            read[k] = headers
+            k, reads = res if ok else _read_header_chunk(chunks[int(key)])
+            read[k] = reads
     else:
         read = dict(map(_read_header_chunk, chunks))
-    series: dict[str, list[SliceHeader]] = {}
-    errors: list[tuple[str, str]] = []
+    found = Discovery()
     for i, chunk in chunks:
-        for path, hdr in zip(chunk, read[i]):
-            if isinstance(hdr, str):
-                errors.append((str(path), hdr))
+        for path, got in zip(chunk, read[i]):
+            found.warnings += [(str(path), w) for w in got.warnings]
+            if got.header is not None:
+                found.series.setdefault(got.header.series_uid, []).append(got.header)
+            elif got.ignored:
+                found.ignored.append((str(path), got.ignored))
             else:
-                series.setdefault(hdr.series_uid, []).append(hdr)
-    return series, errors
+                found.errors.append((str(path), got.error))
+    return found
 
 
 def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
@@ -326,6 +438,37 @@ def _slice_spacing(slices: list[SliceHeader], pos: np.ndarray, along: np.ndarray
                                      f"(gap {gaps[i]:.2f} mm, spacing {spacing:.2f} mm)")
         raise InvalidSeriesError(f"{tag}: non-uniform slice spacing: gap {gaps[i]:.2f} mm at {along[i]:.2f} mm vs median {spacing:.2f} mm")
     return spacing
+
+
+def extent_box(info: SeriesInfo) -> tuple[np.ndarray, np.ndarray]:
+    """The series' axis-aligned bounding box in LPS mm (lower and upper corners, voxel centres)."""
+    first = np.asarray(info.slices[0].position, float)
+    row, col = np.asarray(info.slices[0].orientation[:3]), np.asarray(info.slices[0].orientation[3:])
+    edges = [row * (info.columns - 1) * info.pixel_spacing_mm[1], col * (info.rows - 1) * info.pixel_spacing_mm[0],
+             np.asarray(info.slices[-1].position, float) - first]
+    corners = np.array([first + a * edges[0] + b * edges[1] + c * edges[2] for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+    return corners.min(axis=0), corners.max(axis=0)
+
+
+def overlap_notes(infos: list[SeriesInfo], min_iou: float = 0.9) -> list[str]:
+    """One note per pair of series of one patient and study whose volumes coincide (IoU of their
+    bounding boxes ≥ ``min_iou``): e.g. two reconstructions of one scan, both ingested."""
+    notes = []
+    by_study: dict[tuple[str, str], list[SeriesInfo]] = {}
+    for info in infos:
+        by_study.setdefault((info.patient_id, info.study_uid), []).append(info)
+    for (patient, study), group in sorted(by_study.items()):
+        boxes = [extent_box(i) for i in group]
+        for a in range(len(group)):
+            for b in range(a + 1, len(group)):
+                lo, hi = np.maximum(boxes[a][0], boxes[b][0]), np.minimum(boxes[a][1], boxes[b][1])
+                inter = float(np.prod(np.clip(hi - lo, 0, None)))
+                union = float(np.prod(boxes[a][1] - boxes[a][0]) + np.prod(boxes[b][1] - boxes[b][0])) - inter
+                if union > 0 and inter / union >= min_iou:
+                    notes.append(f"series {group[a].series_uid} and {group[b].series_uid} of patient {patient} (study {study}) "
+                                 f"cover the same volume ({inter / union:.0%} overlap); both were ingested "
+                                 "(e.g. two reconstructions of one scan: keep the one you want, or both count as that patient's scans)")
+    return notes
 
 
 def check_size(info: SeriesInfo, spacing_mm: float, max_voxels: int) -> None:

@@ -475,7 +475,8 @@ def nodule_table(dicom_root: Path, db: Path | None = None, workers: int = 1) -> 
     root = Path(dicom_root)
     if not root.is_dir():
         raise StageError(f"{root}: not a folder (give the folder holding the LIDC-IDRI DICOM files)")
-    series, file_errors = discover(root, workers=workers)
+    found = discover(root, workers=workers)
+    series, file_errors = found.series, found.ignored + found.errors  # annotations need only the CT slices: the rest is ignored
     if not series:
         raise StageError(f"{root}: no DICOM image series found ({len(file_errors)} file(s) that are not CT/MR slices)")
     rows, skipped = [], []

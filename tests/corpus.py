@@ -133,8 +133,17 @@ def build_dicom_cases(root: Path, src: Path = SAMPLE_SERIES) -> list[Case]:
     cases.append(Case("DICOM without pixel data", "LIDC slice with Pixel Data removed", "ingest", str(bad / "no_pixels.dcm"),
                       "no pixel data", "file skipped"))
     shutil.copy(get_testdata_file("rtplan.dcm"), bad / "rtplan.dcm")
-    cases.append(Case("DICOM that is not an image", "pydicom rtplan.dcm (RT Plan)", "ingest", str(bad / "rtplan.dcm"),
+    cases.append(Case("DICOM that is not an image", "pydicom rtplan.dcm (RT Plan)", "", str(bad / "rtplan.dcm"),
+                      "", "ignored: listed in ignored.csv, counted in one note"))
+    ds = pydicom.dcmread(files[mid])
+    del ds.ImagePositionPatient
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
+    ds.save_as(bad / "no_position.dcm")
+    cases.append(Case("CT image without its position", "LIDC slice with ImagePositionPatient removed", "ingest", str(bad / "no_position.dcm"),
                       "not a cross-sectional image slice", "file skipped"))
+    (bad / "annotations.xml").write_text('<?xml version="1.0"?>\n<LidcReadMessage/>\n')
+    cases.append(Case("annotation file beside the slices", "LIDC-style XML", "", str(bad / "annotations.xml"),
+                      "", "ignored: listed in ignored.csv, counted in one note"))
 
     def series_case(name: str, folder: str, made_from: str, message: str, files_: list[Path], edit=None) -> None:
         uid = copy_series(files_, root / folder, edit)
@@ -190,12 +199,13 @@ def build_nodules(path: Path, dicom_cases: list[Case], sample_nodules: Path = SA
         Case("nodule at the volume edge", "sample nodule moved 2 mm below the top slice", "", f"{uid}:edge", "", "cube padded with air, padded=True"),
         Case("nodule outside the volume", "sample nodule moved 40 mm above the top slice", "extract",
              "nodule outside", "lies outside series", "nodule skipped"),
-        Case("nodule with unknown series ID", "new random series UID", "extract",
-             "nodule unknown-series", "not among the ingested series", "nodule skipped"),
-        Case("nodule with unknown patient ID", "no series_uid, patient NO-SUCH-PATIENT", "extract",
-             "nodule unknown-patient", "unknown patient ID", "nodule skipped"),
+        # a table that covers more scans than the input is normal: one note, no error (see NOTED)
+        Case("nodule with unknown series ID", "new random series UID", "",
+             "nodule unknown-series", "", "nodule skipped, counted in one note"),
+        Case("nodule with unknown patient ID", "no series_uid, patient NO-SUCH-PATIENT", "",
+             "nodule unknown-patient", "", "nodule skipped, counted in one note"),
         Case("nodule in a rejected series", "series of the missing-slice case", "extract",
-             "nodule rejected-series", "not among the ingested series", "nodule skipped"),
+             "nodule rejected-series", "which failed ingest", "nodule skipped"),
         Case("nodule without a coordinate", "x_mm empty", "extract", "nodule no-coordinate", "non-finite coordinates", "nodule skipped"),
     ]
 

@@ -70,7 +70,7 @@ def make_ct_series(folder: Path, n_slices: int = 10, *, z0: float = -50.0, dz: f
                    origin_xy: tuple[float, float] = (-5.0, 12.0), positions: Sequence[Sequence[float]] | None = None,
                    orientations: Sequence[Sequence[float]] | None = None, instance_numbers: Sequence[int | None] | None = None,
                    file_order: Sequence[int] | None = None, series_uid: str | None = None, patient_id: str = "PAT001",
-                   prefix: str = "slice") -> dict:
+                   prefix: str = "slice", study_uid: str | None = None) -> dict:
     """Write a synthetic CT series; slice ``k`` (spatial order) holds :func:`slice_pixels` ``(k)``.
 
     ``positions``/``orientations`` override the default axial geometry per spatial index k.
@@ -81,7 +81,7 @@ def make_ct_series(folder: Path, n_slices: int = 10, *, z0: float = -50.0, dz: f
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or generate_uid()
-    study_uid = generate_uid()
+    study_uid = study_uid or generate_uid()
     if positions is None:
         positions = [(origin_xy[0], origin_xy[1], z0 + k * dz) for k in range(n_slices)]
     n = len(positions)

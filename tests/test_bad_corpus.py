@@ -86,9 +86,23 @@ def test_every_bad_item_has_exactly_one_clear_error(corpus_run):
         assert named in msg, (c.name, msg)  # names the file, series or nodule
 
 
+def test_files_that_are_not_images_and_nodules_of_other_scans_are_one_note_each(corpus_run):
+    """An XML file and an RT Plan: listed once in ignored.csv and summed up in one note, not errors;
+    nodules of scans that are not in the input: one note with their count."""
+    cases, out, proc = corpus_run
+    ignored = pd.read_csv(out / "ignored.csv", dtype=str)
+    want = sorted(c.item for c in cases["dicom"] if c.outcome.startswith("ignored"))
+    assert sorted(ignored["item"]) == want and set(ignored["stage"]) == {"ingest"}
+    assert ignored.loc[ignored["item"].str.endswith("annotations.xml"), "reason"].str.endswith("an XML file, not an image").all()
+    assert ignored.loc[ignored["item"].str.endswith("rtplan.dcm"), "reason"].str.endswith("a DICOM RT Plan Storage object, not an image").all()
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: ")]
+    assert sum(f"{len(want)} file(s) under" in n and "are not images" in n for n in notes) == 1, notes
+    assert sum("2 nodule(s) of" in n and "2 scan(s) not among the ingested series" in n for n in notes) == 1, notes
+
+
 def test_good_series_and_nodules_match_a_clean_run(corpus_run, tmp_path):
     cases, out, _ = corpus_run
-    good_uids = sorted(c.item.split(" ", 1)[1] for c in cases["dicom"] if not c.stage)
+    good_uids = sorted(c.item.split(" ", 1)[1] for c in cases["dicom"] if not c.stage and c.item.startswith("series "))
     series = pd.read_csv(out / "series.csv", dtype=str)
     assert sorted(series["series_uid"]) == good_uids  # both series of the mixed folder, nothing else
     # the sample alone, ingested and extracted without any bad neighbour
@@ -173,9 +187,19 @@ def test_folder_of_only_bad_files_lists_each_file(tmp_path):
     (data / "zero.dcm").write_bytes(b"")
     (data / "notes.txt").write_text("not DICOM\n")
     proc = run_cli("run", str(ct_config(tmp_path, data, SAMPLE_CT / "nodules.csv")), "--out", str(tmp_path / "run"), *FAST)
+    (data / "broken.dcm").write_text("named like DICOM, so it should be an image\n")
+    proc = run_cli("run", str(ct_config(tmp_path, data, SAMPLE_CT / "nodules.csv")), "--out", str(tmp_path / "run"), *FAST)
     assert_one_error_line(proc, "no readable DICOM image series", "2 unreadable file(s)")
     errors = pd.read_csv(tmp_path / "run" / "errors.csv")
-    assert set(errors["item"]) == {str(data / "zero.dcm"), str(data / "notes.txt"), "ingest"}
+    assert set(errors["item"]) == {str(data / "zero.dcm"), str(data / "broken.dcm"), "ingest"}  # notes.txt is not an image
+
+
+def test_folder_of_only_files_that_are_not_images(tmp_path):
+    data = tmp_path / "xml"
+    data.mkdir()
+    (data / "boxes.xml").write_text("<annotation><object/></annotation>")
+    proc = run_cli("run", str(ct_config(tmp_path, data, SAMPLE_CT / "nodules.csv")), "--out", str(tmp_path / "run"), *FAST)
+    assert_one_error_line(proc, "holds no DICOM image: its 1 file(s) are not images", "boxes.xml: an XML file")
 
 
 @contextlib.contextmanager

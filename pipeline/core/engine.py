@@ -37,11 +37,20 @@ def _call(fn: Callable, item: Any) -> tuple[bool, Any]:
         return False, f"unexpected {type(exc).__name__}: {exc}"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container or ``taskset`` limit), not
+    all the cores of the host that ``os.cpu_count`` counts."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def _share_cores(workers: int) -> None:
-    """Pool initializer: each of ``workers`` processes gets its share of the cores for the
+    """Pool initializer: each of ``workers`` processes gets its share of the usable cores for the
     multi-threaded libraries (SimpleITK filters, torch), so 2 workers on 2 cores do not run 4
     threads that wait on each other."""
-    n = max(1, (os.cpu_count() or 1) // workers)
+    n = max(1, usable_cores() // workers)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
     if "torch" in sys.modules:  # only if the parent already loaded it: importing torch costs ~1 s per worker
         sys.modules["torch"].set_num_threads(n)

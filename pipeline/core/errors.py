@@ -19,12 +19,16 @@ class StageError(MedAnomalyError):
     """A whole stage cannot run (e.g. a required upstream output is missing).
 
     ``item_errors`` carries the per-item ``(item, message)`` errors found before the stage gave
-    up (e.g. every file of the input was unreadable), so they still reach ``errors.csv``.
+    up (e.g. every file of the input was unreadable), so they still reach ``errors.csv``;
+    ``ignored`` and ``warnings`` likewise reach ``ignored.csv`` and ``warnings.csv``.
     """
 
-    def __init__(self, message: str, item_errors: list[tuple[str, str]] | None = None) -> None:
+    def __init__(self, message: str, item_errors: list[tuple[str, str]] | None = None,
+                 ignored: list[tuple[str, str]] | None = None, warnings: list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
         self.item_errors = list(item_errors or [])
+        self.ignored = list(ignored or [])
+        self.warnings = list(warnings or [])
 
 
 class ItemError(MedAnomalyError):

@@ -23,6 +23,9 @@ from pipeline.core.artifacts import ARTIFACTS
 
 MANIFEST = ARTIFACTS["manifest"].pattern
 ERRORS_CSV = ARTIFACTS["errors"].pattern
+# the per-item tables the runner writes from the manifest: file → (the stage record's key, column name)
+ITEM_TABLES = {ERRORS_CSV: ("errors", "error"), ARTIFACTS["ignored"].pattern: ("ignored", "reason"),
+               ARTIFACTS["warnings"].pattern: ("warnings", "warning")}
 LIBRARIES = ("torch", "monai", "numpy", "SimpleITK", "pydicom", "nibabel", "scikit-learn", "scikit-image", "pandas", "scipy", "PyYAML", "matplotlib")
 
 
@@ -74,15 +77,20 @@ class Manifest:
     def stages(self) -> dict:
         return self.data.setdefault("stages", {})
 
+    def failed_items(self, stage: str) -> list[str]:
+        """The items of ``stage``'s last run that failed (its ``errors.csv`` lines), e.g. ``series <uid>``."""
+        return [item for item, _ in self.stages.get(stage, {}).get("errors", [])]
+
     def save(self) -> None:
         self.data["updated"] = now()
         io.write_json(self.path, self.data)
-        self.write_errors()
+        self.write_item_tables()
 
-    def write_errors(self) -> None:
-        """``errors.csv`` (written with the csv module: the runner stays free of pandas)."""
-        buf = _text.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["stage", "item", "error"])
-        writer.writerows([name, item, msg] for name, st in self.stages.items() for item, msg in st.get("errors", []))
-        io.write_text(self.run_dir / ERRORS_CSV, buf.getvalue())
+    def write_item_tables(self) -> None:
+        """``errors.csv``, ``ignored.csv`` and ``warnings.csv`` (the csv module: the runner stays free of pandas)."""
+        for name, (key, column) in ITEM_TABLES.items():
+            buf = _text.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(["stage", "item", column])
+            writer.writerows([stage, item, msg] for stage, st in self.stages.items() for item, msg in st.get(key, []))
+            io.write_text(self.run_dir / name, buf.getvalue())
