@@ -126,19 +126,19 @@ def build_dicom_cases(root: Path, src: Path = SAMPLE_SERIES) -> list[Case]:
     (bad / "dangling.dcm").symlink_to(bad / "moved_away.dcm")
     cases.append(Case("dangling link (file gone)", "symbolic link to a missing file", "ingest", str(bad / "dangling.dcm"),
                       "cannot be read (No such file or directory)", "file skipped"))
-    ds = pydicom.dcmread(files[mid])
-    del ds.PixelData
-    ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
-    ds.save_as(bad / "no_pixels.dcm")
+    def slice_without(tag: str, name: str) -> None:  # the middle slice, one element removed, as its own series
+        ds = pydicom.dcmread(files[mid])
+        delattr(ds, tag)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
+        ds.save_as(bad / name)
+
+    slice_without("PixelData", "no_pixels.dcm")
     cases.append(Case("DICOM without pixel data", "LIDC slice with Pixel Data removed", "ingest", str(bad / "no_pixels.dcm"),
                       "no pixel data", "file skipped"))
     shutil.copy(get_testdata_file("rtplan.dcm"), bad / "rtplan.dcm")
     cases.append(Case("DICOM that is not an image", "pydicom rtplan.dcm (RT Plan)", "", str(bad / "rtplan.dcm"),
                       "", "ignored: listed in ignored.csv, counted in one note"))
-    ds = pydicom.dcmread(files[mid])
-    del ds.ImagePositionPatient
-    ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
-    ds.save_as(bad / "no_position.dcm")
+    slice_without("ImagePositionPatient", "no_position.dcm")
     cases.append(Case("CT image without its position", "LIDC slice with ImagePositionPatient removed", "ingest", str(bad / "no_position.dcm"),
                       "not a cross-sectional image slice", "file skipped"))
     (bad / "annotations.xml").write_text('<?xml version="1.0"?>\n<LidcReadMessage/>\n')

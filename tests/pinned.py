@@ -94,8 +94,9 @@ def pinned_run(config: str, out: Path, env: dict[str, str] | None = None) -> tup
     trained = run(["run", cfg, "--out", str(out), *SHORT], env)
     if trained.returncode != 0:
         return trained, trained
-    model = out / "pinned_model" if not (pinned_dir(config) / "model").is_dir() else pinned_dir(config) / "model"
-    if model == out / "pinned_model":  # --write: this run's model becomes the pinned one
+    model = pinned_dir(config) / "model"
+    if not model.is_dir():  # --write: this run's model becomes the pinned one
+        model = out / "pinned_model"
         shutil.copytree(out / "model", model, ignore=shutil.ignore_patterns("train_state.pt", "curves.*"))
     shutil.copytree(out, out.parent / "pinned", ignore=shutil.ignore_patterns("pinned_model", "model"), dirs_exist_ok=True)
     scored = run(["score", cfg, "--out", str(out.parent / "pinned"), *SHORT, "--set", f"score.model={model}"], env)
