@@ -93,10 +93,11 @@ def test_ray_engine_matches_local_engine(local_ray, new_data, model_dir, tmp_pat
     assert main([*args, "--out", str(remote), "--set", "run.engine=ray"]) == 1
     print(f"ray engine run: {time.perf_counter() - t0:.1f} s")
 
-    errors = {name: pd.read_csv(d / "errors.csv").sort_values("item").reset_index(drop=True) for name, d in (("local", local), ("ray", remote))}
-    assert len(errors["local"]) == 2, errors["local"]  # the non-DICOM file and the series with a missing slice
-    assert errors["local"]["item"].str.contains("notes.txt").any() and errors["local"]["error"].str.contains("missing slice").any()
-    pd.testing.assert_frame_equal(errors["local"], errors["ray"])
+    for table in ("errors.csv", "ignored.csv"):
+        pd.testing.assert_frame_equal(*(pd.read_csv(d / table).sort_values("item").reset_index(drop=True) for d in (local, remote)))
+    errors, ignored = pd.read_csv(local / "errors.csv"), pd.read_csv(local / "ignored.csv")
+    assert len(errors) == 1 and errors["error"].str.contains("missing slice").any(), errors  # the series with a missing slice
+    assert len(ignored) == 1 and ignored["item"].str.contains("notes.txt").any(), ignored  # a text file is left out, not an error
 
     for name in ("series.csv", "samples.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(local / name), pd.read_csv(remote / name))
@@ -107,6 +108,7 @@ def test_ray_engine_matches_local_engine(local_ray, new_data, model_dir, tmp_pat
     assert sorted(p.name for p in (local / "cubes").iterdir()) == sorted(p.name for p in (remote / "cubes").iterdir())
     sl, sr = pd.read_csv(local / "scores.csv"), pd.read_csv(remote / "scores.csv")
     assert len(sl) > 100 and list(sl.columns) == list(sr.columns)
-    pd.testing.assert_frame_equal(sl, sr, check_exact=False, rtol=1e-6)
+    # the two engines batch the cubes differently, so kernels sum in a different order: the pinned-output tolerance
+    pd.testing.assert_frame_equal(sl, sr, check_exact=False, rtol=1e-4)
     with np.load(local / "residuals.npz") as a, np.load(remote / "residuals.npz") as b:
         assert np.allclose(a["residual"], b["residual"], atol=1e-3)
