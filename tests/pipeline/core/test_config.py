@@ -6,13 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import load_config
+from conftest import ROOT, load_config
 
 from models.catalog import VAEParams
 from pipeline.core.errors import ConfigError
 from pipeline.core.schema import Config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_cfg(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
