@@ -75,7 +75,7 @@ def _config(work: Path, workers: int, threads: int = 2, **sections):
 
 
 def ours(series: Path, out: Path) -> None:
-    from preprocessing.ingest import run
+    from pipeline.stages.ingest import run
 
     run(_config(out, 1, ingest={"input": str(series)}), out)
 
@@ -210,14 +210,14 @@ def one(part: str, workers: int, work: Path) -> dict:
     """One measurement in this (fresh) process; returns the JSON record."""
     out = work / f"{part}_w{workers}"
     if part == "ingest":
-        from preprocessing.ingest import run
+        from pipeline.stages.ingest import run
 
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
         res = run(_config(work, workers), out)
         return {"items": res.counts["series_ingested"], "seconds": time.perf_counter() - t0}
     if part == "extract":
-        from preprocessing.extract import run
+        from pipeline.stages.extract import run
 
         src = work / "ingest_w1"
         shutil.rmtree(out, ignore_errors=True)
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         import models.scoring  # noqa: F401  imports before the clock: CPU time is the stage's own
         import models.training  # noqa: F401
-        import preprocessing.extract  # noqa: F401
+        import pipeline.stages.extract  # noqa: F401
         from pipeline.runner import peak_rss_mb
 
         c0 = cpu_seconds()

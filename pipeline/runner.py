@@ -20,9 +20,6 @@ from typing import Callable
 
 import yaml
 
-from evaluation import evaluate
-from evaluation import map as map_stage
-from models import score, train
 from pipeline.core import artifacts, io
 from pipeline.core.errors import MedAnomalyError, StageError
 from pipeline.core.inputs import external_inputs
@@ -31,9 +28,9 @@ from pipeline.core.manifest import Manifest, library_versions, now
 from pipeline.core.memory import fix_mmap_threshold
 from pipeline.core.schema import Config
 from pipeline.core.stage import Stage
-from preprocessing import extract, ingest, splits
+from pipeline.stages import evaluate, extract, ingest, map_, score, split, train
 
-STAGES: tuple[Stage, ...] = (ingest.STAGE, extract.STAGE, splits.STAGE, train.STAGE, score.STAGE, map_stage.STAGE, evaluate.STAGE)
+STAGES: tuple[Stage, ...] = (ingest.STAGE, extract.STAGE, split.STAGE, train.STAGE, score.STAGE, map_.STAGE, evaluate.STAGE)
 STAGE_NAMES = tuple(s.name for s in STAGES)
 BY_NAME = {s.name: s for s in STAGES}
 

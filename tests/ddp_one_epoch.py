@@ -1,4 +1,4 @@
-"""One training epoch of a small 3D VAE through ``models.train.fit``, in one process or under torchrun.
+"""One training epoch of a small 3D VAE through ``models.training.fit``, in one process or under torchrun.
 
 Used by ``test_ddp.py``: ``python tests/ddp_one_epoch.py OUT`` and ``torchrun --nproc-per-node 2
 tests/ddp_one_epoch.py OUT`` must give the same epoch loss and weights. Both see the same global

@@ -14,6 +14,7 @@ from pathlib import Path
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
 from pipeline.core.stage import Stage
+from pipeline.stages.score import external_model
 
 
 def run(cfg: Config, run_dir: Path) -> StageResult:
@@ -31,16 +32,12 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     return anomaly_map.map_run(cfg, run_dir)
 
 
-def _external_model(cfg: Config) -> tuple[str, ...]:
-    return ("train",) if cfg.score.model is not None else ()
-
-
 STAGE = Stage(
     name="map",
     run=run,
     reads=("map", "run.seed", "run.device", "evaluate.score", "score", "extract"),  # score: calibration settings; extract: the lung threshold
     after=("ingest", "extract", "split", "train"),
-    unless=_external_model,
+    unless=external_model,
     inputs=("extract.nodules", "score.model"),
     outputs=("anomaly_map", "anomaly_p", "series_markups", "candidates", "markups", "map_calibration", "map_metrics"),
     help="whole-scan anomaly maps over the lung (MONAI sliding windows), candidates, Slicer markups, nodule ranks and FROC",

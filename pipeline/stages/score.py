@@ -30,7 +30,8 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     return scoring.run(cfg, run_dir)
 
 
-def _external_model(cfg: Config) -> tuple[str, ...]:
+def external_model(cfg: Config) -> tuple[str, ...]:
+    """The upstream stages a config does not need when it scores with another run's model folder (``score.model``): ``train``."""
     return ("train",) if cfg.score.model is not None else ()
 
 
@@ -39,7 +40,7 @@ STAGE = Stage(
     run=run,
     reads=("score", "run.seed", "evaluate.score"),
     after=("train", "extract", "split"),
-    unless=_external_model,
+    unless=external_model,
     inputs=("score.model",),
     outputs=("scores", "residuals", "calibration"),
     help="score every sample's centre patch (ELBO, latent search, ...), p-values from normal validation data",
