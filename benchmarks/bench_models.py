@@ -2,7 +2,7 @@
 
 Every requested model is built with its default ``Params`` for 1 input channel and 28-voxel patches
 (2D models on 28², 3D models on 28³) and scores ``--n`` random inputs in [0, 1] through
-:func:`models.inference.score_array`, the path the score stage uses, with ``torch.set_num_threads``
+:func:`models.batch_scoring.score_array`, the path the score stage uses, with ``torch.set_num_threads``
 threads (default 2). ``--warmup`` batches are scored first and not timed; with ``--repeat R`` the
 fastest of R timed runs is reported. A model that fails to build or score is reported as an error
 row (exit status 1). Timings on a shared machine are noisy: the load average is printed.
@@ -32,7 +32,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.inference import score_array  # noqa: E402
+from models.batch_scoring import score_array  # noqa: E402
 from models.zoo import MODELS  # noqa: E402
 
 COLUMNS = ("model", "dims", "params", "K", "batch", "n", "items/s", "s/item", "note")

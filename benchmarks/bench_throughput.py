@@ -237,7 +237,8 @@ def one(part: str, workers: int, work: Path) -> dict:
 
 def _cubes(work: Path, n: int):
     from pipeline.core import artifacts
-    from preprocessing.intensity import SampleCubes, fit_normalisation
+    from preprocessing.cube_store import SampleCubes
+    from preprocessing.intensity import fit_normalisation
 
     samples = artifacts.read_samples(work / "extract_w1").head(n)
     return SampleCubes(work / "extract_w1", samples, fit_normalisation("window", (-1000.0, 400.0), 28))[:]
@@ -268,8 +269,8 @@ def _train(work: Path, workers: int) -> dict:
 def _score_chunk(args: tuple) -> int:
     import torch
 
+    from models.batch_scoring import score_array
     from models.catalog import MODELS
-    from models.inference import score_array
     from models.zoo import build
     from pipeline.core.config import validate
     from preprocessing.cubes import centre_patch

@@ -36,17 +36,18 @@ import torch
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
+from models.batch_scoring import score_array
 from models.calibration import check_calibration, fit_calibration, p_values
 from models.checkpoint import device_for, load_checkpoint
-from models.inference import score_array
 from models.model_folder import ModelFileError, model_folder
 from models.registry import Detector
 from pipeline.core import artifacts, io
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
+from preprocessing.cube_store import SampleCubes
 from preprocessing.cubes import lung_mask
 from preprocessing.geometry import index_to_world, lps_affine, world_to_index
-from preprocessing.intensity import SampleCubes, normalise
+from preprocessing.intensity import normalise
 from preprocessing.nifti import write_nifti
 from preprocessing.nodules import read_nodules
 

@@ -28,8 +28,9 @@ from pipeline.core import artifacts
 from pipeline.core.errors import StageError
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
+from preprocessing.cube_store import SampleCubes
 from preprocessing.geometry import lps_affine, world_to_index
-from preprocessing.intensity import SampleCubes, denormalise
+from preprocessing.intensity import denormalise
 from preprocessing.nodules import read_nodules
 
 META_COLS = {"sample_id", "patient_id", "series_uid", "kind", "label", "class", "split", "p_value", "flagged"}

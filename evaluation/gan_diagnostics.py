@@ -45,7 +45,7 @@ from models.model_folder import model_folder  # noqa: E402
 from models.nets import plain  # noqa: E402
 from pipeline.core import artifacts, io  # noqa: E402
 from pipeline.core.schema import Config  # noqa: E402
-from preprocessing.intensity import SampleCubes  # noqa: E402
+from preprocessing.cube_store import SampleCubes  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Model adapters

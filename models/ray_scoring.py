@@ -1,7 +1,7 @@
 """Batch scoring on Ray Data (``run.engine: ray``): ``map_batches`` with one model per actor.
 
 Each actor loads the checkpoint once and scores the batches it is given with
-:func:`models.inference.score_array`, the function the local score stage uses, with the same
+:func:`models.batch_scoring.score_array`, the function the local score stage uses, with the same
 Monte-Carlo noise per batch; scores therefore do not depend on which actor scored a cube.
 ``run.workers`` actors run at once, each with ``run.threads`` torch threads (and one GPU each
 when the run uses CUDA). Rows carry only their index: each actor reads its batch's patches itself
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.batch_scoring import score_array
 from models.checkpoint import device_for, load_checkpoint
-from models.inference import score_array
 from pipeline.core.ray_engine import init_ray
-from preprocessing.intensity import SampleCubes
+from preprocessing.cube_store import SampleCubes
 
 
 class ModelActor:

@@ -23,15 +23,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.batch_scoring import score_batches
 from models.calibration import check_calibration, fit_calibration, flag, p_values
 from models.checkpoint import ModelFileError, device_for, load_checkpoint
-from models.inference import score_batches
 from models.registry import Detector
 from pipeline.core import artifacts, io
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
+from preprocessing.cube_store import SampleCubes
 from preprocessing.cubes import centre_offset
-from preprocessing.intensity import SampleCubes
 
 
 def model_path(cfg: Config, run_dir: Path) -> Path:

@@ -43,10 +43,12 @@ from pipeline.core.errors import StageError
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
 from preprocessing.augment import KEY, train_transforms
-from preprocessing.cubes import centre_patch
-from preprocessing.intensity import SampleCubes, fit_normalisation
 
 # Training and validation data: an (N, C, *spatial) array in model range, or the same read on access.
+from preprocessing.cube_store import SampleCubes
+from preprocessing.cubes import centre_patch
+from preprocessing.intensity import fit_normalisation
+
 Cubes = np.ndarray | SampleCubes
 PATCH_BATCH = 256  # samples per read when centre patches of all training samples are needed
 

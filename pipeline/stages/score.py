@@ -1,6 +1,6 @@
 """Score stage: the trained model folder + the run's patches → ``scores.csv``, ``residuals.npz``, ``calibration.json``.
 
-Every chosen sample's centre patch is scored (:mod:`models.scoring`, :mod:`models.inference`):
+Every chosen sample's centre patch is scored (:mod:`models.scoring`, :mod:`models.batch_scoring`):
 one column per score component of the model, higher = more anomalous; the primary score is
 calibrated to p-values on normal validation data. ``score.model`` scores with another run's
 model folder (``pipeline score --model DIR``): no train stage is needed then.

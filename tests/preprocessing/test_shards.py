@@ -10,8 +10,9 @@ import pytest
 from pipeline.core import artifacts, io
 from pipeline.core.errors import StageError
 from pipeline.core.memory import fix_mmap_threshold
+from preprocessing.cube_store import SampleCubes
 from preprocessing.cubes import centre_patch
-from preprocessing.intensity import SampleCubes, channel_stats, fit_normalisation, normalise
+from preprocessing.intensity import channel_stats, fit_normalisation, normalise
 
 RNG = np.random.default_rng(0)
 A = RNG.integers(-1000, 400, (5, 1, 6, 6, 6)).astype(np.int16)

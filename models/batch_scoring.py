@@ -21,7 +21,7 @@ Batch = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]
 def score_batches(model: Detector, x, mc_samples: int, batch_size: int, seed: int, device: torch.device,
                   reconstructions: bool = True) -> Iterator[Batch]:
     """Score already-normalised patches (N, C, *spatial; an array or anything sliced like one, such as
-    :class:`preprocessing.intensity.SampleCubes`) ``batch_size`` at a time; yields each batch's
+    :class:`preprocessing.cube_store.SampleCubes`) ``batch_size`` at a time; yields each batch's
     ``(scores, residual maps, reconstructions)`` (maps float16; reconstructions None when the model
     gives none, or when not asked for)."""
     for i in tqdm(range(0, len(x), batch_size), desc="score", unit="batch", leave=False, disable=None):
