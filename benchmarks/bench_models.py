@@ -33,7 +33,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.batch_scoring import score_array  # noqa: E402
-from models.zoo import MODELS  # noqa: E402
+from models.zoo import DETECTORS  # noqa: E402
 
 COLUMNS = ("model", "dims", "params", "K", "batch", "n", "items/s", "s/item", "note")
 
@@ -54,7 +54,7 @@ def bench_one(name: str, overrides: dict, args) -> dict:
     row = {"model": name, "dims": "", "params": "", "K": args.mc_samples, "batch": args.batch_size, "n": args.n,
            "items/s": "", "s/item": "", "note": ""}
     try:
-        cls = MODELS[name]
+        cls = DETECTORS[name]
         row["dims"] = f"{args.patch}^{cls.spatial_dims}"
         params = cls.Params(name=name)
         if overrides:
@@ -97,7 +97,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="", help=f"comma-separated registry names (default: all registered: {','.join(sorted(MODELS))})")
+    ap.add_argument("--models", default="", help=f"comma-separated registry names (default: all registered: {','.join(sorted(DETECTORS))})")
     ap.add_argument("--n", type=int, default=64, help="items scored per model (default 64)")
     ap.add_argument("--batch-size", type=int, default=16, help="score batch size (default 16, the pipeline default)")
     ap.add_argument("--mc-samples", type=int, default=100, help="Monte-Carlo samples K (default 100; ignored by models without MC scores)")
@@ -113,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failing models")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    names = [m.strip() for m in args.models.split(",") if m.strip()] or sorted(MODELS)
+    names = [m.strip() for m in args.models.split(",") if m.strip()] or sorted(DETECTORS)
     sets = parse_sets(args.sets)
-    print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}; registered: {', '.join(sorted(MODELS))}")
+    print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}; registered: {', '.join(sorted(DETECTORS))}")
     rows = []
     load0 = os.getloadavg()[0]
     for name in names:
-        if name not in MODELS:
+        if name not in DETECTORS:
             rows.append({c: "" for c in COLUMNS} | {"model": name, "note": "ERROR not registered"})
             continue
         rows.append(bench_one(name, sets.get(name, {}), args))

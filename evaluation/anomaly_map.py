@@ -39,8 +39,8 @@ from scipy import ndimage
 from models.batch_scoring import score_array
 from models.calibration import check_calibration, fit_calibration, p_values
 from models.checkpoint import device_for, load_checkpoint
+from models.detector import Detector
 from models.model_folder import ModelFileError, model_folder
-from models.registry import Detector
 from pipeline.core import artifacts, io
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config

@@ -23,15 +23,15 @@ of 3D cubes).
   the run's model folder and its normal train/val centre patches → ``gan_*.png`` figures and the numbers
   that go into ``metrics.json`` under ``gan_diagnostics``. docs/GAN_DIAGNOSTICS.md explains the figures.
 
-Model adapters (:func:`generator_of`, :func:`encoder_of`) cover the detectors of :mod:`models`
-by their attributes, so the module imports no model class.
+A model's generator and encoder are what its :meth:`~models.detector.Detector.generator` and
+:meth:`~models.detector.Detector.encoder` return (None when it has none), so the module imports
+no model class.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
@@ -40,10 +40,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from evaluation.plots import save_png  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
 from models.model_folder import model_folder  # noqa: E402
-from models.nets import plain  # noqa: E402
-from pipeline.core import artifacts, io  # noqa: E402
+from models.nets.blocks import plain  # noqa: E402
+from pipeline.core import artifacts  # noqa: E402
 from pipeline.core.schema import Config  # noqa: E402
 from preprocessing.cube_store import SampleCubes  # noqa: E402
 
@@ -65,31 +66,10 @@ def sample_prior(model, n: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=g)
 
 
-def generator_of(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """z → image in model range: the joint encoder's ``generate`` (unit normalisation inside), the
-    VAE's decoder mean, or ``G``; None for a model without a generator."""
-    if hasattr(model, "generate"):
-        return model.generate
-    if hasattr(model, "decode_mean"):
-        return model.decode_mean
-    if hasattr(model, "G"):
-        return model.G
-    return None
-
-
-def encoder_of(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """x → code (raw, as the model's scores see it): ``E`` or the VAE's posterior mean; None without one."""
-    if hasattr(model, "E"):
-        return model.E
-    if hasattr(model, "net") and hasattr(model.net, "encode_forward"):
-        return lambda x: model.net.encode_forward(x)[0]
-    return None
-
-
 @torch.no_grad()
 def generate_samples(model, n: int, seed: int = 0, batch: int = 256) -> np.ndarray:
     """n samples G(z), z from the prior with ``seed``; (n, C, *spatial) float32."""
-    gen = generator_of(model)
+    gen = model.generator()
     if gen is None:
         raise ValueError(f"{type(model).__name__} has no generator")
     was = model.training
@@ -113,13 +93,6 @@ def _view2d(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _save(fig, path: Path) -> None:
-    """Write a figure atomically (inside a run, confined to it) and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    io.write_with(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
-    plt.close(fig)
-
-
 def _grid(rows: list[tuple[str, np.ndarray]], path: Path, title: str = "") -> None:
     ncol = max(len(r[1]) for r in rows)
     fig, axes = plt.subplots(len(rows), ncol, figsize=(0.9 * ncol + 1.2, 0.95 * len(rows) + 0.4), squeeze=False)
@@ -137,7 +110,7 @@ def _grid(rows: list[tuple[str, np.ndarray]], path: Path, title: str = "") -> No
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path, dpi=90, tight=False)
 
 
 def sample_grid(model, normals: np.ndarray, path: Path, n: int = 16, seed: int = 0, title: str = "") -> dict:
@@ -274,7 +247,7 @@ def search_diagnostics(model, val: np.ndarray, path: Path | None = None, n: int 
     with torch.no_grad():
         was = model.training
         model.eval()
-        x_own = plain(generator_of(model)(z_true))
+        x_own = plain(model.generator()(z_true))
         model.train(was)
     x_real = torch.from_numpy(np.ascontiguousarray(np.asarray(val)[:n], dtype=np.float32))
     own_trace, own = search_trace(model, x_own, seed, **overrides)
@@ -299,7 +272,7 @@ def _l1(model, x: torch.Tensor, z: torch.Tensor) -> float:
     """Mean |x − G(z)| over voxels and images, in model range (unlike the search terms, never rescaled)."""
     was = model.training
     model.eval()
-    g = plain(generator_of(model)(z))
+    g = plain(model.generator()(z))
     model.train(was)
     return float((x - g).abs().mean())
 
@@ -328,10 +301,10 @@ def _search_figures(model, traces, own, real, path: Path) -> dict:
     ax.set_ylabel("mean search loss L(z)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path, dpi=90, tight=False)
     was = model.training
     model.eval()
-    gen = generator_of(model)
+    gen = model.generator()
     rows = [("G(z*)", own[0][:16].numpy()), ("search", plain(gen(own[1][:16])).numpy()),
             ("real", real[0][:16].numpy()), ("search", plain(gen(real[1][:16])).numpy())]
     model.train(was)
@@ -351,7 +324,7 @@ def encoder_diagnostics(model, val: np.ndarray, path: Path | None = None, n_show
     mean-image baseline (a reconstruction that ignores x), the encoder's consistency on G's own
     samples (‖G(z) − G(E(G(z)))‖₁ and cos(E(G(z)), z)), and code norms ‖E(·)‖/√N_z for real normals,
     for G's samples and for prior draws."""
-    enc, gen = encoder_of(model), generator_of(model)
+    enc, gen = model.encoder(), model.generator()
     if enc is None or gen is None:
         raise ValueError(f"{type(model).__name__} has no encoder and generator")
     was = model.training
@@ -397,12 +370,12 @@ def run_all(model, train: np.ndarray, val: np.ndarray, out_dir: Path, tag: str, 
     range, centre patches); figures ``<out_dir>/<tag>_*.png``; returns the numbers."""
     out_dir = Path(out_dir)
     res: dict = {"model": type(model).__name__, "tag": tag, "parameters": int(sum(p.numel() for p in model.parameters()))}
-    if generator_of(model) is not None:
+    if model.generator() is not None:
         res.update(sample_grid(model, val, out_dir / f"{tag}_samples.png", seed=seed, title=f"{tag}: real normals (top) vs G(z) (bottom)"))
         res["quality"] = model_sample_quality(model, val, train, n=n_samples, seed=seed)
     if hasattr(model, "search"):
         res["search"] = search_diagnostics(model, val, out_dir / f"{tag}_search.png", n=search_n, seed=seed)
-    if encoder_of(model) is not None and generator_of(model) is not None:
+    if model.encoder() is not None and model.generator() is not None:
         res["encoder"] = encoder_diagnostics(model, val, out_dir / f"{tag}_recon.png", seed=seed)
     return res
 

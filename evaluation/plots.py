@@ -15,9 +15,12 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve  # 
 from pipeline.core import io  # noqa: E402
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    io.write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+def save_png(fig, path: Path, dpi: int = 110, tight: bool = True) -> None:
+    """Write a figure as PNG atomically (inside a run, confined to it), creating its folder, and close it."""
+    if tight:
+        fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    io.write_with(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     plt.close(fig)
 
 
@@ -38,7 +41,7 @@ def plot_roc(table: pd.DataFrame, score_cols: list[str], metrics: dict, path: Pa
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="1 − specificity (FPR)", ylabel="sensitivity (TPR)", title=title or "ROC", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=7, loc="lower right", title="AUROC [95% CI]", title_fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def roc_band(labels: np.ndarray, scores: np.ndarray, n: int = 500, ci: float = 0.95, seed: int = 0, grid: np.ndarray | None = None):
@@ -68,7 +71,7 @@ def plot_roc_band(table: pd.DataFrame, score_col: str, metrics: dict, path: Path
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="1 − specificity (FPR)", ylabel="sensitivity (TPR)", title=f"ROC with 95% band: {score_col}", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=8, loc="lower right")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_pr(table: pd.DataFrame, score_cols: list[str], metrics: dict, path: Path) -> None:
@@ -85,7 +88,7 @@ def plot_pr(table: pd.DataFrame, score_cols: list[str], metrics: dict, path: Pat
     ax.axhline(y.mean() if len(y) else 0, color="k", ls=":", lw=0.8)
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=7, loc="upper right")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_gallery(images: list[np.ndarray], residuals: list[np.ndarray], titles: list[str], path: Path, heading: str) -> None:
@@ -108,7 +111,7 @@ def plot_gallery(images: list[np.ndarray], residuals: list[np.ndarray], titles: 
                              + (("axial", "coronal", "sagittal")[c % 3] if dims == 3 else ("image" if not is_res else "")), fontsize=7)
         axes[r][0].set_ylabel(title, fontsize=6)
     fig.suptitle(heading, fontsize=9)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_overlay_2d(image: np.ndarray, reconstruction: np.ndarray | None, residual: np.ndarray, title: str, path: Path) -> None:
@@ -130,7 +133,7 @@ def plot_overlay_2d(image: np.ndarray, reconstruction: np.ndarray | None, residu
     for ax in axes[0]:
         ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle(title, fontsize=8)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _mid_slices(a: np.ndarray) -> list[np.ndarray]:
@@ -157,7 +160,7 @@ def plot_density(table: pd.DataFrame, score_col: str, path: Path) -> None:
             ax.plot(v, np.zeros_like(v), "|", color=colour, ms=12)
     ax.set(xlabel=f"{score_col} (higher = more anomalous)", ylabel="density", title=f"{score_col} by class")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_roc_curves(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str, legend_title: str = "AUROC") -> None:
@@ -173,7 +176,7 @@ def plot_roc_curves(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="1 − specificity (FPR)", ylabel="sensitivity (TPR)", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=6.5, loc="lower right", title=legend_title, title_fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_density_grid(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str) -> None:
@@ -195,7 +198,7 @@ def plot_density_grid(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Pa
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_nodule_views(ct_zyx: np.ndarray, map_zyx: np.ndarray, centres_ijk: np.ndarray, candidates_ijk: np.ndarray, titles: list[str],
@@ -217,7 +220,7 @@ def plot_nodule_views(ct_zyx: np.ndarray, map_zyx: np.ndarray, centres_ijk: np.n
         for ax, (name, img, amap, centre, cands) in zip(axes[r], views):
             _nodule_panel(ax, img, amap, centre, cands, half, floor, vmax, "upper" if name == "axial" else "lower")
             ax.set_title(name + (f": {title}" if name == "axial" else ""), fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _nodule_panel(ax, img: np.ndarray, amap: np.ndarray, centre: tuple[int, int], cands: np.ndarray, half: int, floor: float, vmax: float,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.registry import Detector
+from models.detector import Detector
 
 Batch = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
+from models.detector import Detector
 from models.model_folder import ModelFileError, folder_of, is_legacy, manifest_entry, read_meta
-from models.registry import MODELS, Detector
-from models.zoo import build
+from models.zoo import DETECTORS, build
 from pipeline.core import artifacts, io
 from pipeline.core.errors import StageError
 from pipeline.core.validation import build as build_dataclass
@@ -102,9 +102,9 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[Det
     """Rebuild the detector from a model folder (or its ``model.pt``); returns ``(model in eval mode, payload)``."""
     payload = read_checkpoint(path)
     name = payload.get("model_name")
-    if name not in MODELS:
+    if name not in DETECTORS:
         raise ModelFileError(f"{path}: checkpoint is for model {name!r}, which is not registered in this version")
-    params_cls = MODELS[name].Params
+    params_cls = DETECTORS[name].Params
     known = {f.name for f in dataclasses.fields(params_cls)}
     errors: list[str] = []
     params = build_dataclass(params_cls, {k: v for k, v in dict(payload.get("params") or {}).items() if k in known}, "model.", Path("."), errors)

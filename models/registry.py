@@ -1,180 +1,42 @@
-"""Model registry and the detector interface every registered model implements.
+"""The registry of detector classes by model name (``vae3d``, ...): :data:`DETECTORS`, filled by the decorators here.
 
-A detector is a ``torch.nn.Module`` with a ``Params`` dataclass (declared in :mod:`models.catalog`,
-validated by the config schema) and the methods the generic train/score stages call. A family
-module subclasses :class:`Detector` and decorates it with ``@register_2d_3d("family")``;
-:mod:`models.zoo` imports every family, so ``models.zoo.MODELS`` is the complete registry.
+A family's ``model.py`` decorates its :class:`models.detector.Detector` subclass with
+``@register_2d_3d("<family>")``; :mod:`models.zoo` imports every family's ``model.py``, so
+``models.zoo.DETECTORS`` is the complete registry. (The torch-free :data:`models.catalog.MODELS`
+holds the specs of the same names: parameters and score names, no classes.)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
-import torch
-from torch import nn
-
 from models.catalog import FAMILIES
+from models.detector import Detector
 
-MODELS: dict[str, type["Detector"]] = {}
+DETECTORS: dict[str, type[Detector]] = {}
 
 
 def register(name: str):
     """Class decorator: make a detector available as ``model: {name: <name>}`` in configs."""
 
     def deco(cls: type[Detector]) -> type[Detector]:
-        if name in MODELS:
+        if name in DETECTORS:
             raise ValueError(f"model {name!r} registered twice")
-        MODELS[name] = cls
+        DETECTORS[name] = cls
         cls.registry_name = name
         return cls
 
     return deco
 
 
-@dataclass
-class ScoreOutput:
-    """Per-sample score components (higher = more anomalous), voxel-wise residual maps and the
-    reconstruction they come from (shown next to the image in 2D overlays)."""
-
-    scores: dict[str, torch.Tensor]  # name → (B,)
-    residual: torch.Tensor  # (B, C, *spatial), |x − reconstruction|
-    reconstruction: torch.Tensor | None = None  # (B, C, *spatial), in model range
-
-    @classmethod
-    def of(cls, scores: dict[str, torch.Tensor], x: torch.Tensor, reconstruction: torch.Tensor) -> "ScoreOutput":
-        """Scores plus the residual |x − reconstruction| and the reconstruction itself."""
-        return cls(scores=scores, residual=(x - reconstruction).abs(), reconstruction=reconstruction)
-
-
-class Detector(nn.Module):
-    """Interface of a trainable anomaly detector over (B, C, *spatial) inputs in model range.
-
-    Models trained by minibatch SGD implement :meth:`training_step` (the train stage calls
-    :meth:`on_epoch_start` then one step per batch). Closed-form models (PCA, intensity statistics)
-    set ``sgd = False`` and implement :meth:`fit_arrays` instead. :meth:`score` runs with autograd
-    enabled so that latent searches can use gradients; models that need no gradients wrap their
-    scoring in ``torch.inference_mode()`` themselves.
-    """
-
-    Params: ClassVar[type]
-    registry_name: ClassVar[str] = ""
-    score_names: ClassVar[tuple[str, ...]] = ()
-    spatial_dims: ClassVar[int] = 3
-    sgd: ClassVar[bool] = True
-
-    def __init__(self, params, in_channels: int, patch_size: int) -> None:
-        super().__init__()
-        self.params = params
-        self.in_channels = in_channels
-        self.patch_size = patch_size
-
-    def on_epoch_start(self, epoch: int, epochs: int) -> None:
-        """Hook for multi-phase training (e.g. f-AnoGAN trains its encoder after the GAN)."""
-
-    def selection_active(self) -> bool:
-        """Whether the current epoch's validation loss counts for model selection and early
-        stopping (False e.g. during f-AnoGAN's GAN phase, before its encoder is trained)."""
-        return True
-
-    def fit_arrays(self, train_x: torch.Tensor) -> dict[str, float]:
-        """Closed-form fit on all centre patches at once (only for ``sgd = False`` models).
-
-        Args:
-            train_x: the normal training centre patches (N, C, *spatial), in model range.
-
-        Returns:
-            summary terms of the fit (logged as the training curve's only row).
-        """
-        raise NotImplementedError
-
-    def fit_after_training(self, train_x: torch.Tensor) -> dict[str, float]:
-        """Fit post-hoc statistics on the normal training centre patches with the selected weights
-        (e.g. the density of the VAE's codes); called once by the train stage. Returns summary terms.
-
-        ``train_x`` is (N, C, *spatial): a tensor, or from the train stage a stand-in that reads the
-        patches when sliced, so an implementation uses only ``len(train_x)`` and ``train_x[i:j]``."""
-        return {}
-
-    def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
-        return [torch.optim.Adam(self.parameters(), lr=lr)]
-
-    def training_step(self, x: torch.Tensor, optimizers: list[torch.optim.Optimizer], max_grad_norm: float) -> dict[str, float]:
-        """One optimisation step on a batch.
-
-        Args:
-            x: a batch of augmented training patches (B, C, *spatial), in model range.
-            optimizers: those of :meth:`configure_optimizers`, in the same order.
-            max_grad_norm: gradient norm clipping for every network.
-
-        Returns:
-            the loss terms as floats; ``loss`` must be among them (a non-finite one stops training).
-        """
-        raise NotImplementedError
-
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Scalar training loss of batch ``x`` and its logged terms, for models trained with one
-        optimiser; such a model's ``training_step`` is :func:`sgd_step`, and it can train with DDP."""
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.loss(x)  # DistributedDataParallel runs forward(), so the loss goes through it
-
-    @classmethod
-    def single_loss(cls) -> bool:
-        """Whether the model trains on one :meth:`loss` with one optimiser (the models DDP supports)."""
-        return cls.loss is not Detector.loss
-
-    def validation_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss on normal validation data, used for early stopping and model selection.
-
-        Args:
-            x: normal validation centre patches (B, C, *spatial).
-
-        Returns:
-            (B,) losses, lower = better.
-        """
-        raise NotImplementedError
-
-    def score(self, x: torch.Tensor, mc_samples: int, generator: torch.Generator) -> ScoreOutput:
-        """Anomaly scores of a batch (higher = more anomalous).
-
-        Args:
-            x: centre patches (B, C, *spatial), in model range.
-            mc_samples: Monte-Carlo samples for stochastic scores (the VAE's K).
-            generator: the source of all scoring noise, seeded per batch by the caller; models
-                draw noise shared by the whole batch, so a sample's score does not depend on its batch.
-
-        Returns:
-            the :class:`ScoreOutput`: one (B,) tensor per name of ``score_names``, and the residual map.
-        """
-        raise NotImplementedError
-
-
-def sgd_step(module: nn.Module, x: torch.Tensor, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> dict[str, float]:
-    """One step on ``module(x) → (loss, terms)``: backward, clip the gradient norm, step.
-
-    ``module`` is the detector or its DistributedDataParallel wrapper; with DDP the gradients are
-    averaged over ranks during ``backward``, so clipping sees the global-batch gradient.
-    """
-    loss, terms = module(x)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
-    optimizer.step()
-    return {"loss": loss.item(), **{k: float(v.detach()) for k, v in terms.items()}}
-
-
 def register_2d_3d(base: str):
     """Register a dimension-generic detector class as ``<base>2d`` and ``<base>3d``.
 
     Its ``Params`` and ``score_names`` are those of the family ``base`` in the torch-free
-    :mod:`models.catalog`, the one place that declares them.
+    :mod:`models.catalog` (the family's ``params.py``), the one place that declares them.
     """
-    params, scores = FAMILIES[base]
+    family = FAMILIES[base]
 
     def deco(cls: type[Detector]) -> type[Detector]:
-        cls.Params, cls.score_names = params, scores
+        cls.Params, cls.score_names = family.params, family.scores
         for dims in (2, 3):
             sub = type(f"{cls.__name__}{dims}D", (cls,), {"spatial_dims": dims, "__doc__": f"{cls.__doc__} ({dims}D)"})
             register(f"{base}{dims}d")(sub)

@@ -26,7 +26,7 @@ import torch
 from models.batch_scoring import score_batches
 from models.calibration import check_calibration, fit_calibration, flag, p_values
 from models.checkpoint import ModelFileError, device_for, load_checkpoint
-from models.registry import Detector
+from models.detector import Detector
 from pipeline.core import artifacts, io
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from models import distributed
 from models.checkpoint import MODEL_KEYS, device_for, load_checkpoint, save_checkpoint
-from models.registry import Detector, sgd_step
+from models.detector import Detector, sgd_step
 from models.zoo import build
 from pipeline.core import artifacts, io
 from pipeline.core.errors import StageError

@@ -56,6 +56,20 @@ def index_to_world(affine_lps: np.ndarray, index_ijk: np.ndarray) -> np.ndarray:
     return (affine_lps @ homog.T).T[:, :3]
 
 
+def pixel_to_lps(position: np.ndarray, row_dir: np.ndarray, col_dir: np.ndarray, pixel_spacing: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Pixel coordinates (x = column, y = row) on one DICOM slice → LPS mm (DICOM PS3.3 C.7.6.2.1.1).
+
+    Args:
+        position: the slice's ImagePositionPatient (3,), LPS mm.
+        row_dir: direction of increasing column index (ImageOrientationPatient[:3]).
+        col_dir: direction of increasing row index (ImageOrientationPatient[3:]).
+        pixel_spacing: PixelSpacing (between rows, between columns), mm.
+        xy: (n, 2) pixel coordinates, column first.
+    """
+    d_row, d_col = pixel_spacing
+    return position + np.outer(xy[:, 0] * d_col, row_dir) + np.outer(xy[:, 1] * d_row, col_dir)
+
+
 def sub_affine(affine_lps: np.ndarray, start_ijk: np.ndarray) -> np.ndarray:
     """Affine of a sub-block whose voxel (0,0,0) is voxel ``start_ijk`` of the parent."""
     out = affine_lps.copy()

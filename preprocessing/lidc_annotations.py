@@ -65,6 +65,7 @@ from scipy.spatial.distance import cdist, pdist
 from pipeline.core import io
 from pipeline.core.errors import ConfigError, StageError
 from preprocessing.dicom_series import SliceHeader, discover, slice_normal
+from preprocessing.geometry import pixel_to_lps
 
 DB_ENV = "MEDANOMALY_LIDC_DB"
 INSTALL_HINT = "pip install medanomaly[lidc]"
@@ -223,9 +224,8 @@ class SeriesGeometry:
         return float(np.median(np.diff(self.z))) if len(self.z) > 1 else float("inf")
 
     def to_lps(self, k: int, xy: np.ndarray) -> np.ndarray:
-        """Pixel coordinates (x = column, y = row) on local slice ``k`` → LPS mm (DICOM PS3.3 C.7.6.2.1.1)."""
-        d_row, d_col = self.pixel_spacing[k]
-        return self.position[k] + np.outer(xy[:, 0] * d_col, self.row_dir) + np.outer(xy[:, 1] * d_row, self.col_dir)
+        """Pixel coordinates (x = column, y = row) on local slice ``k`` → LPS mm (:func:`preprocessing.geometry.pixel_to_lps`)."""
+        return pixel_to_lps(self.position[k], self.row_dir, self.col_dir, self.pixel_spacing[k], xy)
 
 
 def series_geometry(headers: list[SliceHeader]) -> SeriesGeometry:

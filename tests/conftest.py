@@ -1,4 +1,7 @@
-"""Shared test helpers: repository paths, the shared real data location, and a CLI runner."""
+"""Shared test helpers: repository paths, the shared real data location, a CLI runner, small detectors and configs.
+
+Test modules anywhere under ``tests/`` import them with ``from conftest import ...`` (``tests/`` is on
+``sys.path``: ``pythonpath`` in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ def check_score_output(out, names, x) -> None:
     """A detector's ScoreOutput: exactly ``names``, one finite value per sample, a finite residual shaped like x."""
     import torch
 
-    from models.registry import ScoreOutput
+    from models.detector import ScoreOutput
 
     assert isinstance(out, ScoreOutput) and set(out.scores) == set(names)
     for name in names:
@@ -60,15 +63,27 @@ def gen():
     return torch.Generator().manual_seed(0)
 
 
-def tiny_gan(name: str, side: int = 28, **kw):
-    """A GAN-family detector with latent 8 and channels 4-8 (seeded, train mode), for fast tests."""
+def tiny_params(cls, latent_dim: int = 8, **kw):
+    """Small parameters of a network detector class (``latent_dim``, channels 4-8, strides 2-2), named by its registry name."""
+    return cls.Params(name=cls.registry_name, latent_dim=latent_dim, channels=[4, 8], strides=[2, 2], **kw)
+
+
+def make_model(cls, in_channels: int, seed: int = 0, latent_dim: int = 8, patch: int = 28, **kw):
+    """A detector of class ``cls`` with :func:`tiny_params`, seeded, in eval mode, for ``patch``-sized inputs."""
     import torch
 
-    from models.zoo import MODELS, build
+    torch.manual_seed(seed)
+    return cls(tiny_params(cls, latent_dim, **kw), in_channels, patch).eval()
 
-    params = MODELS[name].Params(name=name, latent_dim=8, channels=[4, 8], strides=[2, 2], **kw)
+
+def tiny_gan(name: str, side: int = 28, **kw):
+    """A GAN-family detector ``name`` with :func:`tiny_params` (seeded, train mode), for fast tests."""
+    import torch
+
+    from models.zoo import DETECTORS
+
     torch.manual_seed(0)
-    return build(name, params, 1, side)
+    return DETECTORS[name](tiny_params(DETECTORS[name], **kw), 1, side)
 
 
 def load_config(path, overrides=None):

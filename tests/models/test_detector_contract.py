@@ -10,7 +10,8 @@
 - end to end: trained through the stages from a config, then the model folder alone scores new
   data with ``pipeline score --model`` and reproduces the run's own scores.
 
-``TINY`` holds each family's smallest parameters (the family test modules use it too). ``VARIANTS``
+Each family's smallest parameters are its ``Params.tiny()`` (``models/detectors/<family>/params.py``),
+so a new family folder is covered without an edit here. ``VARIANTS``
 adds network variants that change the model's structure (the GAN families' ``arch: dcgan`` with the
 benchmark configs' settings); the in-process contract tests run on them too, as ``<name>:dcgan``.
 """
@@ -25,28 +26,16 @@ import pytest
 import torch
 from conftest import validate
 
+from models import registry
 from models.catalog import MODELS as CATALOG
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.training import fit
-from models.zoo import MODELS, build
+from models.zoo import DETECTORS, build
 from pipeline import cli
+from pipeline.core.validation import to_plain
 from pipeline.runner import STAGE_NAMES, run_stages
 
 PATCH = 8
-TINY = {
-    "vae": {"latent_dim": 4, "channels": [4, 8], "strides": [2, 2], "latent_gmm": [1, 2]},
-    "anogan": {"latent_dim": 6, "channels": [4, 8], "strides": [2, 2], "search_steps": 4, "restarts": 2},
-    "fanogan": {"latent_dim": 6, "channels": [4, 8], "strides": [2, 2]},
-    "joint": {"latent_dim": 6, "channels": [4, 8], "strides": [2, 2]},
-    "bigan": {"latent_dim": 6, "channels": [4, 8], "strides": [2, 2], "disc_features": 8},
-    "alphagan": {"latent_dim": 6, "channels": [4, 8], "strides": [2, 2], "code_hidden": 8},
-    "pca": {"n_components": 3},
-    "intensity": {},
-    "size": {"centre_radius": 2},
-    "knn": {"n_components": 3, "k": 2},
-    "synth": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
-    "geom": {"channels": [4, 8], "strides": [2, 2], "num_res_units": 1},
-}
 VARIANTS = {"dcgan": {
     "anogan": {"arch": "dcgan", "search_normalise": True, "val_bank": 4},
     "fanogan": {"arch": "dcgan", "d_norm": "layer"},
@@ -55,9 +44,14 @@ VARIANTS = {"dcgan": {
     "alphagan": {"arch": "dcgan"},
 }}
 NO_FLIPS = {"geom"}  # random flips would make GEOM's transformation classes ambiguous (its config check)
-NAMES = sorted(MODELS)
+NAMES = sorted(DETECTORS)
 CASES = NAMES + [f"{n}:{v}" for v, fams in VARIANTS.items() for n in NAMES if CATALOG[n].family in fams]
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_params(name: str) -> dict:
+    """The config ``model`` section of ``name``'s ``Params.tiny()`` (all but its name)."""
+    return {k: v for k, v in to_plain(CATALOG[name].params.tiny()).items() if k != "name"}
 
 
 def tiny(case: str, patch: int = PATCH, channels: int = 1, seed: int = 0):
@@ -66,7 +60,7 @@ def tiny(case: str, patch: int = PATCH, channels: int = 1, seed: int = 0):
     spec = CATALOG[name]
     train = {"patch_size": patch, **({"flips": False} if spec.family in NO_FLIPS else {})}
     extra = VARIANTS[variant][spec.family] if variant else {}
-    params = validate({"model": {"name": name, **TINY[spec.family], **extra}, "train": train}, base_dir=".").model
+    params = validate({"model": {"name": name, **tiny_params(name), **extra}, "train": train}, base_dir=".").model
     torch.manual_seed(seed)
     model = build(name, params, channels, patch)
     x = torch.rand(5, channels, *[patch] * spec.spatial_dims, generator=torch.Generator().manual_seed(11))
@@ -80,6 +74,14 @@ def tiny(case: str, patch: int = PATCH, channels: int = 1, seed: int = 0):
 
 def scores_of(model, x, seed: int = 7) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in model.score(x, 3, torch.Generator().manual_seed(seed)).scores.items()}
+
+
+def test_every_family_folder_registers_its_detectors_once():
+    assert set(DETECTORS) == set(CATALOG)  # each models/detectors/<family>/ has a params.py and a model.py
+    for name, cls in DETECTORS.items():
+        assert cls.registry_name == name and cls.Params is CATALOG[name].params and cls.spatial_dims == CATALOG[name].spatial_dims
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("vae3d")(DETECTORS["vae3d"])
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -136,11 +138,11 @@ def test_checkpoint_round_trip(tmp_path, case):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if MODELS[n].sgd])
+@pytest.mark.parametrize("name", [n for n in NAMES if DETECTORS[n].sgd])
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, name, monkeypatch):
     spec = CATALOG[name]
     train = {"epochs": 5, "batch_size": 4, "patch_size": PATCH, "patience": 100, **({"flips": False} if spec.family in NO_FLIPS else {})}
-    cfg = validate({"model": {"name": name, **TINY[spec.family]}, "train": train}, base_dir=tmp_path)
+    cfg = validate({"model": {"name": name, **tiny_params(name)}, "train": train}, base_dir=tmp_path)
     model = build(name, cfg.model, 1, PATCH)
     calls = {"n": 0}
     step = model.training_step

@@ -8,12 +8,13 @@ import math
 
 import pytest
 import torch
-from conftest import check_score_output, gen, rand_input, validate
+from conftest import check_score_output, gen, make_model, rand_input, validate
 
-from models.alphagan import AlphaGAN2D, AlphaGAN3D, BiGAN2D, BiGAN3D, PairDiscriminator, bce_real
-from models.catalog import AlphaGANParams, BiGANParams
-from models.registry import Detector
-from models.zoo import MODELS
+from models.detectors.alphagan.model import AlphaGAN2D, AlphaGAN3D
+from models.detectors.alphagan.params import AlphaGANParams
+from models.detectors.bigan.model import BiGAN2D, BiGAN3D, PairDiscriminator
+from models.detectors.bigan.params import BiGANParams
+from models.nets.adversarial_ae import bce_real
 from pipeline.core.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,15 +22,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PATCH = 28
 LATENT = 8
 SCORES = ("l1", "l2", "enc_fm", "disc_fm", "disc")
-
-
-def tiny_params(cls, **kw):
-    return cls.Params(name=cls.registry_name, latent_dim=LATENT, channels=[4, 8], strides=[2, 2], **kw)
-
-
-def make_model(cls, in_channels: int, seed: int = 0, **kw) -> Detector:
-    torch.manual_seed(seed)
-    return cls(tiny_params(cls, **kw), in_channels, PATCH).eval()
 
 
 
@@ -41,11 +33,7 @@ for _cls2, _cls3, _base in ((BiGAN2D, BiGAN3D, "bigan"), (AlphaGAN2D, AlphaGAN3D
     IDS += [f"{_base}3d", f"{_base}2d-1ch", f"{_base}2d-3ch"]
 
 
-def test_registry():
-    for name, cls, params in (("bigan2d", BiGAN2D, BiGANParams), ("bigan3d", BiGAN3D, BiGANParams),
-                              ("alphagan2d", AlphaGAN2D, AlphaGANParams), ("alphagan3d", AlphaGAN3D, AlphaGANParams)):
-        assert MODELS[name] is cls and cls.Params is params and cls.score_names == SCORES
-        assert cls.spatial_dims == int(name[-2])
+def test_defaults():
     assert BiGANParams().name == "bigan3d" and AlphaGANParams().name == "alphagan3d"
     assert AlphaGANParams().betas == (0.5, 0.999)
 

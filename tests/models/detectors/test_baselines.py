@@ -11,12 +11,11 @@ import torch
 from conftest import validate
 from sklearn.decomposition import PCA as SkPCA
 
-from models.baselines import PCA2D, PCA3D, Intensity2D, Intensity3D
-from models.catalog import IntensityParams, PCAParams
 from models.checkpoint import MODEL_KEYS, load_checkpoint, save_checkpoint
-from models.registry import Detector, ScoreOutput
+from models.detector import Detector, ScoreOutput
+from models.detectors.pca.params import PCAParams
 from models.training import fit
-from models.zoo import MODELS, build
+from models.zoo import DETECTORS, build
 from preprocessing.cubes import centre_patch
 
 torch.set_num_threads(2)
@@ -30,7 +29,7 @@ def rand(*shape, seed: int = 0) -> torch.Tensor:
 
 
 def make(name: str, in_channels: int = 1, patch: int = PATCH, **kw) -> Detector:
-    cls = MODELS[name]
+    cls = DETECTORS[name]
     return cls(cls.Params(name=name, **kw), in_channels, patch).eval()
 
 
@@ -38,20 +37,7 @@ def score(model: Detector, x: torch.Tensor) -> ScoreOutput:
     return model.score(x, 1, torch.Generator().manual_seed(0))
 
 
-# ---------------------------------------------------------------- registry and interface
-
-
-def test_registry_has_the_four_baselines():
-    for name in NAMES:
-        assert name in MODELS
-        assert MODELS[name].registry_name == name
-        assert MODELS[name].sgd is False
-    assert MODELS["pca2d"] is PCA2D and MODELS["pca3d"] is PCA3D
-    assert MODELS["intensity2d"] is Intensity2D and MODELS["intensity3d"] is Intensity3D
-    assert PCA2D.spatial_dims == 2 and PCA3D.spatial_dims == 3
-    assert Intensity2D.spatial_dims == 2 and Intensity3D.spatial_dims == 3
-    assert PCA3D.Params is PCAParams and Intensity3D.Params is IntensityParams
-    assert isinstance(build("pca3d", PCAParams(name="pca3d"), 1, PATCH), Detector)
+# ---------------------------------------------------------------- interface
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import tiny_gan, validate
 
-from models import nets
-from models.zoo import MODELS
+from models.nets import blocks
+from models.zoo import DETECTORS
 from pipeline.core.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,13 +23,13 @@ tiny = tiny_gan
 @pytest.mark.parametrize("norm", ["batch", "instance", "layer", "none"])
 def test_dcgan_generator_shapes_and_range(dims, strides, norm):
     ch = [4, 8] if len(strides) == 2 else [4, 8, 8]
-    g = nets.GeneratorNet(dims, 6, 1, P, ch, strides, "dcgan", norm).eval()
+    g = blocks.GeneratorNet(dims, 6, 1, P, ch, strides, "dcgan", norm).eval()
     out = g(torch.randn(3, 6))
     assert out.shape == (3, 1, *[P] * dims) and out.min() >= 0 and out.max() <= 1
 
 
 def test_dcgan_critic_is_global_and_features_match_forward():
-    d = nets.CriticNet(2, 1, P, [4, 8], [2, 2], "dcgan", "none")
+    d = blocks.CriticNet(2, 1, P, [4, 8], [2, 2], "dcgan", "none")
     x = torch.rand(5, 1, P, P)
     out, f = d.forward_with_features(x)
     assert out.shape == (5,) and f.shape == (5, 8 * 7 * 7)
@@ -41,7 +41,7 @@ def test_dcgan_critic_is_global_and_features_match_forward():
 
 def test_dcgan_critic_and_encoder_are_per_sample():
     torch.manual_seed(0)
-    for net in (nets.CriticNet(2, 1, P, [4, 8], [2, 2], "dcgan", "layer"), nets.EncoderNet(2, 1, P, 6, [4, 8], [2, 2], "dcgan", "instance")):
+    for net in (blocks.CriticNet(2, 1, P, [4, 8], [2, 2], "dcgan", "layer"), blocks.EncoderNet(2, 1, P, 6, [4, 8], [2, 2], "dcgan", "instance")):
         x = torch.rand(4, 1, P, P)
         assert torch.allclose(net(x)[:1], net(x[:1]), atol=1e-6)
 
@@ -163,7 +163,7 @@ def test_bad_arch_and_norm_values_are_config_errors_naming_the_key(key, value):
 
 def test_new_options_default_to_the_old_networks():
     for name in ("anogan2d", "fanogan3d", "joint2d", "bigan2d", "alphagan3d"):
-        p = MODELS[name].Params(name=name)
+        p = DETECTORS[name].Params(name=name)
         assert p.arch == "monai"
     m = tiny("anogan2d")
     assert type(m.G.net).__name__ == "Generator" and not m.D.dc and m.params.search_normalise is False

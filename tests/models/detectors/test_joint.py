@@ -7,13 +7,11 @@ import math
 
 import pytest
 import torch
-from conftest import check_score_output, gen, rand_input, validate
+from conftest import check_score_output, gen, make_model, rand_input, validate
 
-from models.catalog import JointParams
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.joint import JointEncoderGAN2D, JointEncoderGAN3D, combined_score, minmax, origin_score, residual_score, unit_normalise
-from models.registry import Detector
-from models.zoo import MODELS, build
+from models.detectors.joint.model import JointEncoderGAN2D, JointEncoderGAN3D, combined_score, minmax, origin_score, residual_score, unit_normalise
+from models.detectors.joint.params import JointParams
 from pipeline.core.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,28 +21,15 @@ LATENT = 8
 SCORES = ("joint", "joint_ln", "joint_lo")
 
 
-def tiny_params(name: str, **kw) -> JointParams:
-    return JointParams(name=name, latent_dim=LATENT, channels=[4, 8], strides=[2, 2], **kw)
-
-
-def make_model(cls, in_channels: int, seed: int = 0, **kw) -> Detector:
-    torch.manual_seed(seed)
-    return cls(tiny_params(cls.registry_name, **kw), in_channels, PATCH).eval()
-
-
 
 
 CASES = [(JointEncoderGAN3D, (2, 1, PATCH, PATCH, PATCH)), (JointEncoderGAN2D, (3, 1, PATCH, PATCH)), (JointEncoderGAN2D, (2, 3, PATCH, PATCH))]
 IDS = ["joint3d", "joint2d-1ch", "joint2d-3ch"]
 
 
-def test_registry():
-    assert MODELS["joint2d"] is JointEncoderGAN2D and MODELS["joint3d"] is JointEncoderGAN3D
-    assert JointEncoderGAN2D.spatial_dims == 2 and JointEncoderGAN3D.spatial_dims == 3
-    assert JointEncoderGAN3D.Params is JointParams and JointEncoderGAN3D.score_names == SCORES
+def test_defaults_are_the_papers():
     p = JointParams()
     assert (p.lambda_gp, p.n_critic, p.encoder_weight, p.score_lambda, p.z_norm) == (10.0, 5, 1.0, 0.05, "unit")
-    assert isinstance(build("joint2d", tiny_params("joint2d"), 1, PATCH), JointEncoderGAN2D)
 
 
 # ---------------------------------------------------------------- scoring

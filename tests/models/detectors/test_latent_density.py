@@ -9,9 +9,9 @@ import torch
 from conftest import rand_input
 from sklearn.mixture import GaussianMixture
 
-from models.catalog import VAEParams
-from models.latent_density import LatentGMM
-from models.vae import VAE2D
+from models.detectors.vae.latent_density import LatentGMM
+from models.detectors.vae.model import VAE2D
+from models.detectors.vae.params import VAEParams
 
 
 def _two_clusters(n: int = 400, dim: int = 3, seed: int = 0) -> np.ndarray:
@@ -64,7 +64,7 @@ def test_vae_latent_score_after_fit_and_through_state_dict():
 
 
 def test_png_bits_orders_by_complexity_and_handles_2d_3d_rgb():
-    from models.complexity import png_bits
+    from models.nets.complexity import png_bits
 
     flat = torch.full((1, 1, 28, 28), 0.5)
     noise = rand_input(1, 1, 28, 28, seed=5)

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.feature_density import FeatureDensity
-from models.geom import apply_transform, cube_rotations, square_transforms
-from models.registry import Detector
-from models.synth import SynthSpec, random_mask, shifted_source, synth_blend
-from models.zoo import MODELS
+from models.detector import Detector
+from models.detectors.geom.model import apply_transform, cube_rotations, square_transforms
+from models.detectors.synth.model import SynthSpec, random_mask, shifted_source, synth_blend
+from models.nets.feature_density import FeatureDensity
+from models.zoo import DETECTORS
 
 torch.set_num_threads(1)
 
@@ -205,8 +205,8 @@ def test_feature_density_caps_k_and_reports_nan_unfitted():
 
 
 def test_size_radius_of_a_ball():
-    from models.catalog import SizeParams
-    from models.simple_baselines import Size3D
+    from models.detectors.size.model import Size3D
+    from models.detectors.size.params import SizeParams
 
     n = 28
     g = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32)] * 3, indexing="ij"))
@@ -228,7 +228,7 @@ SMALL = {"synth": {"channels": [4, 8, 8], "strides": [2, 1], "num_res_units": 1}
 
 
 def make(name: str, channels: int, patch: int) -> Detector:
-    cls = MODELS[name]
+    cls = DETECTORS[name]
     return cls(cls.Params(name=name, **SMALL.get(name[:-2], {})), channels, patch)
 
 
@@ -269,7 +269,7 @@ def test_contract_shapes_training_and_checkpoint_round_trip(tmp_path, name):
 
 @pytest.mark.parametrize("dims,views", [(2, 8), (3, 24)])
 def test_geom_all_views_features(dims, views):
-    cls = MODELS[f"geom{dims}d"]
+    cls = DETECTORS[f"geom{dims}d"]
     patch = 16
     model = cls(cls.Params(name=f"geom{dims}d", feature_views="all", **SMALL["geom"]), 1, patch).eval()
     x = rand(3, 1, *[patch] * dims)
@@ -281,7 +281,7 @@ def test_geom_all_views_features(dims, views):
 
 
 def test_trimmed_loss_leaves_out_the_samples_ranked_highest():
-    from models.synth import trimmed_mean
+    from models.detectors.synth.model import trimmed_mean
     per = torch.tensor([0.1, 5.0, 0.3, 0.2, 9.0, 0.4, 0.5, 0.6, 0.7, 0.8])
     rank = torch.tensor([0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0])  # samples 3 and 6 rank highest
     assert float(trimmed_mean(per, rank, 0.0)) == pytest.approx(float(per.mean()))
@@ -295,7 +295,7 @@ def test_trimmed_loss_leaves_out_the_samples_ranked_highest():
 def test_synth_training_loss_is_trimmed_by_the_loss_on_unaltered_voxels():
     """``model.trim``: the training loss leaves out the images with the highest loss on their unaltered
     voxels; the validation loss still averages every image."""
-    cls = MODELS["synth2d"]
+    cls = DETECTORS["synth2d"]
     torch.manual_seed(0)
     model = cls(cls.Params(name="synth2d", trim=0.25, **SMALL["synth"]), 1, 28).train()
     x = rand(8, 1, 28, 28, seed=2)

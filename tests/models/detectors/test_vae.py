@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
+from conftest import make_model, rand_input
 
-from models import registry
-from models.catalog import VAEParams
-from models.registry import Detector, ScoreOutput
-from models.vae import VAE2D, VAE3D, bernoulli_nll, gaussian_nll, kl_standard_normal, log_normal, mc_scores
-from models.zoo import MODELS, build
+from models.detector import ScoreOutput
+from models.detectors.vae.model import VAE2D, VAE3D, bernoulli_nll, gaussian_nll, kl_standard_normal, log_normal, mc_scores
 
 torch.set_num_threads(2)
 
@@ -19,37 +18,12 @@ PATCH = 28
 SCORES = ("elbo", "iwae", "recon", "kl")
 
 
-def tiny_params(**kw) -> VAEParams:
-    return VAEParams(latent_dim=4, channels=[4, 8], strides=[2, 2], **kw)
-
-
-def make_model(cls, in_channels: int, seed: int = 0, **kw) -> Detector:
-    torch.manual_seed(seed)
-    model = cls(tiny_params(name=cls.registry_name, **kw), in_channels, PATCH)
-    return model.eval()
+LATENT = 4
+tiny_vae = functools.partial(make_model, latent_dim=LATENT, patch=PATCH)  # conftest.make_model with the VAE tests' latent size
 
 
 def gen(seed: int = 123) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def rand_input(*shape, seed: int = 0) -> torch.Tensor:
-    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-# ---------------------------------------------------------------- registry
-
-
-def test_registry_has_vaes():
-    assert "vae2d" in MODELS and "vae3d" in MODELS
-    assert MODELS["vae3d"] is VAE3D and MODELS["vae2d"] is VAE2D
-    assert MODELS["vae3d"].Params is VAEParams
-    assert VAE3D.spatial_dims == 3 and VAE2D.spatial_dims == 2
-    m = build("vae2d", tiny_params(name="vae2d"), 1, PATCH)
-    assert isinstance(m, VAE2D) and isinstance(m, Detector)
-    with pytest.raises(ValueError, match="registered twice"):
-        registry.register("vae3d")(VAE3D)
-    assert MODELS["vae3d"] is VAE3D
 
 
 # ---------------------------------------------------------------- scoring shapes and identities
@@ -60,7 +34,7 @@ CASES = [(VAE3D, (2, 1, PATCH, PATCH, PATCH)), (VAE2D, (3, 1, PATCH, PATCH)), (V
 
 @pytest.mark.parametrize("cls,shape", CASES, ids=["vae3d", "vae2d-1ch", "vae2d-3ch"])
 def test_score_shapes_and_identities(cls, shape):
-    model = make_model(cls, shape[1])
+    model = tiny_vae(cls, shape[1])
     x = rand_input(*shape)
     with torch.no_grad():
         out = model.score(x, 6, gen())
@@ -84,7 +58,7 @@ def test_score_shapes_and_identities(cls, shape):
 
 @pytest.mark.parametrize("cls,shape", CASES, ids=["vae3d", "vae2d-1ch", "vae2d-3ch"])
 def test_training_step_returns_finite_floats(cls, shape):
-    model = make_model(cls, shape[1]).train()
+    model = tiny_vae(cls, shape[1]).train()
     x = rand_input(*shape, seed=1)
     opts = model.configure_optimizers(1e-3)
     before = [p.detach().clone() for p in model.parameters()]
@@ -102,7 +76,7 @@ def test_training_step_returns_finite_floats(cls, shape):
 
 def test_batch_invariance_with_decode_chunks():
     """Scores must not depend on how the K×B decoder batch is chunked."""
-    model = make_model(VAE2D, 1)
+    model = tiny_vae(VAE2D, 1)
     x = rand_input(3, 1, PATCH, PATCH, seed=4)
     with torch.no_grad():
         ref = model.score(x, 5, gen(9)).scores
@@ -113,7 +87,7 @@ def test_batch_invariance_with_decode_chunks():
 
 
 def test_same_seed_same_scores_different_seed_differs():
-    model = make_model(VAE2D, 1)
+    model = tiny_vae(VAE2D, 1)
     x = rand_input(2, 1, PATCH, PATCH)
     with torch.no_grad():
         a = model.score(x, 4, gen(1)).scores["elbo"]
@@ -124,7 +98,7 @@ def test_same_seed_same_scores_different_seed_differs():
 
 
 def test_decode_mean_sigmoid_applied_once():
-    model = make_model(VAE2D, 1)
+    model = tiny_vae(VAE2D, 1)
     z = torch.randn(16, 4, generator=gen(3)) * 6.0
     with torch.no_grad():
         raw = model.net.decode_forward(z, use_sigmoid=False)
@@ -140,7 +114,7 @@ def test_decode_mean_sigmoid_applied_once():
 
 
 def test_bernoulli_decoder_uses_logits():
-    model = make_model(VAE2D, 1, decoder="bernoulli")
+    model = tiny_vae(VAE2D, 1, decoder="bernoulli")
     z = torch.randn(3, 4, generator=gen(5))
     x = rand_input(3, 1, PATCH, PATCH)
     with torch.no_grad():

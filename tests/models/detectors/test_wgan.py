@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import validate
 
-from models.catalog import AnoGANParams, FAnoGANParams
-from models.gan_losses import gradient_penalty
-from models.zoo import MODELS, build
+from models.detectors.anogan.params import AnoGANParams
+from models.detectors.fanogan.params import FAnoGANParams
+from models.nets.gan_losses import gradient_penalty
+from models.zoo import DETECTORS, build
 from pipeline.core.errors import ConfigError
 
 P = 28
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name: str, channels: int = 1, **kw):
-    cls = MODELS[name]
+    cls = DETECTORS[name]
     params = cls.Params(name=name, latent_dim=8, channels=[4, 8], strides=[2, 2], **kw)
     torch.manual_seed(0)
     return build(name, params, channels, P)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, load_config
 
-from models.catalog import VAEParams
+from models.detectors.vae.params import VAEParams
 from pipeline.core.errors import ConfigError
 from pipeline.core.schema import Config
 

@@ -21,7 +21,7 @@ Scores (higher = more anomalous) from the predicted map a(x) = sigmoid(UNet(x)) 
 ``synth_mean`` = mean of a; ``synth_top1`` / ``synth_top10`` = mean of its top 1 % / 10 % voxels;
 ``synth_max`` = its maximum; ``feat_knn`` / ``feat_maha`` = k-NN and LedoitWolf Mahalanobis
 distances of the U-Net's bottleneck features (global average pool of its bottom layer)
-to those of the normal training patches (:mod:`models.feature_density`, fitted after training).
+to those of the normal training patches (:mod:`models.nets.feature_density`, fitted after training).
 Residual map: a(x) itself, so the overlay shows where the net sees foreign content.
 """
 
@@ -35,12 +35,13 @@ from monai.networks.layers import SkipConnection
 from monai.networks.nets import UNet
 from torch import nn
 
-from models.catalog import SynthParams
-from models.feature_density import FeatureDensity
-from models.nets import plain
-from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d, sgd_step
-
 # --------------------------------------------------------------------------------------------
+from models.detector import Detector, ScoreOutput
+from models.detectors.synth.params import SynthParams
+from models.nets.blocks import plain
+from models.nets.feature_density import FeatureDensity
+from models.registry import DETECTORS, register_2d_3d
+
 # the generator (pure functions of the input and an explicit torch.Generator)
 # --------------------------------------------------------------------------------------------
 
@@ -234,10 +235,6 @@ class SynthDetector(Detector):
         per, native = self.pretext_losses(x, self._rng)
         return trimmed_mean(per, native, self.params.trim), {}
 
-    def training_step(self, x, optimizers, max_grad_norm):
-        (opt,) = optimizers
-        return sgd_step(self, x, opt, max_grad_norm)
-
     def validation_loss(self, x):
         return self.pretext_losses(x, torch.Generator().manual_seed(self.params.val_seed))[0]
 
@@ -265,4 +262,4 @@ class SynthDetector(Detector):
         return ScoreOutput(scores=scores, residual=a.expand(-1, x.shape[1], *a.shape[2:]).contiguous())
 
 
-Synth2D, Synth3D = MODELS["synth2d"], MODELS["synth3d"]
+Synth2D, Synth3D = DETECTORS["synth2d"], DETECTORS["synth3d"]

@@ -53,10 +53,11 @@ import math
 
 import torch
 
-from models import nets
-from models.catalog import JointParams
-from models.gan_losses import critic_loss, gradient_penalty
-from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d
+from models.detector import Detector, ScoreOutput
+from models.detectors.joint.params import JointParams
+from models.nets import blocks
+from models.nets.gan_losses import critic_loss, gradient_penalty
+from models.registry import DETECTORS, register_2d_3d
 
 EPS = 1e-8
 
@@ -99,9 +100,9 @@ class JointEncoderGAN(Detector):
     def __init__(self, params: JointParams, in_channels: int, patch_size: int) -> None:
         super().__init__(params, in_channels, patch_size)
         d, ch, st = self.spatial_dims, list(params.channels), list(params.strides)
-        self.G = nets.GeneratorNet(d, params.latent_dim, in_channels, patch_size, ch, st, params.arch, params.g_norm)
-        self.D = nets.CriticNet(d, in_channels, patch_size, ch, st, params.arch, params.d_norm)
-        self.E = nets.EncoderNet(d, in_channels, patch_size, params.latent_dim, ch, st, params.arch, params.e_norm)
+        self.G = blocks.GeneratorNet(d, params.latent_dim, in_channels, patch_size, ch, st, params.arch, params.g_norm)
+        self.D = blocks.CriticNet(d, in_channels, patch_size, ch, st, params.arch, params.d_norm)
+        self.E = blocks.EncoderNet(d, in_channels, patch_size, params.latent_dim, ch, st, params.arch, params.e_norm)
         if params.e_init_scale != 1.0:
             head = [m for m in self.E.modules() if isinstance(m, torch.nn.Linear)][-1]
             with torch.no_grad():
@@ -117,6 +118,12 @@ class JointEncoderGAN(Detector):
         if self.params.z_norm == "unit":
             z = unit_normalise(z)
         return self.G(z)
+
+    def generator(self):
+        return self.generate
+
+    def encoder(self):
+        return self.E
 
     def sample_z(self, n: int, device) -> torch.Tensor:
         """z ~ N(0, I) (normalisation, if any, happens inside :meth:`generate`)."""
@@ -169,7 +176,7 @@ class JointEncoderGAN(Detector):
     def training_step(self, x, optimizers, max_grad_norm):
         """Critic step every call; G+E step every ``n_critic`` calls. ``loss`` is the critic loss."""
         opt_d, opt_ge = optimizers
-        x = nets.plain(x)
+        x = blocks.plain(x)
         out = self.critic_step(x, opt_d, max_grad_norm)
         self.steps += 1
         if int(self.steps) % self.params.n_critic == 0:
@@ -177,7 +184,7 @@ class JointEncoderGAN(Detector):
         return {"loss": out["d_loss"], **out}
 
     def validation_loss(self, x):
-        x = nets.plain(x)
+        x = blocks.plain(x)
         _, rec = self.reconstruct(x)
         return (x - rec).abs().flatten(1).mean(1)
 
@@ -191,9 +198,9 @@ class JointEncoderGAN(Detector):
 
     @torch.inference_mode()
     def score(self, x, mc_samples, generator):
-        x = nets.plain(x)
+        x = blocks.plain(x)
         scores, rec = self.score_terms(x)
         return ScoreOutput.of(scores, x, rec)
 
 
-JointEncoderGAN2D, JointEncoderGAN3D = MODELS["joint2d"], MODELS["joint3d"]
+JointEncoderGAN2D, JointEncoderGAN3D = DETECTORS["joint2d"], DETECTORS["joint3d"]

@@ -18,7 +18,7 @@ Scores (higher = more anomalous): ``geom`` = −(1/T) Σ_k log C(t_k(x))_k; ``ge
 fraction of the T transforms classified correctly; ``feat_knn`` / ``feat_maha`` = k-NN and
 LedoitWolf Mahalanobis distances of the classifier's penultimate features (the flattened output
 of its convolutional trunk) of the untransformed patch to those of the normal training patches
-(:mod:`models.feature_density`); with ``feature_views: all`` the features are the trunk outputs of
+(:mod:`models.nets.feature_density`); with ``feature_views: all`` the features are the trunk outputs of
 all T views, each globally average-pooled, concatenated. Residual map: |x − mean training patch| (GEOM has no map).
 """
 
@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import Classifier
 
-from models.catalog import GeomParams
-from models.feature_density import FeatureDensity
-from models.nets import plain
-from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d, sgd_step
+from models.detector import Detector, ScoreOutput
+from models.detectors.geom.params import GeomParams
+from models.nets.blocks import plain
+from models.nets.feature_density import FeatureDensity
+from models.registry import DETECTORS, register_2d_3d
 
 Transform = tuple[tuple[int, ...], tuple[int, ...]]  # (spatial axis permutation, spatial axes flipped afterwards)
 
@@ -132,10 +133,6 @@ class GeomDetector(Detector):
         acc = (logits.argmax(1) == labels).float().mean()
         return ce, {"acc": acc}
 
-    def training_step(self, x, optimizers, max_grad_norm):
-        (opt,) = optimizers
-        return sgd_step(self, x, opt, max_grad_norm)
-
     def validation_loss(self, x):
         return self.per_sample_ce(plain(x)).mean(1)
 
@@ -179,4 +176,4 @@ class GeomDetector(Detector):
         return ScoreOutput.of(scores, x, self.mean_image.expand_as(x))
 
 
-Geom2D, Geom3D = MODELS["geom2d"], MODELS["geom3d"]
+Geom2D, Geom3D = DETECTORS["geom2d"], DETECTORS["geom3d"]

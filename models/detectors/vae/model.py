@@ -13,8 +13,8 @@ are real bounds on log p(x) and can be compared:
 Scores (higher = more anomalous), with K samples z_k ~ q(z|x):
 ``recon`` = mean_k −log p(x|z_k); ``kl`` = KL(q‖p) (analytic); ``elbo`` = recon + kl (= −ELBO);
 ``iwae`` = −log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x); ``latent`` = −log p_GMM(μ(x)), the density
-of the code under a Gaussian mixture fitted to the training codes (:mod:`models.latent_density`);
-``elbo_ic`` = elbo/ln 2 − L(x), the ELBO in bits minus the input's PNG length (:mod:`models.complexity`).
+of the code under a Gaussian mixture fitted to the training codes (:mod:`models.detectors.vae.latent_density`);
+``elbo_ic`` = elbo/ln 2 − L(x), the ELBO in bits minus the input's PNG length (:mod:`models.nets.complexity`).
 
 MONAI pitfall: in eval mode ``VarAutoEncoder.forward`` uses z = μ + σ (MONAI #8413); we call
 ``encode_forward``/``decode_forward`` and sample ourselves. The encoder runs once per sample
@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import VarAutoEncoder
 
-from models.catalog import VAEParams
-from models.complexity import png_bits
-from models.latent_density import LatentGMM
-from models.registry import MODELS, Detector, ScoreOutput, register_2d_3d, sgd_step
+from models.detector import Detector, ScoreOutput
+from models.detectors.vae.latent_density import LatentGMM
+from models.detectors.vae.params import VAEParams
+from models.nets.complexity import png_bits
+from models.registry import DETECTORS, register_2d_3d
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -113,6 +114,12 @@ class VAE(Detector):
         """Decoder mean in data range (sigmoid of the network output)."""
         return torch.sigmoid(self.net.decode_forward(z, use_sigmoid=False))
 
+    def generator(self):
+        return self.decode_mean
+
+    def encoder(self):
+        return lambda x: self.net.encode_forward(x)[0]  # the posterior mean
+
     def nll(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         out = self.net.decode_forward(z, use_sigmoid=False)
         if self.params.decoder == "bernoulli":
@@ -128,10 +135,6 @@ class VAE(Detector):
     def loss(self, x):
         rec, kl = self.loss_terms(x)
         return (rec + self.params.beta * kl).mean(), {"recon": rec.mean(), "kl": kl.mean()}
-
-    def training_step(self, x, optimizers, max_grad_norm):
-        (opt,) = optimizers
-        return sgd_step(self, x, opt, max_grad_norm)
 
     def validation_loss(self, x):
         rec, kl = self.loss_terms(x)
@@ -156,4 +159,4 @@ class VAE(Detector):
         return ScoreOutput.of(scores, x, self.decode_mean(mu))
 
 
-VAE2D, VAE3D = MODELS["vae2d"], MODELS["vae3d"]
+VAE2D, VAE3D = DETECTORS["vae2d"], DETECTORS["vae3d"]

@@ -1,0 +1,1 @@
+"""α-GAN: an autoencoder with image and code discriminators (Rosca et al. 2017)."""

@@ -1,0 +1,1 @@
+"""AnoGAN: a WGAN-GP with a latent search for each query."""

@@ -1,0 +1,1 @@
+"""f-AnoGAN: a WGAN-GP followed by an izi_f encoder."""

@@ -1,0 +1,1 @@
+"""GEOM: a classifier that predicts which rotation was applied; anomalies confuse it."""

@@ -1,0 +1,1 @@
+"""A WGAN-GP with a jointly trained encoder (Berg et al. 2019)."""

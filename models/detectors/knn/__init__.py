@@ -1,0 +1,1 @@
+"""k-NN baseline: distances in PCA space to the normal training patches."""

@@ -1,0 +1,1 @@
+"""PCA baseline: reconstruction error and distance in the principal subspace."""

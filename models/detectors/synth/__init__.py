@@ -1,0 +1,1 @@
+"""Synthetic-anomaly detector: a U-Net that finds foreign patches blended into normal images."""
