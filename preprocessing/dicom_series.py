@@ -33,7 +33,7 @@ from pipeline.core.errors import DicomReadError, InvalidSeriesError
 IMPLICIT_LE, EXPLICIT_LE, DEFLATED_LE, EXPLICIT_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"
 # Transfer syntaxes whose pixel data are stored uncompressed (size is predictable).
 _UNCOMPRESSED = {IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_BE}
-# Transfer syntaxes SimpleITK's GDCM decodes; tests/test_dicom_series.py reads a real file of each
+# Transfer syntaxes SimpleITK's GDCM decodes; tests/preprocessing/test_dicom_series.py reads a real file of each
 # one that pydicom ships. Anything else (JPEG XL, video, Deflated Image Frame Compression, private
 # syntaxes) has no decoder here.
 DECODABLE_TRANSFER_SYNTAXES = frozenset({

@@ -6,7 +6,7 @@ series, so that mutated files reach validation, the size check, pixel decoding a
 Checked per batch: exit code 1 (items failed, the run finished), no traceback, no error of an
 unclassified type, every mutant accounted for (ingested, or named by an error line of its file or
 its series), the good series' volume byte-identical to a clean run, and nothing written outside
-the run folder. The fast suite runs one batch of 200; ``pytest -m slow tests/test_fuzz_dicom.py -s``
+the run folder. The fast suite runs one batch of 200; ``pytest -m slow tests/preprocessing/test_fuzz_dicom.py -s``
 runs 10 batches (2,000 mutants) and prints the count per operator and outcome (docs/RELIABILITY.md).
 """
 
