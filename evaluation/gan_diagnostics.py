@@ -216,10 +216,11 @@ def model_sample_quality(model, val: np.ndarray, train: np.ndarray, n: int = 100
 
 
 def search_trace(model, x: torch.Tensor, seed: int = 0, **overrides) -> tuple[np.ndarray, dict]:
-    """Run the model's own latent search (``model.search``) on ``x``, recording the mean loss per
+    """Run the model's own latent search (``model.latent_search()``) on ``x``, recording the mean loss per
     step; returns (loss per step, final per-sample terms and codes). ``overrides`` temporarily
     replace search parameters (search_steps, search_lr, restarts, search_optimizer, …)."""
-    if not hasattr(model, "search"):
+    search = model.latent_search()
+    if search is None:
         raise ValueError(f"{type(model).__name__} has no latent search")
     old = {k: getattr(model.params, k) for k in overrides}
     for k, v in overrides.items():
@@ -228,7 +229,7 @@ def search_trace(model, x: torch.Tensor, seed: int = 0, **overrides) -> tuple[np
     was = model.training
     model.eval()
     try:
-        z, terms = model.search(x, torch.Generator().manual_seed(seed), trace=trace)
+        z, terms = search(x, torch.Generator().manual_seed(seed), trace=trace)
     finally:
         for k, v in old.items():
             setattr(model.params, k, v)
@@ -373,7 +374,7 @@ def run_all(model, train: np.ndarray, val: np.ndarray, out_dir: Path, tag: str, 
     if model.generator() is not None:
         res.update(sample_grid(model, val, out_dir / f"{tag}_samples.png", seed=seed, title=f"{tag}: real normals (top) vs G(z) (bottom)"))
         res["quality"] = model_sample_quality(model, val, train, n=n_samples, seed=seed)
-    if hasattr(model, "search"):
+    if model.latent_search() is not None:
         res["search"] = search_diagnostics(model, val, out_dir / f"{tag}_search.png", n=search_n, seed=seed)
     if model.encoder() is not None and model.generator() is not None:
         res["encoder"] = encoder_diagnostics(model, val, out_dir / f"{tag}_recon.png", seed=seed)

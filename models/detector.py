@@ -145,6 +145,11 @@ class Detector(nn.Module):
         """x → code, raw as the model's scores see it (the GAN diagnostics' reconstructions); None without an encoder."""
         return None
 
+    def latent_search(self) -> Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None:
+        """``(x, generator, trace=None) → (best code per image, loss terms)``: the model's search for the codes
+        that reproduce ``x`` (AnoGAN; the GAN diagnostics plot its loss per step); None without one."""
+        return None
+
 
 def sgd_step(module: nn.Module, x: torch.Tensor, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> dict[str, float]:
     """One step on ``module(x) → (loss, terms)``: backward, clip the gradient norm, step.

@@ -219,7 +219,7 @@ def _ddp_wrapper(model: Detector, optimizers: list, batch_size: int, device: tor
         return None
     if not model.single_loss() or len(optimizers) != 1:
         raise StageError(f"train --ddp: {model.registry_name} trains with several optimisers (adversarial training); "
-                         "DDP supports models with one loss and one optimiser (vae2d, vae3d)")
+                         "DDP supports the models with one loss and one optimiser (the vae, synth and geom families)")
     if batch_size % world:
         raise StageError(f"train.batch_size: {batch_size} (the global batch) must be divisible by the {world} DDP processes")
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -16,7 +16,7 @@ one *fixed* model agree to ≤ 1e-6. So a pin has three parts:
   p-values) on this run's samples, exact on ids, labels, splits and
   flags, within a relative 1e-4 on every float.
 
-A run repeated on the same machine is still byte-identical (tests/test_privacy_determinism.py).
+A run repeated on the same machine is still byte-identical (tests/pipeline/test_privacy_determinism.py).
 
 After a change that is meant to change outputs, regenerate and review the diff, saying why in the
 commit: ``python tests/pinned.py --write``.

@@ -188,4 +188,19 @@ def test_full_lidc_series_map_and_where_the_nodules_rank(tmp_path):
     for n in m["nodules"]:
         print(f"  {n['nodule_id']}: nearest candidate #{n['nearest_rank']} at {n['nearest_mm']:.1f} mm (radius {n['radius_mm']:.1f}), hit {n['hit']}")
     print(f"  FROC: {m['pooled']}")
-    assert len(m["nodules"]) == 4
+    assert len(m["nodules"]) == 4 and m["pooled"]["scans"] == 1
+    # the reported ranks and distances are those of candidates.csv, in the map's own LPS frame
+    cands = pd.read_csv(out / "candidates.csv")
+    assert len(cands) and cands["rank"].tolist() == list(range(1, len(cands) + 1)) and cands["score"].is_monotonic_decreasing
+    amap = sitk.ReadImage(str(next((out / "overlays").glob("*_anomaly.nii.gz"))))
+    ijk = cands[["i", "j", "k"]].to_numpy(int)
+    assert np.all((ijk >= 0) & (ijk < np.array(amap.GetSize())))
+    assert np.allclose(index_to_world(lps_affine(amap), ijk), cands[["x_mm", "y_mm", "z_mm"]].to_numpy(float), atol=1e-3)
+    table = pd.read_csv(LIDC_NODULES)
+    for n in m["nodules"]:
+        row = table[table["nodule_id"].astype(str) == str(n["nodule_id"])].iloc[0]
+        d = np.linalg.norm(cands[["x_mm", "y_mm", "z_mm"]].to_numpy(float) - row[["x_mm", "y_mm", "z_mm"]].to_numpy(float), axis=1)
+        assert n["nearest_rank"] == cands["rank"].iloc[int(np.argmin(d))] and n["nearest_mm"] == pytest.approx(d.min(), abs=1e-3)
+        assert n["hit"] == bool((d <= n["radius_mm"]).any())
+    sens = [m["pooled"][k] for k in sorted((k for k in m["pooled"] if k.startswith("sens_at_")), key=lambda k: float(k.split("_")[2]))]
+    assert sens == sorted(sens) and all(0 <= v <= 1 for v in sens)

@@ -160,7 +160,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
     assert summary["diverged"] and "non-finite training loss at epoch 2" in summary["stop_reason"]
     assert list(pd.read_csv(tmp_path / "curves.csv").epoch) == [0, 1]
     _, payload = load_checkpoint(tmp_path)
-    assert payload["epoch"] in (0, 1) and not (tmp_path / "train_state.pt").exists()
+    assert payload["epoch"] in (0, 1) and np.isfinite(payload["val_loss"]) and not (tmp_path / "train_state.pt").exists()
 
 
 def _dataset(path, dims: int, channels: int, n: int = 36, size: int = 28, seed: int = 0) -> None:

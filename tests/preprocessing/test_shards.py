@@ -9,7 +9,6 @@ import pytest
 
 from pipeline.core import artifacts, io
 from pipeline.core.errors import StageError
-from pipeline.core.memory import fix_mmap_threshold
 from preprocessing.cube_store import SampleCubes
 from preprocessing.cubes import centre_patch
 from preprocessing.intensity import channel_stats, fit_normalisation, normalise
@@ -132,10 +131,6 @@ def test_npz_rows_read_forward_in_any_order(tmp_path):
         assert np.array_equal(rows.read([140, 3, 3, 77]), a[[140, 3, 3, 77]])
         assert np.array_equal(rows.read([2]), a[[2]])  # before the last row read: the stream starts again
     assert int(artifacts.read_npz_member("residuals", tmp_path, "offset", "")) == 1
-
-
-def test_mmap_threshold_is_set_on_glibc():
-    assert isinstance(fix_mmap_threshold(), bool)
 
 
 def _sharded_run(run, n_series: int, per_series: int) -> int:

@@ -66,6 +66,9 @@ class AnoGAN(WGANGP):
         norm = z.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return z * torch.clamp(r / norm, max=1.0)
 
+    def latent_search(self):
+        return self.search
+
     def search(self, x: torch.Tensor, generator: torch.Generator, trace: list[float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Batched latent search; returns the best z per query and its loss terms (each (B,)).
         ``trace``, if given, receives the mean loss over queries and restarts before each step."""
