@@ -12,14 +12,20 @@ For every ingested CT series:
 3. the window score becomes a p-value under the same score of the normal validation windows
    (the centre patches of the ``val`` normals, scored with the same settings), so ``p < 0.05``
    is a threshold with a meaning;
-4. candidates are the local maxima of the window-score map inside the mask, at least
-   ``map.nms_mm`` apart, highest first (``map.max_candidates`` per series).
+4. candidates (:mod:`evaluation.map_candidates`) are, by default (``map.candidates: voxel``), the
+   local maxima of the voxel map smoothed by ``map.smooth_mm``, inside the lung region itself (the
+   lung mask filled and closed by ``map.lung_closing_mm``, not the sweep's margin), at least
+   ``map.nms_mm`` apart, highest first (``map.max_candidates`` per series), each with a size estimate
+   (the map component above ``map.size_level`` × its peak). ``map.candidates: window`` keeps the
+   older local maxima of the window-score map inside the dilated mask.
 
 Each map is written on the CT's own grid (``CopyInformation``): its affine equals the CT's. The
 annotated nodules (the nodule table, LPS mm) are then found among the candidates: a candidate hits
 a nodule within its radius (``diameter_mm`` / 2) or ``map.hit_mm`` when the table has none. Per
-nodule: the rank and distance of the nearest candidate; pooled: FROC sensitivities at 1, 2, 4
-and 8 false candidates per scan.
+nodule: the rank and distance of the nearest candidate, and the map's value at its centre (and
+its percentile in the lung region) beside its malignancy rating; pooled and per scan: FROC
+sensitivities at 1/8 … 8 false candidates per scan and their mean, the CPM
+(:mod:`evaluation.froc`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ import torch
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
+from evaluation.froc import FP_RATES, froc, froc_per_scan, nodule_hits, rate_key
+from evaluation.map_candidates import lung_region, peaks, value_at, voxel_candidates
 from models.batch_scoring import score_array
 from models.calibration import check_calibration, fit_calibration, p_values
 from models.checkpoint import device_for, load_checkpoint
@@ -51,7 +59,6 @@ from preprocessing.intensity import normalise
 from preprocessing.nifti import write_nifti
 from preprocessing.nodules import read_nodules
 
-FP_RATES = (1, 2, 4, 8)
 MARKUPS_SCHEMA = "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#"
 
 
@@ -156,66 +163,6 @@ def window_calibration(model: Detector, run_dir: Path, norm: dict, cfg: Config, 
                     "spearman_vs_score_mc_samples": rho, "score_mc_samples": cfg.score.mc_samples}
 
 
-def candidates(smap: np.ndarray, mask: np.ndarray, spacing_zyx, nms_mm: float, max_n: int) -> np.ndarray:
-    """``zyx`` indices of the local maxima of the score map inside ``mask``, highest first, ≥ ``nms_mm`` apart."""
-    values = np.where(mask & np.isfinite(smap), smap, -np.inf)
-    size = np.maximum(1, np.round(nms_mm / np.asarray(spacing_zyx)).astype(int)) | 1
-    peaks = np.argwhere((values == ndimage.maximum_filter(values, size=size)) & np.isfinite(values))
-    peaks = peaks[np.argsort(-values[tuple(peaks.T)], kind="stable")]
-    kept: list[np.ndarray] = []
-    for p in peaks:
-        if all(np.linalg.norm((p - q) * spacing_zyx) >= nms_mm for q in kept):
-            kept.append(p)
-            if len(kept) == max_n:
-                break
-    return np.array(kept, dtype=int).reshape(-1, 3)
-
-
-def nodule_hits(cands: pd.DataFrame, nodules: pd.DataFrame, hit_mm: float) -> pd.DataFrame:
-    """Per nodule: the nearest candidate's rank (1 = highest score) and distance (mm), and whether it hits.
-
-    ``cands``: one series' candidates (x_mm, y_mm, z_mm, rank); ``nodules``: its nodules (x_mm, y_mm,
-    z_mm, radius_mm). A nodule with no candidate gets rank and distance NaN and no hit.
-    """
-    rows = []
-    pts = cands[["x_mm", "y_mm", "z_mm"]].to_numpy(float)
-    for _, n in nodules.iterrows():
-        centre = n[["x_mm", "y_mm", "z_mm"]].to_numpy(float)
-        radius = float(n["radius_mm"]) if np.isfinite(n["radius_mm"]) else hit_mm
-        if len(pts):
-            d = np.linalg.norm(pts - centre, axis=1)
-            j = int(np.argmin(d))
-            hits = np.flatnonzero(d <= radius)
-            rows.append({"nearest_rank": int(cands["rank"].iloc[j]), "nearest_mm": float(d[j]), "radius_mm": radius,
-                         "hit": bool(len(hits)), "first_hit_rank": int(cands["rank"].iloc[hits].min()) if len(hits) else None})
-        else:
-            rows.append({"nearest_rank": None, "nearest_mm": None, "radius_mm": radius, "hit": False, "first_hit_rank": None})
-    return pd.DataFrame(rows, index=nodules.index)
-
-
-def froc(cands: pd.DataFrame, nodules: pd.DataFrame, n_scans: int, hit_mm: float, rates=FP_RATES) -> dict[str, float]:
-    """Sensitivity at ``rates`` false candidates per scan, candidates of all scans ranked by score together.
-
-    A candidate is true when it lies within the radius (or ``hit_mm``) of a nodule of its series; a
-    nodule counts once, at its first true candidate; later candidates on it are neither true nor false.
-    """
-    if not len(nodules):
-        return {f"sens_at_{r}_fp": float("nan") for r in rates}
-    order = cands.sort_values("score", ascending=False, kind="stable")
-    found: set = set()
-    fps, curve = 0, []
-    for _, c in order.iterrows():
-        own = nodules[nodules["series_uid"] == c["series_uid"]]
-        d = np.linalg.norm(own[["x_mm", "y_mm", "z_mm"]].to_numpy(float) - c[["x_mm", "y_mm", "z_mm"]].to_numpy(float), axis=1)
-        radius = np.where(np.isfinite(own["radius_mm"].to_numpy(float)), own["radius_mm"].to_numpy(float), hit_mm)
-        hit = set(own.index[d <= radius])
-        if not hit:
-            fps += 1
-        found |= hit
-        curve.append((fps / n_scans, len(found) / len(nodules)))
-    return {f"sens_at_{r}_fp": float(max([s for f, s in curve if f <= r], default=0.0)) for r in rates}
-
-
 def markups(points: pd.DataFrame, name: str) -> dict:
     """One Slicer point list (markups JSON, LPS mm) of candidates: label = rank, description = score and p-value."""
     control = [{"id": str(int(r["rank"])), "label": f"c{int(r['rank'])}", "description": f"score {r['score']:.6g}, p {r['p_value']:.3g}",
@@ -232,7 +179,8 @@ def write_markups(path: Path, lists: list[dict]) -> None:
 
 
 def _nodules(cfg: Config, run_dir: Path, series: pd.DataFrame) -> pd.DataFrame:
-    """The annotated nodules of the mapped series (LPS mm, radius when the table gives a diameter)."""
+    """The annotated nodules of the mapped series (LPS mm, radius when the table gives a diameter; diameter and
+    malignancy_median kept when the table has them)."""
     if cfg.ingest.format != "dicom" or not Path(cfg.extract.nodules).exists():
         return pd.DataFrame(columns=["series_uid", "nodule_id", "x_mm", "y_mm", "z_mm", "radius_mm"])
     table = read_nodules(cfg.extract.nodules, series)[0]
@@ -240,7 +188,8 @@ def _nodules(cfg: Config, run_dir: Path, series: pd.DataFrame) -> pd.DataFrame:
     inside = np.zeros(len(table), bool)
     for uid, rows in table.groupby("series_uid").indices.items():
         inside[rows] = _inside_volume(run_dir, uid, table.iloc[rows][["x_mm", "y_mm", "z_mm"]].to_numpy(float))
-    return table[inside][["series_uid", "nodule_id", "x_mm", "y_mm", "z_mm", "radius_mm"]].reset_index(drop=True)
+    extra = [c for c in ("diameter_mm", "malignancy_median") if c in table.columns]
+    return table[inside][["series_uid", "nodule_id", "x_mm", "y_mm", "z_mm", "radius_mm", *extra]].reset_index(drop=True)
 
 
 def _inside_volume(run_dir: Path, uid: str, lps_mm: np.ndarray) -> np.ndarray:
@@ -265,18 +214,21 @@ def map_run(cfg: Config, run_dir: Path) -> StageResult:
     calib = _calibration(model, cfg, run_dir, folder, payload["normalisation"], score)
     series = artifacts.read_series(run_dir)
     nodules = _nodules(cfg, run_dir, series)
-    tables, lists = [], []
+    tables, lists, values = [], [], []
     for _, s in series.iterrows():
-        table, stats = _map_series(model, cfg, run_dir, s["series_uid"], payload["normalisation"], score, calib, nodules, result)
+        table, stats, at_nodules = _map_series(model, cfg, run_dir, s["series_uid"], payload["normalisation"], score, calib, nodules, result)
         tables.append(table)
+        values += at_nodules
         lists.append(markups(table, artifacts.series_stem(s["series_uid"])))
         result.counts[f"windows_{artifacts.series_stem(s['series_uid'])}"] = stats
     cands = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     result.outputs.append(artifacts.write_table("candidates", run_dir, cands))
     write_markups(artifacts.path("markups", run_dir), lists)
     result.outputs.append(artifacts.path("markups", run_dir))
-    metrics = _map_metrics(cands, nodules, len(series), cfg.map.hit_mm)
-    result.outputs.append(artifacts.write_json("map_metrics", run_dir, metrics | {"score": score, "calibrated": calib is not None}))
+    metrics = _map_metrics(cands, nodules, len(series), cfg.map.hit_mm, values)
+    metrics |= {"score": score, "calibrated": calib is not None, "candidates": cfg.map.candidates,
+                "series_seconds": {k.removeprefix("windows_"): v["seconds"] for k, v in result.counts.items()}}
+    result.outputs.append(artifacts.write_json("map_metrics", run_dir, metrics))
     result.counts = {"series": len(series), "candidates": len(cands), "windows": sum(v["windows"] for v in result.counts.values()),
                      "windows_outside_lung": sum(v["skipped"] for v in result.counts.values())}
     result.extra = {k: metrics[k] for k in ("pooled",) if k in metrics}
@@ -301,11 +253,13 @@ def _calibration(model: Detector, cfg: Config, run_dir: Path, folder: Path, norm
 
 
 def _map_series(model: Detector, cfg: Config, run_dir: Path, uid: str, norm: dict, score: str, calib: dict | None,
-                nodules: pd.DataFrame, result: StageResult) -> tuple[pd.DataFrame, dict]:
-    """Map one series, write its two maps and markups; returns its candidate table and window counts."""
+                nodules: pd.DataFrame, result: StageResult) -> tuple[pd.DataFrame, dict, list[dict]]:
+    """Map one series, write its two maps and markups; returns its candidate table, sweep counts and the map's
+    value at each of its nodules."""
     ct = sitk.ReadImage(str(artifacts.path("volume", run_dir, series=uid)))
     spacing_zyx = tuple(ct.GetSpacing()[::-1])
-    m = sweep(model, sitk.GetArrayViewFromImage(ct), spacing_zyx, norm, cfg, score)
+    hu = sitk.GetArrayViewFromImage(ct)
+    m = sweep(model, hu, spacing_zyx, norm, cfg, score)
     pmap = np.ones_like(m.score)
     if calib is not None:
         inside = np.isfinite(m.score)
@@ -315,18 +269,47 @@ def _map_series(model: Detector, cfg: Config, run_dir: Path, uid: str, norm: dic
         img.CopyInformation(ct)
         write_nifti(artifacts.path(name, run_dir, series=uid), img)
         result.outputs.append(artifacts.path(name, run_dir, series=uid))
-    peaks = candidates(m.score, m.mask, spacing_zyx, cfg.map.nms_mm, cfg.map.max_candidates)
-    ijk = peaks[:, ::-1]
+    t0 = time.perf_counter()
+    region = lung_region(hu, spacing_zyx, cfg.extract.background.lung_hu_max, cfg.map.lung_closing_mm) & m.mask
+    found, values, sizes, ranked = _find(m, region, spacing_zyx, cfg)
+    ijk = found[:, ::-1]
     lps = index_to_world(lps_affine(ct), ijk) if len(ijk) else np.zeros((0, 3))
     table = pd.DataFrame({"series_uid": uid, "rank": np.arange(1, len(ijk) + 1), "x_mm": lps[:, 0], "y_mm": lps[:, 1], "z_mm": lps[:, 2],
-                          "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2], "score": m.score[tuple(peaks.T)] if len(peaks) else [],
-                          "p_value": pmap[tuple(peaks.T)] if len(peaks) else []})
+                          "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2], "score": values,
+                          "p_value": pmap[tuple(found.T)] if len(found) else [], "size_mm": sizes})
     own = nodules[nodules["series_uid"] == uid]
     table["nearest_nodule"], table["nodule_mm"] = _nearest_nodule(table, own)
+    radius = own.set_index("nodule_id")["radius_mm"].to_dict() if len(own) else {}
+    table["hit"] = [bool(n in radius and d <= (radius[n] if np.isfinite(radius[n]) else cfg.map.hit_mm))
+                    for n, d in zip(table["nearest_nodule"], table["nodule_mm"])]
     write_markups(artifacts.path("series_markups", run_dir, series=uid), [markups(table, artifacts.series_stem(uid))])
     result.outputs.append(artifacts.path("series_markups", run_dir, series=uid))
     result.ok(f"series {uid}")
-    return table, {"windows": m.windows, "skipped": m.skipped, "seconds": round(m.seconds, 2)}
+    stats = {"windows": m.windows, "skipped": m.skipped, "seconds": round(m.seconds + time.perf_counter() - t0, 2),
+             "sweep_seconds": round(m.seconds, 2), "lung_region_ml": round(float(region.sum() * np.prod(spacing_zyx)) / 1000, 1)}
+    return table, stats, _nodule_values(ct, own, ranked, region)
+
+
+def _find(m: SeriesMap, region: np.ndarray, spacing_zyx, cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates (zyx), their scores and sizes (mm), and the map they were ranked on (``map.candidates``)."""
+    if cfg.map.candidates == "window":
+        found = peaks(m.score, m.mask, spacing_zyx, cfg.map.nms_mm, cfg.map.max_candidates)
+        values = m.score[tuple(found.T)].astype(float) if len(found) else np.zeros(0)
+        return found, values, np.full(len(found), np.nan), np.where(np.isfinite(m.score), m.score, 0.0)
+    return voxel_candidates(m.voxel, region, spacing_zyx, cfg.map.smooth_mm, cfg.map.nms_mm, cfg.map.max_candidates, cfg.map.size_level)
+
+
+def _nodule_values(ct: sitk.Image, own: pd.DataFrame, ranked: np.ndarray, region: np.ndarray) -> list[dict]:
+    """Per nodule: the ranked map's value at its centre, that value's percentile in the lung region, and whether
+    the centre lies in the region (candidates are looked for only there)."""
+    out = []
+    if not len(own):
+        return out
+    ijk = np.rint(world_to_index(lps_affine(ct), own[["x_mm", "y_mm", "z_mm"]].to_numpy(float))).astype(int)
+    for nid, (i, j, k) in zip(own["nodule_id"], ijk):
+        v, pct, inside = value_at(ranked, region, np.array([k, j, i]))
+        out.append({"nodule_id": nid, "map_value": v, "map_percentile": pct, "in_region": inside})
+    return out
 
 
 def _nearest_nodule(table: pd.DataFrame, nodules: pd.DataFrame) -> tuple[list, list]:
@@ -337,15 +320,43 @@ def _nearest_nodule(table: pd.DataFrame, nodules: pd.DataFrame) -> tuple[list, l
     return nodules["nodule_id"].to_numpy()[j].tolist(), d[np.arange(len(table)), j].tolist()
 
 
-def _map_metrics(cands: pd.DataFrame, nodules: pd.DataFrame, n_scans: int, hit_mm: float) -> dict:
-    """Per nodule (rank and distance of the nearest candidate, hit) and pooled FROC sensitivities."""
+def _map_metrics(cands: pd.DataFrame, nodules: pd.DataFrame, n_scans: int, hit_mm: float, values: list[dict] | None = None) -> dict:
+    """Per nodule (rank and distance of the nearest candidate, hit, the map's value there, size and malignancy),
+    pooled and per-scan FROC sensitivities with the CPM, and how the map value follows malignancy."""
+    by_id = {v["nodule_id"]: v for v in values or []}
     per_nodule = []
     for uid, own in nodules.groupby("series_uid"):
         hits = nodule_hits(cands[cands["series_uid"] == uid] if len(cands) else cands, own, hit_mm)
         for (_, n), (_, h) in zip(own.iterrows(), hits.iterrows()):
-            per_nodule.append({"series_uid": uid, "nodule_id": n["nodule_id"], **h.to_dict()})
-    pooled = froc(cands, nodules, max(n_scans, 1), hit_mm) if len(cands) else {f"sens_at_{r}_fp": float("nan") for r in FP_RATES}
-    return {"nodules": per_nodule, "pooled": pooled | {"nodules": len(nodules), "scans": n_scans},
+            extra = {c: _plain(n[c]) for c in ("diameter_mm", "malignancy_median") if c in own.columns}
+            per_nodule.append({"series_uid": uid, "nodule_id": n["nodule_id"], **h.to_dict(), **extra,
+                               **{k: v for k, v in by_id.get(n["nodule_id"], {}).items() if k != "nodule_id"}})
+    empty = {rate_key(r): float("nan") for r in FP_RATES} | {"cpm": float("nan")}
+    pooled = froc(cands, nodules, max(n_scans, 1), hit_mm) if len(cands) else empty
+    per_scan = froc_per_scan(cands, nodules, hit_mm) if len(cands) and len(nodules) else {}
+    return {"nodules": per_nodule, "pooled": pooled | {"nodules": len(nodules), "scans": n_scans}, "per_scan": per_scan,
+            "malignancy": _malignancy(per_nodule),
             "definitions": {"nearest_rank": "rank (1 = highest score) of the candidate nearest to the nodule centre",
                             "hit": f"a candidate within the nodule's radius (diameter_mm / 2), or {hit_mm:g} mm when unknown",
-                            "sens_at_k_fp": "FROC: share of nodules hit before the k-th false candidate per scan (all scans ranked together)"}}
+                            "sens_at_k_fp": "FROC: share of nodules hit before the k-th false candidate per scan (all scans ranked together)",
+                            "cpm": "mean of the FROC sensitivities at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false candidates per scan (LUNA16)",
+                            "map_value": "the ranked map (smoothed voxel map) at the nodule centre, the maximum within one voxel",
+                            "map_percentile": "share (%) of lung-region voxels below map_value"}}
+
+
+def _plain(v):
+    v = pd.to_numeric(v, errors="coerce")
+    return None if pd.isna(v) else float(v)
+
+
+def _malignancy(per_nodule: list[dict]) -> dict:
+    """Spearman correlation of the map value (and its percentile) with the nodules' median malignancy rating."""
+    rows = pd.DataFrame(per_nodule)
+    if not len(rows) or "malignancy_median" not in rows or "map_value" not in rows:
+        return {}
+    rows = rows.dropna(subset=["malignancy_median", "map_value"])
+    if len(rows) < 3 or rows["malignancy_median"].nunique() < 2:
+        return {"nodules": int(len(rows))}
+    return {"nodules": int(len(rows)),
+            "spearman_value": float(rows["map_value"].corr(rows["malignancy_median"], method="spearman")),
+            "spearman_percentile": float(rows["map_percentile"].corr(rows["malignancy_median"], method="spearman"))}

@@ -114,6 +114,8 @@ def write_figures_and_report(cfg: Config, run_dir: Path, table, test, score_cols
             outputs += write_png_overlays(cfg, run_dir, test, ec.score, patches)
     if "map" in metrics and metrics["map"]["nodules"]:
         outputs += write_nodule_views(cfg, run_dir)
+    if "map" in metrics:
+        outputs += write_false_candidate_views(run_dir)
     curves = artifacts.model_file("curves_plot", model_folder(cfg, run_dir))
     figures = [(fig("roc"), "ROC curves, all scores"), (fig("roc_band"), "ROC of the primary score with its 95% bootstrap band"),
                (fig("pr"), "precision-recall"), (fig("score_density"), "score densities by class"), (curves, "training curves"),
@@ -121,6 +123,8 @@ def write_figures_and_report(cfg: Config, run_dir: Path, table, test, score_cols
                (fig("gallery_least_anomalous"), "gallery: least anomalous test cases")]
     figures += [(p, f"anomaly map through nodules of series {p.stem[len('map_nodules_'):]}: axial, coronal, sagittal (CT and map)")
                 for p in sorted(run_dir.glob("map_nodules_*.png"))]
+    figures += [(p, f"the 10 highest false candidates of series {p.stem[len('map_false_'):]}: what the map still mistakes for a lesion")
+                for p in sorted(run_dir.glob("map_false_*.png"))]
     figures += list(gan_figures)
     outputs.append(write_report(run_dir, cfg.to_dict(), metrics, table, figures))
     return outputs
@@ -143,6 +147,25 @@ def write_nodule_views(cfg: Config, run_dir: Path) -> list[Path]:
         path = artifacts.path("figure", run_dir, name=f"map_nodules_{artifacts.series_stem(uid)}")
         plot_nodule_views(sitk.GetArrayViewFromImage(ct), sitk.GetArrayViewFromImage(amap), centres,
                           near[["i", "j", "k"]].to_numpy(int), titles, path)
+        written.append(path)
+    return written
+
+
+def write_false_candidate_views(run_dir: Path, top: int = 10) -> list[Path]:
+    """Per series: slices through its ``top`` highest candidates that hit no nodule (``map_false_<series>.png``)."""
+    cands = pd.read_csv(artifacts.path("candidates", run_dir), dtype={"series_uid": str})
+    if "hit" not in cands.columns:
+        return []
+    written = []
+    for uid, own in cands[~cands["hit"].astype(bool)].groupby("series_uid"):
+        false = own.sort_values("rank").head(top)
+        ct = sitk.ReadImage(str(artifacts.path("volume", run_dir, series=uid)))
+        amap = sitk.ReadImage(str(artifacts.path("anomaly_map", run_dir, series=uid)))
+        titles = [f"false #{int(c['rank'])}: score {c['score']:.3g}, size {c['size_mm']:.0f} mm, "
+                  f"LPS ({c['x_mm']:.0f}, {c['y_mm']:.0f}, {c['z_mm']:.0f})" for _, c in false.iterrows()]
+        path = artifacts.path("figure", run_dir, name=f"map_false_{artifacts.series_stem(uid)}")
+        plot_nodule_views(sitk.GetArrayViewFromImage(ct), sitk.GetArrayViewFromImage(amap), false[["i", "j", "k"]].to_numpy(int),
+                          own[["i", "j", "k"]].to_numpy(int), titles, path)
         written.append(path)
     return written
 

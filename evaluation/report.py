@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from evaluation.froc import FP_RATES, rate_key
 from pipeline.core import artifacts, io
 from pipeline.core.manifest import stable_view
 
@@ -66,19 +67,31 @@ def _per_class(metrics: dict) -> str:
 
 
 def _map_section(metrics: dict, figures: list[tuple[Path, str]]) -> str:
-    """The whole-scan map: FROC sensitivities, each nodule's nearest candidate, and the nodule views."""
+    """The whole-scan map: FROC sensitivities and CPM (pooled, per scan), each nodule's nearest candidate and map
+    value beside its malignancy, the nodule views and the highest false candidates."""
     m = metrics.get("map")
     if not m:
         return ""
     pooled = m["pooled"]
-    froc = "".join(f"<td>{_fmt(pooled.get(f'sens_at_{k}_fp'))}</td>" for k in (1, 2, 4, 8))
-    rows = "".join(f"<tr><td>{html.escape(str(n['nodule_id']))}</td><td>{_fmt(n['nearest_rank'])}</td><td>{_fmt(n['nearest_mm'], 1)}</td>"
-                   f"<td>{_fmt(n['radius_mm'], 1)}</td><td>{'yes' if n['hit'] else 'no'}</td></tr>" for n in m["nodules"])
+    head = "".join(f"<th>{r:g}</th>" for r in FP_RATES) + "<th>CPM</th>"
+    line = lambda name, f: (f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{_fmt(f.get(rate_key(r)))}</td>" for r in FP_RATES)  # noqa: E731
+                            + f"<td>{_fmt(f.get('cpm'))}</td></tr>")
+    scans = "".join(line(f"scan {uid[-8:]} ({f.get('nodules')} nodules)", f) for uid, f in m.get("per_scan", {}).items())
+    rows = "".join(f"<tr><td>{html.escape(str(n['nodule_id']))}</td><td>{_fmt(n.get('diameter_mm'), 1)}</td>"
+                   f"<td>{_fmt(n.get('malignancy_median'), 1)}</td>"
+                   f"<td>{_fmt(n['nearest_rank'])}</td><td>{_fmt(n['nearest_mm'], 1)}</td><td>{_fmt(n['first_hit_rank'])}</td>"
+                   f"<td>{_fmt(n.get('map_value'), 4)}</td><td>{_fmt(n.get('map_percentile'), 1)}</td>"
+                   f"<td>{'yes' if n.get('in_region', True) else 'no'}</td></tr>" for n in m["nodules"])
+    mal = m.get("malignancy") or {}
+    mal_text = (f"<p>Map value against median malignancy rating over {mal['nodules']} nodules: Spearman ρ {_fmt(mal['spearman_value'])} "
+                f"(percentile: {_fmt(mal['spearman_percentile'])}).</p>" if "spearman_value" in mal else "")
     views = "".join(_img(p, alt) for p, alt in figures if p.name.startswith("map_"))
-    return (f"<h2>Whole-scan anomaly map ({html.escape(str(m.get('score')))})</h2>"
-            f"<p>{pooled.get('nodules')} annotated nodule(s) in {pooled.get('scans')} scan(s). FROC: sensitivity at k false candidates per scan.</p>"
-            f"<table><tr><th>FP/scan</th><th>1</th><th>2</th><th>4</th><th>8</th></tr><tr><td>sensitivity</td>{froc}</tr></table>"
-            f"<table><tr><th>nodule</th><th>rank of nearest candidate</th><th>distance mm</th><th>radius mm</th><th>hit</th></tr>{rows}</table>"
+    return (f"<h2>Whole-scan anomaly map ({html.escape(str(m.get('score')))}, {html.escape(str(m.get('candidates', 'window')))} candidates)</h2>"
+            f"<p>{pooled.get('nodules')} annotated nodule(s) in {pooled.get('scans')} scan(s). FROC: sensitivity at k false candidates "
+            "per scan, all scans ranked together; CPM: their mean (LUNA16).</p>"
+            f"<table><tr><th>FP/scan</th>{head}</tr>{line('pooled', pooled)}{scans}</table>"
+            "<table><tr><th>nodule</th><th>diameter mm</th><th>malignancy</th><th>rank of nearest candidate</th><th>distance mm</th>"
+            f"<th>first hit rank</th><th>map value</th><th>lung percentile</th><th>in lung region</th></tr>{rows}</table>{mal_text}"
             f"<div class=figs>{views}</div>")
 
 

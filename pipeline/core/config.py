@@ -200,13 +200,7 @@ def _cross_checks(cfg: Config, models: Catalog) -> list[str]:
         errs.append("ingest.spacing_mm: must be > 0")
     if cfg.ingest.max_voxels < 1:
         errs.append("ingest.max_voxels: must be ≥ 1")
-    if not 0 <= cfg.map.overlap < 1:
-        errs.append("map.overlap: must be in [0, 1)")
-    for name in ("batch_size", "mc_samples", "max_candidates"):
-        if getattr(cfg.map, name) < 1:
-            errs.append(f"map.{name}: must be ≥ 1")
-    if cfg.map.score is not None and cfg.model is not None and cfg.map.score not in models[cfg.model.name].scores:
-        errs.append(f"map.score: {cfg.map.score!r} is not a score of model {cfg.model.name}; its scores: {', '.join(models[cfg.model.name].scores)}")
+    errs += _map_checks(cfg, models)
     if cfg.evaluate.overlay_top_n < 0:
         errs.append("evaluate.overlay_top_n: must be ≥ 0")
     unknown = sorted(set(cfg.score.splits) - {"train", "val", "test", "buffer", "unused"})
@@ -221,4 +215,22 @@ def _cross_checks(cfg: Config, models: Catalog) -> list[str]:
             require_ray()
         except ConfigError as exc:
             errs.append(str(exc))
+    return errs
+
+
+def _map_checks(cfg: Config, models: Catalog) -> list[str]:
+    """The ``map`` section: ranges, and a score the model has."""
+    errs = []
+    if not 0 <= cfg.map.overlap < 1:
+        errs.append("map.overlap: must be in [0, 1)")
+    for name in ("batch_size", "mc_samples", "max_candidates"):
+        if getattr(cfg.map, name) < 1:
+            errs.append(f"map.{name}: must be ≥ 1")
+    for name in ("smooth_mm", "lung_closing_mm", "nms_mm", "hit_mm"):
+        if not getattr(cfg.map, name) >= 0:
+            errs.append(f"map.{name}: must be ≥ 0 mm")
+    if not 0 < cfg.map.size_level < 1:
+        errs.append("map.size_level: must be in (0, 1), a fraction of the candidate's peak value")
+    if cfg.map.score is not None and cfg.model is not None and cfg.map.score not in models[cfg.model.name].scores:
+        errs.append(f"map.score: {cfg.map.score!r} is not a score of model {cfg.model.name}; its scores: {', '.join(models[cfg.model.name].scores)}")
     return errs

@@ -200,9 +200,13 @@ class MapConfig:
     score: Optional[str] = None  # window score mapped and calibrated; unset: evaluate.score
     mc_samples: int = 4  # Monte-Carlo samples per window (the map's calibration records its rank correlation with score.mc_samples)
     lung_margin_mm: float = 10.0  # windows are scored only where they meet the lung mask dilated by this margin
-    nms_mm: float = 15.0  # candidates: local maxima of the score map at least this far apart
+    nms_mm: float = 15.0  # candidates: local maxima at least this far apart (mm)
     max_candidates: int = 50  # per series, highest score first
     hit_mm: float = 5.0  # a candidate hits a nodule within its radius (diameter_mm / 2 in the table), or this when unknown
+    candidates: Literal["voxel", "window"] = "voxel"  # voxel: maxima of the smoothed voxel map in the lung region; window: of the window-score map
+    smooth_mm: float = 2.0  # Gaussian sigma (mm) of the voxel map before its local maxima are taken (0: none)
+    lung_closing_mm: float = 10.0  # the lung region: the lung mask filled per slice and closed by a ball of this radius (juxtapleural nodules)
+    size_level: float = 0.5  # a candidate's size: the map component above this fraction of its peak value (equivalent-sphere diameter)
 
 
 @dataclass

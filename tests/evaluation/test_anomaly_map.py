@@ -15,7 +15,8 @@ from conftest import LIDC_NODULES, LIDC_SERIES, ROOT, needs_shared, run_cli, val
 from monai.inferers.utils import dense_patch_slices
 from scipy import ndimage
 
-from evaluation.anomaly_map import _bbox, _dilated_lung, candidates, froc, nodule_hits, sweep
+from evaluation.anomaly_map import _bbox, _dilated_lung, sweep
+from evaluation.map_candidates import lung_region
 from models.zoo import build
 from preprocessing.cubes import lung_mask
 from preprocessing.geometry import index_to_world, lps_affine, world_to_index
@@ -45,9 +46,24 @@ def test_maps_share_the_ct_affine_and_grid(demo):
     assert p.min() >= 0 and p.max() <= 1 and (p < 1).any()
     metrics = json.loads((demo / "metrics.json").read_text())
     assert {n["nodule_id"] for n in metrics["map"]["nodules"]} == set(pd.read_csv(ROOT / "sample_data/ct/nodules.csv")["nodule_id"])
-    assert set(metrics["map"]["pooled"]) >= {"sens_at_1_fp", "sens_at_2_fp", "sens_at_4_fp", "sens_at_8_fp"}
+    assert set(metrics["map"]["pooled"]) >= {"sens_at_0.125_fp", "sens_at_1_fp", "sens_at_8_fp", "cpm"}
+    assert metrics["map"]["candidates"] == "voxel"
+    for n in metrics["map"]["nodules"]:  # the map's value at every nodule, as a percentile of the lung region
+        assert 0 <= n["map_percentile"] <= 100 and isinstance(n["in_region"], bool)
     report = (demo / "report.html").read_text()
-    assert "Whole-scan anomaly map" in report and "anomaly map through nodules" in report
+    assert "Whole-scan anomaly map" in report and "anomaly map through nodules" in report and "CPM" in report
+    assert "highest false candidates" in report and list(demo.glob("map_false_*.png"))
+
+
+def test_candidates_lie_in_the_lung_region_with_a_size(demo):
+    """Every candidate of the demo map lies in the lung region (the mask itself, not the sweep margin) and has a size."""
+    cfg = validate({}, base_dir=ROOT)
+    cands = pd.read_csv(demo / "candidates.csv", dtype={"series_uid": str})
+    assert len(cands) and (cands["size_mm"] > 0).all() and cands["hit"].dtype == bool
+    for uid, own in cands.groupby("series_uid"):
+        ct = sitk.ReadImage(str(demo / "volumes" / f"{uid}.nii.gz"))
+        region = lung_region(sitk.GetArrayViewFromImage(ct), ct.GetSpacing()[::-1], cfg.extract.background.lung_hu_max, cfg.map.lung_closing_mm)
+        assert region[own["k"].to_numpy(), own["j"].to_numpy(), own["i"].to_numpy()].all()
 
 
 def test_markups_pass_the_schema_and_match_candidates_csv(demo):
@@ -147,29 +163,6 @@ def test_the_coarse_lung_dilation_contains_the_exact_one_and_is_at_most_the_slac
     assert grown.shape == lung.shape
     assert np.all(grown[dist <= 4.0]) and not np.any(grown[dist > 4.0 + 2 * slack])
     assert grown.sum() > (dist <= 4.0).sum()  # it is coarser, not the same computation
-
-
-def test_candidates_are_separated_local_maxima_highest_first():
-    smap = np.zeros((30, 30, 30), np.float32)
-    for (z, y, x), v in (((5, 5, 5), 3.0), ((5, 5, 9), 2.5), ((20, 20, 20), 2.0), ((25, 5, 20), 1.0)):
-        smap[z, y, x] = v
-    mask = np.ones_like(smap, bool)
-    mask[25, 5, 20] = False  # a peak outside the mask is no candidate
-    peaks = candidates(smap, mask, (1.0, 1.0, 1.0), nms_mm=6.0, max_n=10)
-    assert [tuple(p) for p in peaks[:2]] == [(5, 5, 5), (20, 20, 20)]  # (5, 5, 9) is 4 mm from the first: suppressed
-    assert all(smap[tuple(p)] <= 2.0 for p in peaks[1:])
-
-
-def test_nodule_hits_and_froc():
-    cands = pd.DataFrame({"series_uid": ["a"] * 4 + ["b"] * 2, "rank": [1, 2, 3, 4, 1, 2], "score": [9, 8, 7, 6, 8.5, 5],
-                          "x_mm": [0, 50, 10.5, 0, 0, 30], "y_mm": [0] * 6, "z_mm": [0] * 6})
-    nodules = pd.DataFrame({"series_uid": ["a", "a", "b"], "nodule_id": ["n1", "n2", "n3"], "x_mm": [0.0, 10.0, 31.0], "y_mm": [0.0] * 3,
-                            "z_mm": [0.0] * 3, "radius_mm": [3.0, np.nan, 2.0]})
-    hits = nodule_hits(cands[cands.series_uid == "a"], nodules[nodules.series_uid == "a"], hit_mm=5.0)
-    assert hits["nearest_rank"].tolist() == [1, 3] and hits["hit"].tolist() == [True, True] and hits["radius_mm"].tolist() == [3.0, 5.0]
-    f = froc(cands, nodules, n_scans=2, hit_mm=5.0, rates=(0.25, 0.5, 1))
-    # ranked together: a1 hits n1 (0 FP), b1 FP (0.5/scan), a2 FP (1/scan), a3 hits n2, a4 n1 again (no FP), b2 hits n3
-    assert f == {"sens_at_0.25_fp": pytest.approx(1 / 3), "sens_at_0.5_fp": pytest.approx(1 / 3), "sens_at_1_fp": pytest.approx(1.0)}
 
 
 @pytest.mark.slow

@@ -1,0 +1,132 @@
+"""Nodule candidates from a voxel anomaly map, as a CAD reader expects them (all arrays zyx, spacing in mm).
+
+- :func:`lung_region`: where candidates may lie. The enclosed-air lung mask
+  (:func:`preprocessing.cubes.lung_mask`) holds the parenchyma but not what sits in it (vessels,
+  nodules: they are tissue, not air), and not a nodule on the pleura (a dent in the air). So the
+  mask is filled slice by slice (everything the lung surrounds in an axial slice) and closed with
+  a ball of ``closing_mm`` (a juxtapleural nodule up to about twice that size fills its dent), then
+  filled again. It is the lung itself, not the map's sweep margin (``map.lung_margin_mm``), so the
+  chest wall, the heart and the mediastinum beyond the hilum give no candidates.
+- :func:`smooth_map`: the voxel map smoothed with a Gaussian of ``sigma_mm`` (a residual map is
+  speckled; a lesion is a blob).
+- :func:`peaks`: local maxima inside the region, highest first, at least ``nms_mm`` apart.
+- :func:`component_diameter`: a size estimate per candidate, from the map component around it
+  thresholded at ``level`` × its peak value (the equivalent-sphere diameter, mm).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from preprocessing.cubes import lung_mask
+
+
+def _fill_slices(mask: np.ndarray) -> np.ndarray:
+    out = np.empty_like(mask)
+    for z in range(mask.shape[0]):
+        out[z] = ndimage.binary_fill_holes(mask[z])
+    return out
+
+
+def _coarse(mask: np.ndarray, factor: int) -> np.ndarray:
+    shape = np.asarray(mask.shape)
+    padded = np.pad(mask, [(0, int(p)) for p in (-shape) % factor])
+    z, y, x = (np.asarray(padded.shape) // factor).tolist()
+    return padded.reshape(z, factor, y, factor, x, factor).any(axis=(1, 3, 5))
+
+
+def closing_mm(mask: np.ndarray, spacing_zyx, radius_mm: float, factor: int = 2) -> np.ndarray:
+    """Morphological closing of ``mask`` with a ball of ``radius_mm`` (Euclidean distance transforms, mm).
+
+    It runs on a grid ``factor`` times coarser (a coarse cell is set when any of its voxels is), with the
+    volume padded by the radius so the border does not erode; the result is upsampled and joined with
+    ``mask``, so it always contains the mask. At 1 mm and factor 2 the ball's edge is within ~2 mm.
+    """
+    if radius_mm <= 0 or not mask.any():
+        return mask.copy()
+    step = np.asarray(spacing_zyx, float) * factor
+    pad = int(np.ceil(radius_mm / step.min())) + 1
+    coarse = np.pad(_coarse(mask, factor), pad)
+    dilated = ndimage.distance_transform_edt(~coarse, sampling=step) <= radius_mm
+    closed = ndimage.distance_transform_edt(dilated, sampling=step) > radius_mm
+    closed = closed[pad:-pad, pad:-pad, pad:-pad]
+    shape = mask.shape
+    fine = closed.repeat(factor, 0).repeat(factor, 1).repeat(factor, 2)[:shape[0], :shape[1], :shape[2]]
+    return fine | mask
+
+
+def lung_region(hu_zyx: np.ndarray, spacing_zyx, hu_max: float = -400.0, closing_radius_mm: float = 10.0) -> np.ndarray:
+    """The lungs with what lies in them and on their wall (bool, zyx); see the module docstring."""
+    lung = lung_mask(hu_zyx, hu_max)
+    if not lung.any():
+        return lung
+    filled = _fill_slices(lung)
+    return _fill_slices(closing_mm(filled, spacing_zyx, closing_radius_mm))
+
+
+def smooth_map(voxel_zyx: np.ndarray, spacing_zyx, sigma_mm: float) -> np.ndarray:
+    """``voxel_zyx`` smoothed with an isotropic Gaussian of ``sigma_mm`` (float32; unchanged when 0)."""
+    if sigma_mm <= 0:
+        return voxel_zyx.astype(np.float32, copy=False)
+    sigma = float(sigma_mm) / np.asarray(spacing_zyx, float)
+    return ndimage.gaussian_filter(voxel_zyx.astype(np.float32, copy=False), sigma, mode="nearest")
+
+
+def peaks(values_zyx: np.ndarray, mask: np.ndarray, spacing_zyx, nms_mm: float, max_n: int) -> np.ndarray:
+    """``zyx`` indices of the local maxima of ``values`` inside ``mask``, highest first, each ≥ ``nms_mm`` from
+    every higher one kept (greedy non-maximum suppression); at most ``max_n``."""
+    values = np.where(mask & np.isfinite(values_zyx), values_zyx, -np.inf)
+    spacing = np.asarray(spacing_zyx, float)
+    size = np.maximum(1, np.round(nms_mm / spacing).astype(int)) | 1
+    local = np.argwhere((values == ndimage.maximum_filter(values, size=size, mode="constant", cval=-np.inf)) & np.isfinite(values))
+    local = local[np.argsort(-values[tuple(local.T)], kind="stable")]
+    kept = np.zeros((0, 3), int)
+    for p in local:
+        if not len(kept) or np.min(np.linalg.norm((kept - p) * spacing, axis=1)) >= nms_mm:
+            kept = np.vstack([kept, p])
+            if len(kept) == max_n:
+                break
+    return kept
+
+
+def component_diameter(values_zyx: np.ndarray, peak_zyx, spacing_zyx, level: float, box_mm: float = 80.0) -> float:
+    """Equivalent-sphere diameter (mm) of the connected component of ``values ≥ level · values[peak]`` that holds
+    the peak, looked for within a ``box_mm`` cube around it (a component that fills the box is capped there)."""
+    spacing = np.asarray(spacing_zyx, float)
+    p = np.asarray(peak_zyx, int)
+    half = np.ceil(box_mm / 2 / spacing).astype(int)
+    lo, hi = np.maximum(0, p - half), np.minimum(values_zyx.shape, p + half + 1)
+    box = values_zyx[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    peak_value = float(values_zyx[tuple(p)])
+    if not np.isfinite(peak_value) or peak_value <= 0:
+        return float("nan")
+    labels, _ = ndimage.label(box >= level * peak_value)
+    volume = float((labels == labels[tuple(p - lo)]).sum()) * float(np.prod(spacing))
+    return float((6.0 * volume / np.pi) ** (1.0 / 3.0))
+
+
+def voxel_candidates(voxel_zyx: np.ndarray, region: np.ndarray, spacing_zyx, sigma_mm: float, nms_mm: float, max_n: int,
+                     size_level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates of a voxel map: (peaks zyx, their smoothed map values, size estimates mm, the smoothed map).
+
+    Peaks whose smoothed value is ≤ 0 (no evidence at all) are dropped.
+    """
+    smooth = smooth_map(voxel_zyx, spacing_zyx, sigma_mm)
+    found = peaks(smooth, region, spacing_zyx, nms_mm, max_n)
+    values = smooth[tuple(found.T)] if len(found) else np.zeros(0, np.float32)
+    keep = values > 0
+    found, values = found[keep], values[keep]
+    sizes = np.array([component_diameter(smooth, p, spacing_zyx, size_level) for p in found], float)
+    return found, values.astype(float), sizes, smooth
+
+
+def value_at(values_zyx: np.ndarray, region: np.ndarray, zyx: np.ndarray) -> tuple[float, float, bool]:
+    """The map value at voxel ``zyx`` (the maximum within one voxel of it), its percentile among the region's
+    voxels (0–100), and whether the voxel lies in the region."""
+    p = np.asarray(zyx, int)
+    lo, hi = np.maximum(0, p - 1), np.minimum(values_zyx.shape, p + 2)
+    v = float(np.nanmax(values_zyx[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]))
+    inside = values_zyx[region]
+    pct = float(100.0 * np.mean(inside < v)) if inside.size else float("nan")
+    return v, pct, bool(region[tuple(p)])
