@@ -42,8 +42,8 @@ import torch
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
-from evaluation.froc import FP_RATES, froc, froc_per_scan, nodule_hits, rate_key
-from evaluation.map_candidates import lung_region, peaks, value_at, voxel_candidates
+from evaluation.froc import FP_RATES, candidate_hits, froc, froc_per_scan, nodule_hits, rate_key
+from evaluation.map_candidates import coarsen, lung_region, peaks, value_at, voxel_candidates
 from models.batch_scoring import score_array
 from models.calibration import check_calibration, fit_calibration, p_values
 from models.checkpoint import device_for, load_checkpoint
@@ -124,9 +124,7 @@ def _dilated_lung(hu_zyx: np.ndarray, spacing_zyx, cfg: Config, factor: int = 2)
     if not lung.any() or cfg.map.lung_margin_mm <= 0:
         return lung
     shape = np.asarray(lung.shape)
-    padded = np.pad(lung, [(0, int(p)) for p in (-shape) % factor])
-    z, y, x = (np.asarray(padded.shape) // factor).tolist()
-    coarse = padded.reshape(z, factor, y, factor, x, factor).any(axis=(1, 3, 5))
+    coarse = coarsen(lung, factor)
     slack = (factor - 1) * np.sqrt(3) * float(max(spacing_zyx))
     near = ndimage.distance_transform_edt(~coarse, sampling=np.asarray(spacing_zyx, float) * factor) <= cfg.map.lung_margin_mm + slack
     fine = near.repeat(factor, 0).repeat(factor, 1).repeat(factor, 2)[:shape[0], :shape[1], :shape[2]]
@@ -279,9 +277,7 @@ def _map_series(model: Detector, cfg: Config, run_dir: Path, uid: str, norm: dic
                           "p_value": pmap[tuple(found.T)] if len(found) else [], "size_mm": sizes})
     own = nodules[nodules["series_uid"] == uid]
     table["nearest_nodule"], table["nodule_mm"] = _nearest_nodule(table, own)
-    radius = own.set_index("nodule_id")["radius_mm"].to_dict() if len(own) else {}
-    table["hit"] = [bool(n in radius and d <= (radius[n] if np.isfinite(radius[n]) else cfg.map.hit_mm))
-                    for n, d in zip(table["nearest_nodule"], table["nodule_mm"])]
+    table["hit"] = candidate_hits(table, own, cfg.map.hit_mm)
     write_markups(artifacts.path("series_markups", run_dir, series=uid), [markups(table, artifacts.series_stem(uid))])
     result.outputs.append(artifacts.path("series_markups", run_dir, series=uid))
     result.ok(f"series {uid}")

@@ -22,7 +22,8 @@ def rate_key(rate: float) -> str:
     return f"sens_at_{rate:g}_fp"
 
 
-def _radii(nodules: pd.DataFrame, hit_mm: float) -> np.ndarray:
+def hit_radii(nodules: pd.DataFrame, hit_mm: float) -> np.ndarray:
+    """Each nodule's hit radius (mm): ``radius_mm`` where the table gives one, else ``hit_mm``."""
     r = pd.to_numeric(nodules["radius_mm"], errors="coerce").to_numpy(float) if "radius_mm" in nodules else np.full(len(nodules), np.nan)
     return np.where(np.isfinite(r) & (r > 0), r, hit_mm)
 
@@ -37,7 +38,7 @@ def nodule_hits(cands: pd.DataFrame, nodules: pd.DataFrame, hit_mm: float) -> pd
     pts = cands[XYZ].to_numpy(float) if len(cands) else np.zeros((0, 3))
     ranks = cands["rank"].to_numpy(int) if len(cands) else np.zeros(0, int)
     rows = []
-    for centre, radius in zip(nodules[XYZ].to_numpy(float), _radii(nodules, hit_mm)):
+    for centre, radius in zip(nodules[XYZ].to_numpy(float), hit_radii(nodules, hit_mm)):
         if not len(pts):
             rows.append({"nearest_rank": None, "nearest_mm": None, "radius_mm": float(radius), "hit": False, "first_hit_rank": None})
             continue
@@ -49,6 +50,20 @@ def nodule_hits(cands: pd.DataFrame, nodules: pd.DataFrame, hit_mm: float) -> pd
     return pd.DataFrame(rows, index=nodules.index)
 
 
+def candidate_hits(cands: pd.DataFrame, nodules: pd.DataFrame, hit_mm: float) -> np.ndarray:
+    """Per candidate: does it lie within the hit radius of any nodule of its own series (bool)."""
+    out = np.zeros(len(cands), bool)
+    if not len(cands) or not len(nodules):
+        return out
+    radii = hit_radii(nodules, hit_mm)
+    xyz, uids = cands[XYZ].to_numpy(float), cands["series_uid"].to_numpy()
+    for uid, rows in nodules.groupby("series_uid").indices.items():
+        own = uids == uid
+        d = np.linalg.norm(xyz[own][:, None] - nodules[XYZ].to_numpy(float)[rows][None], axis=2)
+        out[own] = (d <= radii[rows][None]).any(axis=1)
+    return out
+
+
 def froc_curve(cands: pd.DataFrame, nodules: pd.DataFrame, n_scans: int, hit_mm: float) -> pd.DataFrame:
     """The FROC operating points: one row per candidate in score order, with ``fp_per_scan`` and ``sensitivity``
     after it (``true``: it found a new nodule; ``repeat``: it hit an already found one)."""
@@ -56,7 +71,7 @@ def froc_curve(cands: pd.DataFrame, nodules: pd.DataFrame, n_scans: int, hit_mm:
     if not len(cands):
         return pd.DataFrame(columns=cols)
     order = cands.sort_values("score", ascending=False, kind="stable")
-    radii = pd.Series(_radii(nodules, hit_mm), index=nodules.index)
+    radii = pd.Series(hit_radii(nodules, hit_mm), index=nodules.index)
     by_series = {uid: (own[XYZ].to_numpy(float), radii.loc[own.index].to_numpy(), own.index.to_numpy())
                  for uid, own in nodules.groupby("series_uid")}
     found: set = set()
@@ -86,7 +101,7 @@ def froc(cands: pd.DataFrame, nodules: pd.DataFrame, n_scans: int, hit_mm: float
 def froc_per_scan(cands: pd.DataFrame, nodules: pd.DataFrame, hit_mm: float, rates=FP_RATES) -> dict[str, dict]:
     """:func:`froc` of each scan on its own (series UID → sensitivities and CPM, plus its nodule count)."""
     out = {}
-    for uid in sorted(set(cands["series_uid"]) | set(nodules["series_uid"]) if len(cands) else set(nodules["series_uid"])):
+    for uid in sorted(set(nodules["series_uid"]) | set(cands["series_uid"] if len(cands) else [])):
         own_c = cands[cands["series_uid"] == uid] if len(cands) else cands
         own_n = nodules[nodules["series_uid"] == uid]
         out[uid] = froc(own_c, own_n, 1, hit_mm, rates) | {"nodules": int(len(own_n))}

@@ -29,7 +29,8 @@ def _fill_slices(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _coarse(mask: np.ndarray, factor: int) -> np.ndarray:
+def coarsen(mask: np.ndarray, factor: int) -> np.ndarray:
+    """``mask`` on a grid ``factor`` times coarser per axis (zero-padded at the far end): a cell is set when any voxel is."""
     shape = np.asarray(mask.shape)
     padded = np.pad(mask, [(0, int(p)) for p in (-shape) % factor])
     z, y, x = (np.asarray(padded.shape) // factor).tolist()
@@ -47,7 +48,7 @@ def closing_mm(mask: np.ndarray, spacing_zyx, radius_mm: float, factor: int = 2)
         return mask.copy()
     step = np.asarray(spacing_zyx, float) * factor
     pad = int(np.ceil(radius_mm / step.min())) + 1
-    coarse = np.pad(_coarse(mask, factor), pad)
+    coarse = np.pad(coarsen(mask, factor), pad)
     dilated = ndimage.distance_transform_edt(~coarse, sampling=step) <= radius_mm
     closed = ndimage.distance_transform_edt(dilated, sampling=step) > radius_mm
     closed = closed[pad:-pad, pad:-pad, pad:-pad]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.froc import FP_RATES, froc, froc_curve, froc_per_scan, nodule_hits, rate_key
+from evaluation.froc import FP_RATES, candidate_hits, froc, froc_curve, froc_per_scan, nodule_hits, rate_key
 
 
 def _cands(rows):
@@ -34,6 +34,9 @@ def test_the_curve_marks_true_repeat_and_false_candidates():
     assert curve["repeat"].tolist() == [False, False, True, False, False, False, False, False, False]
     assert curve["fp_per_scan"].tolist() == [0, 0.5, 0.5, 0.5, 1.0, 1.5, 1.5, 2.0, 2.5]
     assert curve["sensitivity"].iloc[-1] == pytest.approx(0.75)
+    # candidates.csv's hit column is the same definition: true or repeat
+    hits = candidate_hits(CANDS.sort_values("score", ascending=False), NODULES, hit_mm=5.0)
+    assert hits.tolist() == (curve["true"] | curve["repeat"]).tolist()
 
 
 def test_per_scan_froc_counts_each_scan_alone():
