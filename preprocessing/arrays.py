@@ -14,12 +14,13 @@ to the front). Images with NaN/inf are reported per item and dropped. Labels map
 (``normal_labels``), 1 (``anomaly_labels``, default every other label) or are left out. When a
 pixel spacing is known (per image from the ``spacing`` key, or ``pixel_spacing_mm`` for all), each
 image is resampled to ``ingest.spacing_mm`` (see :func:`preprocessing.resize.resample_to_spacing`),
-so images of one dataset may differ in size: ``arrays.npz`` stores them padded to the largest
-size (top-left aligned) with each image's valid ``shape``.
+so images of one dataset may differ in size: the ``grids/`` shards store them padded to each
+shard's largest size (top-left aligned), with each image's valid ``grid_shape`` in ``arrays.csv``
+(:mod:`preprocessing.grid_shards`).
 
 ``extract`` centre-crops every image to ``extract.cube_size`` (an image smaller than that is a
 per-item error), writing the same ``cubes/`` shards / ``samples.csv`` contract as CT cubes
-(``IMAGES_PER_SHARD`` images per shard, without geometry columns), so split, train, score and
+(one cube shard per grid shard, without geometry columns), so split, train, score and
 evaluate are shared with the CT path.
 """
 
@@ -32,10 +33,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core import artifacts, io
+from pipeline.core import artifacts
 from pipeline.core.errors import StageError
 from pipeline.core.results import StageResult
 from pipeline.core.schema import ArraySource, Config
+from preprocessing.grid_shards import GRID_COLUMNS, GridShardWriter, iter_grid_shards, parse_shape
 from preprocessing.resize import resample_to_spacing
 
 SPLIT_PREFIXES = ("train", "val", "test")
@@ -231,58 +233,53 @@ def spacing_text(spacing) -> str:
 
 
 def write_arrays(run_dir: Path, table: pd.DataFrame, grids: list[np.ndarray], spatial_dims: int) -> list[Path]:
-    """Write the ``arrays.npz`` / ``arrays.csv`` contract shared by array datasets and image files.
+    """Write the ``grids/`` shards and ``arrays.csv`` of images already in memory (array datasets).
 
     ``grids``: one channel-first float32 image ``(C, *spatial)`` per table row, already on the mm
-    grid. ``arrays.npz`` holds them padded (top-left aligned) to the largest size with each image's
-    valid ``shape``; ``arrays.csv`` is ``table`` plus the ``row`` of each image. Returns both paths.
+    grid (:mod:`preprocessing.grid_shards`). Returns the shards and the table's path.
     """
-    shapes = np.array([g.shape[1:] for g in grids], dtype=int).reshape(len(grids), spatial_dims)
-    if len({g.shape[0] for g in grids}) > 1:
-        raise StageError(f"ingest: images have different channel counts {sorted({g.shape[0] for g in grids})}")
-    padded = np.zeros((len(grids), grids[0].shape[0] if grids else 1, *shapes.max(0, initial=1)), np.float32)
+    writer = GridShardWriter(run_dir, len(grids), spatial_dims)
     for i, g in enumerate(grids):
-        padded[(i, slice(None), *[slice(0, n) for n in g.shape[1:]])] = g
-    table = table.assign(row=np.arange(len(table)))
-    npz = artifacts.path("arrays", run_dir)
-    io.write_npz(npz, images=padded, shape=shapes, sample_id=table["sample_id"].to_numpy(str))
-    return [npz, artifacts.write_table("arrays_table", run_dir, table)]
+        writer.add(i, g)
+    shards = writer.close()
+    return [*shards, artifacts.write_table("arrays_table", run_dir, table.assign(**writer.columns(range(len(table)))))]
+
+
+def _centre_crops(images: np.ndarray, shapes: list[tuple[int, ...]], size: int) -> np.ndarray:
+    """The centre ``size`` crop of each padded image, given its valid shape (each at least ``size`` per axis)."""
+    crops = np.empty((len(images), images.shape[1], *[size] * (images.ndim - 2)), np.float32)
+    for j, shp in enumerate(shapes):
+        off = [(n - size) // 2 for n in shp]
+        crops[j] = images[(j, slice(None), *[slice(o, o + size) for o in off])]
+    return crops
 
 
 def extract(cfg: Config, run_dir: Path) -> StageResult:
-    """Centre-crop every image to ``extract.cube_size`` → ``cubes/images-*.npy`` and ``samples.csv`` (no geometry columns)."""
+    """Centre-crop every image to ``extract.cube_size`` → ``cubes/images-*.npy`` (one per grid shard) and
+    ``samples.csv`` (no geometry columns); one grid shard is in memory at a time."""
     table = artifacts.read_arrays_table(run_dir)
-    z = artifacts.read_npz("arrays", run_dir, "run the ingest stage first")
-    images, shapes = z["images"], z["shape"]
-    size = cfg.extract.cube_size
-    result = StageResult()
-    small = (shapes < size).any(1)
-    for sid, shp in zip(table.loc[small, "sample_id"], shapes[small]):
-        result.fail(f"image {sid}", f"image {sid}: grid {tuple(int(v) for v in shp)} is smaller than extract.cube_size {size}; left out")
-    keep = np.flatnonzero(~small)
-    if not len(keep):
+    size, result = cfg.extract.cube_size, StageResult()
+    extra = [c for c in table.columns if c not in ("sample_id", "patient_id", "label", "class", "source_split", "source", *GRID_COLUMNS)]
+    parts, shards, small_total = [], [], 0
+    for name, rows, images in iter_grid_shards(run_dir, table):
+        shapes = [parse_shape(t) for t in rows["grid_shape"]]
+        small = np.array([min(s) < size for s in shapes])
+        for sid, shp in zip(rows["sample_id"].to_numpy()[small], [s for s, f in zip(shapes, small) if f]):
+            result.fail(f"image {sid}", f"image {sid}: grid {tuple(shp)} is smaller than extract.cube_size {size}; left out")
+        small_total += int(small.sum())
+        keep = np.flatnonzero(~small)
+        if not len(keep):
+            continue
+        shards.append(artifacts.write_cube_shard(run_dir, name, _centre_crops(images[keep], [shapes[k] for k in keep], size)))
+        parts.append(rows.iloc[keep].assign(shard=name, shard_row=np.arange(len(keep))))
+    artifacts.remove_stale_shards(run_dir, shards)
+    if not parts:
         raise StageError(f"extract: every image is smaller than extract.cube_size {size}; see errors.csv")
-    crops = np.empty((len(keep), images.shape[1], *[size] * (images.ndim - 2)), np.float32)
-    for j, i in enumerate(keep):
-        off = (shapes[i] - size) // 2
-        crops[j] = images[(i, slice(None), *[slice(o, o + size) for o in off])]
-    extra = [c for c in table.columns if c not in ("sample_id", "patient_id", "label", "class", "source_split", "source", "row")]
-    samples = table.iloc[keep].assign(kind="image", series_uid="", size=size)
+    samples = pd.concat(parts).assign(kind="image", series_uid="", size=size)
     samples = samples[["sample_id", "patient_id", "series_uid", "kind", "label", "class", "source_split", "source", "size",
-                       *extra]].reset_index(drop=True)
-    samples, shards = _write_image_shards(run_dir, samples, crops)
+                       *extra, "shard", "shard_row"]].reset_index(drop=True)
     samples_path = artifacts.write_table("samples", run_dir, samples)
     result.counts = {"images": int(len(samples)), "normal": int((samples.label == 0).sum()), "anomalous": int((samples.label == 1).sum()),
-                     "too_small": int(small.sum())}
+                     "too_small": small_total}
     result.outputs = [*shards, samples_path]
     return result
-
-
-def _write_image_shards(run_dir: Path, samples: pd.DataFrame, crops: np.ndarray) -> tuple[pd.DataFrame, list[Path]]:
-    """Write the crops in shards of ``artifacts.IMAGES_PER_SHARD``; returns the samples with their shard and row, and the shards."""
-    index = np.arange(len(samples))
-    names = [artifacts.image_shard(i) for i in index]
-    n = artifacts.IMAGES_PER_SHARD
-    shards = [artifacts.write_cube_shard(run_dir, names[i], crops[i : i + n]) for i in range(0, len(crops), n)]
-    artifacts.remove_stale_shards(run_dir, shards)
-    return samples.assign(shard=names, shard_row=index % n), shards

@@ -1,20 +1,35 @@
-"""The labels CSV of an image folder (``ingest.format: images``): one row per image.
+"""The labels of an image folder (``ingest.format: images``): one row per image, from a labels CSV
+(``ingest.images.labels_from: csv``, the default) or from the folder layout (``folders``).
 
-Columns (names from ``ingest.images``): the image (a path under ``ingest.input``, or an ID that
-``extensions`` complete, as in ISIC 2018's ``image`` column), optionally the patient (or lesion),
-and the class, either in one column (``label_column``) or as one-hot columns (``class_columns``,
-ISIC 2018 Task 3: MEL, NV, BCC, AKIEC, BKL, DF, VASC). Optional: a predefined split column and a
-per-image pixel spacing column.
+**Labels CSV.** Columns (names from ``ingest.images``): the image (a path under ``ingest.input``, or
+an ID that ``extensions`` complete, as in ISIC 2018's ``image`` column), optionally the patient (or
+lesion), and the class, either in one column (``label_column``) or as one-hot columns
+(``class_columns``, ISIC 2018 Task 3: MEL, NV, BCC, AKIEC, BKL, DF, VASC). Optional: a predefined
+split column and a per-image pixel spacing column. Each bad row (duplicate ID, missing file, no or
+several one-hot classes, bad split or spacing value) becomes one error naming the CSV line; the
+other rows go on.
 
-Classes are compared as text, numbers canonically (``0``, ``0.0`` and YAML ``0`` are one class).
-Each bad row (duplicate ID, missing file, no or several one-hot classes, bad split or spacing
-value) becomes one error naming the CSV line; the other rows go on.
+**Folder layout** (torchvision ImageFolder, the Kermany chest X-ray download): every file under
+``ingest.input`` whose name ends in one of ``extensions`` (any case; hidden files and folders
+skipped) is one image, in path order, laid out ``<input>/[<split>/]<class>/<file>``. The class is
+the name of the file's folder; a top folder named ``train``, ``val``/``validation`` or ``test``
+(any case) is the image's predefined split (``split.method: predefined``). The sample ID is the
+path under ``ingest.input`` (``test/NORMAL/IM-0001-0001.jpeg``). A file with no class folder, one
+nested deeper, one beside split folders but outside them, and one in a folder not listed in
+``folder_classes`` are each one error naming the file; the other files go on.
+
+Classes are compared as text, case-sensitively (the folder ``NORMAL`` is not the class
+``normal``), numbers canonically (``0``, ``0.0`` and YAML ``0`` are one class); an image of a class
+neither normal nor anomalous is left out and counted. The patient is ``patient_column``, else what
+``patient_regex`` finds in the file name (its first group, or the whole match; a name it does not
+match is an error naming the file and the pattern), else the image itself.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +40,9 @@ from pipeline.core.inputs import INPUTS
 from pipeline.core.schema import Config
 
 SPLITS = ("train", "val", "test")
+SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}  # folder name (lower case) → split
+LAYOUT = "<input>/[<split>/]<class>/<file> (split: train, val/validation or test)"
+COLUMNS = ["sample_id", "file", "patient_id", "class", "label", "source_split", "source", "spacing_csv"]
 
 
 def canonical_class(value) -> str:
@@ -66,9 +84,12 @@ def read_labels(cfg: Config) -> tuple[pd.DataFrame, list[tuple[str, str]], dict[
 
     ``table`` columns: sample_id, file (resolved path), patient_id, class, label (0 normal,
     1 anomaly), source_split, source, spacing_csv (mm or NaN), then the ``keep`` columns.
-    Rows whose class is neither normal nor anomalous are left out (counted, not errors).
+    Rows whose class is neither normal nor anomalous are left out (counted, not errors). With
+    ``labels_from: folders`` the rows are the image files under ``ingest.input`` (:func:`_read_folders`).
     """
     ic = cfg.ingest.images
+    if ic.labels_from == "folders":
+        return _read_folders(cfg)
     path, table = _read_table(cfg)
     line = {i: i + 2 for i in table.index}  # CSV line of each row (line 1 is the header)
     where = lambda i: f"{path.name} line {line[i]}"  # noqa: E731
@@ -87,7 +108,7 @@ def read_labels(cfg: Config) -> tuple[pd.DataFrame, list[tuple[str, str]], dict[
         row = _row(table, i, ids[i], cfg, where(i), errors)
         if row is not None:
             rows.append({**row, "class": classes[i], "label": int(label[i])})
-    out = pd.DataFrame(rows, columns=["sample_id", "file", "patient_id", "class", "label", "source_split", "source", "spacing_csv", *ic.keep])
+    out = pd.DataFrame(rows, columns=[*COLUMNS, *ic.keep])
     return out, errors, {"rows": int(len(table)), "left_out_by_label": left_out}
 
 
@@ -157,6 +178,11 @@ def _row(table: pd.DataFrame, i, image_id: str, cfg: Config, where: str, errors:
                                  "is not a positive number (mm)"))
             return None
     patient = table.at[i, ic.patient_column].strip() if ic.patient_column else ""
+    if ic.patient_regex and not ic.patient_column:
+        patient = patient_from_name(file.name, ic.patient_regex)
+        if patient is None:
+            errors.append((item, f"{where}: {_no_patient(file.name, ic.patient_regex)}; row left out"))
+            return None
     return {"sample_id": image_id, "file": file, "patient_id": patient or image_id, "source_split": split, "source": "",
             "spacing_csv": spacing, **{k: table.at[i, k] for k in ic.keep}}
 
@@ -196,4 +222,91 @@ def _classes(table: pd.DataFrame, cfg: Config, where, errors: list, bad: set) ->
         errors.append((f"image {name}", f"{where(i)}: one-hot columns {', '.join(ic.class_columns)} must hold exactly one 1 and 0 elsewhere; "
                                         f"got {', '.join(f'{c}={table.at[i, c]!r}' for c in ic.class_columns)}"))
         bad.add(i)
+    return out
+
+
+def patient_from_name(name: str, pattern: str) -> str | None:
+    """The patient ID that ``pattern`` finds in a file name (``re.search``): its first group, or the whole
+    match when it has none; None when it does not match or finds an empty ID."""
+    m = re.search(pattern, name)
+    if m is None:
+        return None
+    return (m.group(1) if m.re.groups else m.group(0)) or None
+
+
+def _no_patient(name: str, pattern: str) -> str:
+    return f"file name {name!r} does not match ingest.images.patient_regex '{pattern}' (or finds an empty patient ID)"
+
+
+# ------------------------------------------------------------------------------------ folder layout
+
+
+def image_files(root: Path, extensions: list[str]) -> list[Path]:
+    """The files under ``root`` whose name ends in one of ``extensions`` (any case), hidden files and
+    folders (``.name``) skipped, sorted by their path under ``root``."""
+    ends = tuple(e.lower() for e in extensions)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath) / f for f in filenames if not f.startswith(".") and f.lower().endswith(ends)]
+    return sorted((p for p in found if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
+
+
+def folder_place(rel: Path, split_level: bool) -> tuple[str, str] | str:
+    """``(source_split, class folder)`` of a file at ``rel`` (its path under the input folder), or what is
+    wrong with its place. ``split_level``: some top folder is a split folder, so every file must be in one."""
+    parts, name = rel.parts, rel.as_posix()
+    split = SPLIT_FOLDERS.get(parts[0].lower(), "") if len(parts) > 1 else ""
+    if len(parts) == 1:
+        return f"{name}: lies directly in the input folder, not in a class folder; expected {LAYOUT}"
+    if split and len(parts) == 2:
+        return f"{name}: lies directly in the split folder {parts[0]!r}, not in a class folder; expected {LAYOUT}"
+    if split_level and not split:
+        return (f"{name}: the top folder {parts[0]!r} is not a split folder, but other top folders are; "
+                f"expected every file as <input>/<split>/<class>/<file> (split: train, val/validation or test)")
+    if len(parts) > (3 if split else 2):
+        return f"{name}: nested too deep (in {rel.parent.as_posix()!r}); expected {LAYOUT}"
+    return split, parts[-2]
+
+
+def _read_folders(cfg: Config) -> tuple[pd.DataFrame, list[tuple[str, str]], dict[str, int]]:
+    """:func:`read_labels` for ``labels_from: folders``: one row per image file under ``ingest.input``."""
+    ic, root = cfg.ingest.images, Path(cfg.ingest.input)
+    if not root.is_dir():
+        raise StageError(f"ingest.input: image folder {root} does not exist")
+    files = image_files(root, ic.extensions)
+    if not files:
+        raise StageError(f"ingest.input: no image files ({', '.join(ic.extensions)}, any case) under {root}; "
+                         f"ingest.images.labels_from: folders expects {LAYOUT}")
+    errors: list[tuple[str, str]] = []
+    placed = _placed(files, root, ic.folder_classes, errors)
+    label = _labels(pd.Series([p["class"] for p in placed], dtype=object), ic)
+    rows = []
+    for p, lab in zip(placed, label):
+        if lab < 0:
+            continue
+        patient = patient_from_name(p["file"].name, ic.patient_regex) if ic.patient_regex else p["sample_id"]
+        if patient is None:
+            errors.append((f"image {p['sample_id']}", f"{p['sample_id']}: {_no_patient(p['file'].name, ic.patient_regex)}"))
+            continue
+        rows.append({**p, "patient_id": patient, "label": int(lab), "source": "", "spacing_csv": np.nan})
+    return pd.DataFrame(rows, columns=COLUMNS), errors, {"rows": len(files), "left_out_by_label": int((label < 0).sum())}
+
+
+def _placed(files: list[Path], root: Path, folder_classes: list[str] | None, errors: list) -> list[dict]:
+    """sample_id, file, class and source_split of each file in a usable place (and an allowed class
+    folder); one error per other file."""
+    rels = [f.relative_to(root) for f in files]
+    split_level = any(len(r.parts) > 1 and r.parts[0].lower() in SPLIT_FOLDERS for r in rels)
+    allowed = None if folder_classes is None else {canonical_class(c) for c in folder_classes}
+    out = []
+    for file, rel in zip(files, rels):
+        sample_id, place = rel.as_posix(), folder_place(rel, split_level)
+        if isinstance(place, str):
+            errors.append((f"image {sample_id}", place))
+        elif allowed is not None and canonical_class(place[1]) not in allowed:
+            errors.append((f"image {sample_id}", f"{sample_id}: unknown folder {place[1]!r}, not one of "
+                                                 f"ingest.images.folder_classes ({', '.join(folder_classes)})"))
+        else:
+            out.append({"sample_id": sample_id, "file": file, "class": canonical_class(place[1]), "source_split": place[0]})
     return out

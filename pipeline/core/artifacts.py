@@ -80,6 +80,11 @@ class Artifact:
         return inside(root, self.pattern.format(**safe))
 
 
+# Images of a 2D/array dataset per shard (grids/ and cubes/): 1,024 images of 224x224 float32 are 205 MB,
+# the memory ingest and extract hold at a time.
+IMAGES_PER_SHARD = 1024
+
+
 def _declare(*items: Artifact) -> dict[str, Artifact]:
     return {a.name: a for a in items}
 
@@ -95,10 +100,13 @@ ARTIFACTS: dict[str, Artifact] = _declare(
     Artifact("series", "series.csv", "ingest", "one row per ingested CT series: IDs, original geometry, volume path"),
     Artifact("volume", "volumes/{series}.nii.gz", "ingest", "the CT in HU, int16, resampled to ingest.spacing_mm, LPS geometry kept"),
     Artifact("ingest_record", "ingest/done/{series}.json", "ingest", "a finished series' row and input key (item-level resume)"),
-    Artifact("arrays", "arrays.npz", "ingest", "2D/array datasets: images padded to the largest size, their shapes and IDs"),
-    Artifact("arrays_table", "arrays.csv", "ingest", "2D/array datasets: one row per image"),
+    Artifact("grids", "grids/{shard}.npy", "ingest",
+             "2D/array datasets: the images on their grid, (n, C, *spatial) float32 padded (top-left) to the shard's largest; "
+             f"images-<k>, {IMAGES_PER_SHARD:,} each"),
+    Artifact("arrays_table", "arrays.csv", "ingest", "2D/array datasets: one row per image, with its grid shard, row and shape"),
     Artifact("cubes", "cubes/{shard}.npy", "extract",
-             "raw (n, C, *spatial) patches in stored units; a plain .npy per series, named by its safe stem (arrays: images-<k>, 4,096 each)"),
+             "raw (n, C, *spatial) patches in stored units; a plain .npy per series, named by its safe stem "
+             "(arrays: images-<k>, one per grid shard)"),
     Artifact("samples", "samples.csv", "extract",
              "one row per patch: IDs, label, class, centre and voxel→LPS affine of cubes, its shard and row there"),
     Artifact("splits", "splits.csv", "split", "train / val / test / buffer / unused per sample, fold, group"),
@@ -294,7 +302,6 @@ def read_npz(name: str, run_dir: Path, hint: str) -> dict[str, np.ndarray]:
 
 # Where each sample's cube is: samples.csv names the shard (a file stem under cubes/) and the row in it.
 SHARD_COLUMNS = ("shard", "shard_row")
-IMAGES_PER_SHARD = 4096
 
 
 def image_shard(index: int) -> str:
@@ -309,9 +316,9 @@ def write_cube_shard(run_dir: Path, shard: str, raw: np.ndarray) -> Path:
     return p
 
 
-def remove_stale_shards(run_dir: Path, keep: Sequence[Path]) -> None:
-    """Delete shards of an earlier extract that this one did not write (another config, fewer series)."""
-    folder = path("cubes", run_dir, shard="x").parent
+def remove_stale_shards(run_dir: Path, keep: Sequence[Path], artifact: str = "cubes") -> None:
+    """Delete shards of an earlier run of the stage that this one did not write (another config, fewer series)."""
+    folder = path(artifact, run_dir, shard="x").parent
     kept = {Path(p).name for p in keep}
     for p in folder.glob("*.npy") if folder.is_dir() else ():
         if p.name not in kept:
@@ -345,8 +352,9 @@ def _read_rows(f: BinaryIO, p: Path, n_rows: int, offset: int, rows: np.ndarray,
             raise StageError(f"{p}: truncated at row {r}; run the extract stage again")
 
 
-def read_cube_rows(run_dir: Path, shards: Sequence[str], rows: Sequence[int]) -> np.ndarray:
-    """Raw cubes of the given samples, in the order given: sample i is row ``rows[i]`` of shard ``shards[i]``.
+def read_cube_rows(run_dir: Path, shards: Sequence[str], rows: Sequence[int], artifact: str = "cubes") -> np.ndarray:
+    """Raw cubes of the given samples, in the order given: sample i is row ``rows[i]`` of shard ``shards[i]``
+    (of ``artifact``: ``cubes``, or ``grids`` for the ingested 2D images).
 
     Each shard is opened once and only the requested rows are read, at their byte offset after the
     ``.npy`` header: no shard is loaded whole and no memory map stays alive (mapped pages would count
@@ -356,9 +364,9 @@ def read_cube_rows(run_dir: Path, shards: Sequence[str], rows: Sequence[int]) ->
     names, which = np.unique(np.asarray(shards, dtype=str), return_inverse=True)
     out: np.ndarray | None = None
     for k, name in enumerate(names):
-        p = path("cubes", run_dir, shard=name)
+        p = path(artifact, run_dir, shard=name)
         if not p.exists():
-            raise StageError(f"{p} not found: run the extract stage first")
+            raise StageError(f"{p} not found: run the {ARTIFACTS[artifact].stage} stage first")
         pos = np.flatnonzero(which.ravel() == k)
         with open(p, "rb", buffering=0) as f:
             shape, dtype, offset = _npy_layout(f, p)

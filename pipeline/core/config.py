@@ -15,6 +15,7 @@ without importing torch.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
@@ -22,7 +23,7 @@ import yaml
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.ray_engine import require_ray
-from pipeline.core.schema import Config
+from pipeline.core.schema import Config, ImagesConfig
 from pipeline.core.validation import build, suggest
 
 
@@ -187,15 +188,8 @@ def _cross_checks(cfg: Config, models: Catalog) -> list[str]:
             errs.append(f"train.{name}: must be ≥ 1")
     if cfg.score.mc_samples < 1:
         errs.append("score.mc_samples: must be ≥ 1")
-    ic = cfg.ingest.images
     if cfg.ingest.format == "images":
-        if bool(ic.label_column) == bool(ic.class_columns):
-            errs.append("ingest.images: set either label_column (one class column) or class_columns (one-hot columns), not both"
-                        if ic.class_columns else "ingest.images.label_column: needed unless class_columns lists one-hot columns")
-        if not ic.normal_classes:
-            errs.append("ingest.images.normal_classes: list at least one normal class")
-        if ic.pixel_spacing_mm is not None and ic.pixel_spacing_mm <= 0:
-            errs.append("ingest.images.pixel_spacing_mm: must be > 0 mm")
+        errs += _images_checks(cfg.ingest.images)
     if cfg.ingest.spacing_mm <= 0:
         errs.append("ingest.spacing_mm: must be > 0")
     if cfg.ingest.max_voxels < 1:
@@ -215,6 +209,42 @@ def _cross_checks(cfg: Config, models: Catalog) -> list[str]:
             require_ray()
         except ConfigError as exc:
             errs.append(str(exc))
+    return errs
+
+
+# labels CSV keys that a folder layout (ingest.images.labels_from: folders) has no use for
+CSV_ONLY = ("labels", "patient_column", "class_columns", "split_column", "spacing_column", "keep")
+
+
+def _images_checks(ic: ImagesConfig) -> list[str]:
+    """The ``ingest.images`` section (``ingest.format: images``): the class source, the patient
+    pattern, and the keys of one labels source used with the other."""
+    errs = []
+    if ic.labels_from == "csv":
+        if bool(ic.label_column) == bool(ic.class_columns):
+            errs.append("ingest.images: set either label_column (one class column) or class_columns (one-hot columns), not both"
+                        if ic.class_columns else "ingest.images.label_column: needed unless class_columns lists one-hot columns")
+        if ic.patient_column and ic.patient_regex:
+            errs.append("ingest.images: set either patient_column (a labels CSV column) or patient_regex (from the file name), not both")
+        if ic.folder_classes is not None:
+            errs.append("ingest.images.folder_classes: only used with labels_from: folders (class folders), not with a labels CSV")
+    else:
+        errs += [f"ingest.images.{key}: a labels CSV key, not used with labels_from: folders (the class is the name of each file's "
+                 "folder, the split a train/val/test folder above it, the patient patient_regex); remove it or set labels_from: csv"
+                 for key in CSV_ONLY if getattr(ic, key)]
+        if ic.folder_classes is not None and not ic.folder_classes:
+            errs.append("ingest.images.folder_classes: list at least one class folder name, or leave it unset (any folder)")
+    if ic.patient_regex == "":
+        errs.append("ingest.images.patient_regex: empty; give a pattern such as ^(person\\d+), or leave it unset (one patient per image)")
+    elif ic.patient_regex is not None:
+        try:
+            re.compile(ic.patient_regex)
+        except re.error as exc:
+            errs.append(f"ingest.images.patient_regex: '{ic.patient_regex}' is not a valid regular expression ({exc})")
+    if not ic.normal_classes:
+        errs.append("ingest.images.normal_classes: list at least one normal class")
+    if ic.pixel_spacing_mm is not None and ic.pixel_spacing_mm <= 0:
+        errs.append("ingest.images.pixel_spacing_mm: must be > 0 mm")
     return errs
 
 

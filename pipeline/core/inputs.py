@@ -29,7 +29,8 @@ class ExternalInput:
 
 
 def _labels(cfg: Config) -> Path | None:
-    if cfg.ingest.format != "images":
+    """The labels CSV of an image folder; none when the classes come from the folder names (``labels_from: folders``)."""
+    if cfg.ingest.format != "images" or cfg.ingest.images.labels_from != "csv":
         return None
     return cfg.ingest.images.labels or Path(cfg.ingest.input) / "labels.csv"
 

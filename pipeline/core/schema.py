@@ -56,25 +56,38 @@ class ArraysConfig:
 
 @dataclass
 class ImagesConfig:
-    """A folder of 2D image files plus a labels CSV (``ingest.format: images``): X-ray, dermatology.
+    """A folder of 2D image files (``ingest.format: images``): X-ray, dermatology.
 
     Files: DICOM (CR, DX, secondary capture; compressed transfer syntaxes too), PNG, JPEG, TIFF.
-    Each row of the labels CSV names one image (a path under ``ingest.input``, or an ID completed
-    with ``extensions``) and its class, either in ``label_column`` or as one-hot ``class_columns``.
+    ``labels_from: csv``: each row of the labels CSV names one image (a path under ``ingest.input``,
+    or an ID completed with ``extensions``) and its class, either in ``label_column`` or as one-hot
+    ``class_columns``. ``labels_from: folders`` (ImageFolder layout, no CSV): every image file under
+    ``ingest.input`` is one image, ``<input>/[<split>/]<class>/<file>``, its class the name of its
+    folder and ``<split>`` (train, val/validation, test) its predefined split. The CSV-only keys
+    (labels, patient_column, class_columns, split_column, spacing_column, keep) are then config errors.
     """
 
+    labels_from: Literal["csv", "folders"] = "csv"  # csv: the labels CSV; folders: class (and split) from the folder names
     labels: Optional[Path] = None  # labels CSV (relative to the config file, like every path); default: labels.csv inside ingest.input
     id_column: str = "image"  # image path relative to ingest.input, or an ID (ISIC 2018: 'image')
-    extensions: list[str] = field(default_factory=lambda: [".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff"])  # tried when the ID is not a file
+    # csv: tried when the ID is not a file; folders: the files read (name ending in one of them, any case)
+    extensions: list[str] = field(default_factory=lambda: [".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff"])
     patient_column: Optional[str] = None  # patient (or lesion) ID for grouped splits; default: each image is its own patient
+    # instead (either labels_from): a regular expression searched in each file NAME; its first group (else the whole
+    # match) is the patient ID, a name it does not match is a per-file error. Kermany chest X-rays: ^(person\d+|(?:NORMAL2-)?IM-\d+)
+    patient_regex: Optional[str] = None
+    folder_classes: Optional[list[str]] = None  # labels_from: folders: the allowed class folder names (another is a per-file error)
     label_column: Optional[str] = "label"  # one column holding each image's class
     class_columns: list[str] = field(default_factory=list)  # instead: one-hot columns (ISIC 2018: MEL, NV, BCC, AKIEC, BKL, DF, VASC)
-    normal_classes: list[Union[str, float]] = field(default_factory=lambda: ["0"])  # classes used as normal
+    normal_classes: list[Union[str, float]] = field(default_factory=lambda: ["0"])  # classes used as normal (case-sensitive)
     anomaly_classes: Optional[list[Union[str, float]]] = None  # default: every class that is not normal; others are left out
     split_column: Optional[str] = None  # column with train/val/test, for split.method: predefined
     channels: Literal[1, 3] = 1  # 1: greyscale (X-ray); 3: RGB (dermatology); another count is a per-file error
     pixel_spacing_mm: Optional[float] = None  # pixel size of files that carry none (PNG/JPEG/TIFF); unset: used on their own grid
     spacing_column: Optional[str] = None  # per-image pixel size (mm) in the labels CSV; overrides pixel_spacing_mm
+    # resize every image so its shorter side has this many pixels (aspect kept) instead of resampling to
+    # ingest.spacing_mm: for photographs whose pixels have no physical size (dermoscopy: 600x450 or 200x150 -> 171x128)
+    short_side: Optional[int] = None
     keep: list[str] = field(default_factory=list)  # labels CSV columns copied into samples.csv
 
 

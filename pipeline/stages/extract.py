@@ -26,7 +26,7 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
         counts, per-item errors and the files written (the ``cubes/`` shards and ``samples.csv``), recorded in the manifest.
     """
     # imported when the stage runs (SimpleITK, SciPy): see pipeline/core/stage.py
-    if cfg.ingest.format in ("arrays", "images"):  # both write the arrays.npz contract
+    if cfg.ingest.format in ("arrays", "images"):  # both write the grids/ + arrays.csv contract
         from preprocessing import arrays
 
         return arrays.extract(cfg, run_dir)

@@ -1,7 +1,7 @@
 """Ingest stage: the configured input (DICOM CT tree, array dataset, or folder of 2D images) → 1 mm grids.
 
 Writes ``volumes/<series>.nii.gz`` and ``series.csv`` for DICOM CT (:mod:`preprocessing.dicom_ingest`),
-or ``arrays.npz`` and ``arrays.csv`` for array datasets (:mod:`preprocessing.arrays`) and image
+or ``grids/`` shards and ``arrays.csv`` for array datasets (:mod:`preprocessing.arrays`) and image
 folders (:mod:`preprocessing.images`).
 """
 
@@ -22,7 +22,8 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
         run_dir: the run directory; the stage reads its upstream artifacts there and writes its own.
 
     Returns:
-        counts, per-item errors and the files written (``series.csv`` and volumes, or ``arrays.npz``/``arrays.csv``), recorded in the manifest.
+        counts, per-item errors and the files written (``series.csv`` and volumes, or the ``grids/`` shards and
+        ``arrays.csv``), recorded in the manifest.
     """
     # The reader of the configured format is imported when the stage runs (pydicom, SimpleITK,
     # Pillow): a light stage module keeps `pipeline validate` fast (pipeline/core/stage.py).
@@ -44,6 +45,6 @@ STAGE = Stage(
     run=run,
     reads=("ingest",),
     inputs=("ingest.input", "ingest.images.labels"),
-    outputs=("series", "volume", "ingest_record", "arrays", "arrays_table"),
+    outputs=("series", "volume", "ingest_record", "grids", "arrays_table"),
     help="DICOM CT series, array datasets or 2D images → resampled 1 mm grids",
 )

@@ -1,4 +1,4 @@
-"""configs/dermatology.yaml on a tiny SYNTHETIC fixture in the ISIC 2018 Task 3 layout.
+"""configs/dermatology_isic2018.yaml on a tiny SYNTHETIC fixture in the ISIC 2018 Task 3 layout.
 
 No real dermatology data are available here (ISIC images are not redistributable with the
 product), so this checks the layout and the plumbing, not detection quality: RGB JPEGs named
@@ -23,6 +23,7 @@ from evaluation.metrics import per_class_auroc
 from models.checkpoint import read_checkpoint
 from pipeline.core.artifacts import read_raw_cubes
 from pipeline.runner import STAGE_NAMES, run_stages
+from preprocessing.grid_shards import read_all_grids
 
 CLASSES = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
 
@@ -62,7 +63,7 @@ def test_per_class_auroc_matches_sklearn_on_a_toy_table():
 
 def test_dermatology_config_on_synthetic_isic_layout(tmp_path, one_thread):
     _isic_fixture(tmp_path, {"NV": 30, "MEL": 5, "BCC": 5, "AKIEC": 4})
-    cfg = load_config(ROOT / "configs" / "dermatology.yaml", [
+    cfg = load_config(ROOT / "configs" / "dermatology_isic2018.yaml", [
         f"ingest.input={tmp_path / 'input'}", f"ingest.images.labels={tmp_path / 'GroundTruth.csv'}",
         "ingest.images.pixel_spacing_mm=0.5",  # 64x48 px → 32x24 on the 1 mm grid
         "extract.cube_size=24", "train.patch_size=16", "train.epochs=2", "train.batch_size=8", "run.threads=1",
@@ -73,8 +74,8 @@ def test_dermatology_config_on_synthetic_isic_layout(tmp_path, one_thread):
     assert all(manifest.stages[s]["status"] == "done" for s in STAGE_NAMES)
     assert manifest.stages["ingest"]["errors"] == []
     # RGB end to end: ingested grid, extracted crops, residual maps and reconstructions keep 3 channels
-    with np.load(run / "arrays.npz") as z:
-        assert z["images"].shape == (44, 3, 24, 32) and z["shape"].tolist() == [[24, 32]] * 44
+    _, grids = read_all_grids(run)
+    assert len(grids) == 44 and all(g.shape == (3, 24, 32) for g in grids)
     ids, raw = read_raw_cubes(run)
     assert raw.shape == (44, 3, 24, 24)
     assert (np.ptp(raw, axis=(2, 3)) > 0).all() and not np.allclose(raw[:, 0], raw[:, 2])  # real colour, not grey copies

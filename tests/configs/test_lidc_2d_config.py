@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, SHARED_DATA, load_config
 
 from pipeline.runner import run_stages
+from preprocessing.grid_shards import read_all_grids
 from preprocessing.resize import grid_size
 
 LIDC_2D = SHARED_DATA / "lidc_nodules_2d.npz"
@@ -30,8 +31,7 @@ def test_lidc_2d_config_resamples_labels_and_groups_by_patient(tmp_path):
     assert manifest.stages["ingest"]["counts"]["normal"] == int(np.isin(malignancy, [1, 2]).sum())
     assert manifest.stages["ingest"]["counts"]["anomalous"] == int(np.isin(malignancy, [4, 5]).sum())
     arrays = pd.read_csv(run / "arrays.csv")
-    with np.load(run / "arrays.npz") as z:
-        shapes = z["shape"]
+    shapes = np.array([g.shape[1:] for g in read_all_grids(run)[1]])
     idx = arrays["sample_id"].str.removeprefix("img").astype(int).to_numpy()
     expected = np.array([grid_size((71, 71), (s, s), 1.0) for s in spacing[idx]])
     np.testing.assert_array_equal(shapes, expected)

@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT, SHARED_DATA, run_cli
 
 PNEUMONIA = SHARED_DATA / "pneumoniamnist.npz"
-OUTPUTS = ["arrays.npz", "arrays.csv", "cubes/images-00000.npy", "samples.csv", "splits.csv", "model/model.pt", "model/curves.csv",
+OUTPUTS = ["grids/images-00000.npy", "arrays.csv", "cubes/images-00000.npy", "samples.csv", "splits.csv", "model/model.pt", "model/curves.csv",
            "model/curves.png", "scores.csv", "residuals.npz", "calibration.json", "metrics.json", "roc.png", "roc_band.png", "pr.png",
            "score_density.png", "gallery_most_anomalous.png", "gallery_least_anomalous.png", "report.html", "manifest.json"]
 

@@ -15,6 +15,7 @@ from conftest import SHARED_DATA, validate
 from pipeline.core.artifacts import read_raw_cubes
 from pipeline.core.errors import StageError
 from preprocessing.arrays import extract, ingest, read_idx
+from preprocessing.grid_shards import read_all_grids
 from preprocessing.grouped_splits import assert_no_leakage, make_splits
 from preprocessing.resize import grid_size, resample_to_spacing
 
@@ -97,9 +98,9 @@ def test_per_image_spacing_gives_ragged_grids_and_too_small_is_per_item(tmp_path
     run = tmp_path / "run"
     run.mkdir()
     ingest(cfg, run)
-    with np.load(run / "arrays.npz") as z:
-        assert z["shape"].tolist() == [[20, 20], [10, 10], [5, 5]]
-        assert z["images"].shape == (3, 1, 20, 20)
+    table, grids = read_all_grids(run)
+    assert [list(g.shape[1:]) for g in grids] == [[20, 20], [10, 10], [5, 5]]
+    assert table["grid_shape"].tolist() == ["20x20", "10x10", "5x5"] and table["grid_shard"].nunique() == 1
     res = extract(cfg, run)
     assert res.counts["images"] == 2 and len(res.errors) == 1
     assert "img000002" in res.errors[0][1] and "smaller than extract.cube_size 8" in res.errors[0][1]
