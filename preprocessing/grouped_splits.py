@@ -55,6 +55,28 @@ def _group_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: in
     return fold
 
 
+def _drop_crossing_groups(split: np.ndarray, idx: np.ndarray, groups: pd.Series) -> None:
+    """A dataset's own split that puts one patient in two splits (the Kermany chest X-ray set has
+    patients in both train/ and test/): the patient's images outside its most held-out split (test,
+    then val) become ``unused``, so the given test set stays whole and nothing is trained on a test patient."""
+    g = groups.to_numpy()
+    for held_out in ("test", "val"):
+        in_held = set(g[idx][split[idx] == held_out])
+        later = ("train", "val") if held_out == "test" else ("train",)
+        cross = idx[np.isin(split[idx], later) & np.isin(g[idx], list(in_held))]
+        split[cross] = "unused"
+
+
+def _validation_from_train(split: np.ndarray, idx: np.ndarray, labels: np.ndarray, groups: pd.Series, cfg: SplitConfig, seed: int) -> None:
+    """A predefined split without validation data (the Kermany chest X-ray layout has only train/ and
+    test/): ``val_fraction`` of the training groups become ``val``, grouped and stratified as in holdout."""
+    train = idx[split[idx] == "train"]
+    if cfg.val_fraction <= 0 or (split[idx] == "val").any() or len(np.unique(groups.to_numpy()[train])) < 2:
+        return
+    vfold = _group_folds(labels[train], groups.to_numpy()[train], max(2, round(1 / cfg.val_fraction)), seed + 1, "the validation split")
+    split[train[vfold == 0]] = "val"
+
+
 def make_splits(samples: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.DataFrame:
     """Assign every sample to train/val/test/buffer/unused (see module docstring)."""
     groups, mode = assign_groups(samples, cfg)
@@ -80,6 +102,8 @@ def make_splits(samples: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.DataFr
         if "source_split" not in samples.columns or not samples["source_split"].isin(["train", "val", "test"]).any():
             raise StageError("split.method: predefined needs a dataset with its own train/val/test split (split-prefixed array keys)")
         split[idx] = samples["source_split"].to_numpy(object)[idx]
+        _drop_crossing_groups(split, idx, groups)
+        _validation_from_train(split, idx, labels, groups, cfg, seed)
         out["split"] = split
         out["fold"] = fold
         _mark_training_anomalies(out, cfg.contamination, seed)

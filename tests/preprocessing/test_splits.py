@@ -243,3 +243,29 @@ def test_contamination_fraction_holds_after_overlap_buffering():
         results.append((seed, n_anom, round(contamination * n_norm / (1 - contamination)), n_anom / len(train)))
     bad = [r for r in results if r[1] != r[2]]
     assert not bad, f"(seed, train anomalies, expected for {contamination:.0%} contamination, actual fraction): {bad}"
+
+
+def test_predefined_split_without_validation_takes_it_from_the_training_groups():
+    samples = multi_patient_samples(n_patients=30, anomalies=0)
+    samples["source_split"] = np.where(samples["patient_id"] < "P020", "train", "test")
+    out = make_splits(samples, SplitConfig(method="predefined", val_fraction=0.25), seed=0)
+    test = samples["source_split"] == "test"
+    assert (out.loc[test, "split"] == "test").all()  # the dataset's own test set is kept as it is
+    val_patients = set(out.loc[out.split == "val", "patient_id"])
+    assert 3 <= len(val_patients) <= 7  # a quarter of the 20 training patients
+    assert not val_patients & set(out.loc[out.split == "train", "patient_id"])  # grouped: no patient in both
+    samples["source_split"] = np.where(samples["patient_id"] < "P018", "train", np.where(samples["patient_id"] < "P020", "val", "test"))
+    out = make_splits(samples, SplitConfig(method="predefined", val_fraction=0.25), seed=0)
+    assert set(out.loc[out.split == "val", "patient_id"]) == {"P018", "P019"}  # a given validation split is used unchanged
+
+
+def test_predefined_split_that_puts_a_patient_in_train_and_test_keeps_the_test_whole():
+    samples = multi_patient_samples(n_patients=12, anomalies=0)
+    samples["source_split"] = np.where(samples["patient_id"] < "P008", "train", "test")
+    crossing = samples["patient_id"].isin(["P002", "P005"]) & (samples.index % 2 == 0)
+    samples.loc[crossing, "source_split"] = "test"  # two patients with images in both folders (as in the Kermany set)
+    out = make_splits(samples, SplitConfig(method="predefined", val_fraction=0.0), seed=0)
+    assert_no_leakage(out, samples)
+    assert (out.loc[samples["source_split"] == "test", "split"] == "test").all()
+    dropped = (out.split == "unused") & (out.label == 0)  # training anomalies are unused anyway
+    assert list(out.index[dropped]) == list(samples.index[samples.patient_id.isin(["P002", "P005"]) & ~crossing & (samples.label == 0)])
