@@ -24,9 +24,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_scale import timed  # noqa: E402
+from benchmarks.bench_scale import timed  # noqa: E402
 
 
 def make_copies(images: Path, labels: Path, out: Path, k: int, id_column: str, group_column: str) -> tuple[Path, Path]:
