@@ -35,11 +35,11 @@ def test_quick_benchmark_runs_every_protocol_and_beats_chance(tmp_path):
     proc = run_cli("bench", *configs, "--data-root", str(SHARED_DATA), "--quick", "--jobs", "2", "--out", str(tmp_path), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (tmp_path / "BENCHMARKS.md").read_text()
-    for title in ("## MNIST-9", "## LIDC-3D", "## LIDC-2D", "## PneumoniaMNIST", "## Contamination"):
+    for title in ("## MNIST-9", "## LIDC-3D", "## LIDC-2D", "## PneumoniaMNIST", "## Chest X-ray 224", "## Contamination"):
         assert title in md
     assert "QUICK mode" in md
     docs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "bench").glob("*.json")}
-    assert len(docs) == 5 and all(not d["failures"] for d in docs.values())
+    assert len(docs) == len(configs) and all(not d["failures"] for d in docs.values())
     for (proto, det, score), floor in FLOORS.items():
         row = next(r for r in docs[proto]["rows"] if r["detector"] == det and r["score"] == score and not r["view"])
         assert row["auroc_mean"] >= floor, (proto, det, score, row["auroc_mean"])
