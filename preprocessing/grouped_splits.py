@@ -138,10 +138,20 @@ def _draw_groups(groups: pd.Series, candidates: np.ndarray, n: int, rng: np.rand
     return candidates & groups.isin(take).to_numpy()
 
 
+def _anomaly_pools(samples: pd.DataFrame, candidates: np.ndarray, by_class: bool) -> list[tuple[str, np.ndarray]]:
+    """The anomalous candidates as one pool, or one pool per class (sorted, so the draws are reproducible)."""
+    if not by_class:
+        return [("", candidates)]
+    cls = samples["class"].astype(str).to_numpy()
+    return [(c, candidates & (cls == c)) for c in sorted(set(cls[candidates]))]
+
+
 def _sample_split(samples: pd.DataFrame, out: pd.DataFrame, cfg: SplitConfig, seed: int) -> np.ndarray:
-    """``method: sample``: ``test_per_class`` normals and anomalies for test (from ``test_source``),
-    then ``train_count`` and ``val_count`` normals; the remaining anomalies go to ``train`` so the
-    contamination step can keep its fraction (the rest become ``unused``). Groups stay whole."""
+    """``method: sample``: ``test_normal`` (default ``test_per_class``) normals and ``test_per_class``
+    anomalies for test (with ``test_by_class``: that many of each anomalous class, all of a class that
+    has fewer; HAM10000: 250 nevi + 100 per diagnosis), drawn from ``test_source``, then ``train_count``
+    and ``val_count`` normals; the remaining anomalies go to ``train`` so the contamination step can
+    keep its fraction (the rest become ``unused``). Groups stay whole."""
     rng = np.random.default_rng(seed)
     groups, label = out["group"], out["label"].to_numpy()
     group_has_anomaly = groups.map(out.groupby("group")["label"].max()).to_numpy() == 1
@@ -153,8 +163,12 @@ def _sample_split(samples: pd.DataFrame, out: pd.DataFrame, cfg: SplitConfig, se
     else:
         from_source = free
     split = np.array(["unused"] * len(out), dtype=object)
-    for has_anomaly, what in ((False, "the normal test draw"), (True, "the anomalous test draw")):
-        pick = _draw_groups(groups, free & from_source & (group_has_anomaly == has_anomaly), cfg.test_per_class, rng, what)
+    n_normal = cfg.test_normal if cfg.test_normal is not None else cfg.test_per_class
+    pick = _draw_groups(groups, free & from_source & ~group_has_anomaly, n_normal, rng, "the normal test draw")
+    split[pick], free = "test", free & ~pick
+    for cls, pool in _anomaly_pools(samples, free & from_source & group_has_anomaly, cfg.test_by_class):
+        n = min(cfg.test_per_class, int(pool.sum())) if cfg.test_by_class else cfg.test_per_class
+        pick = _draw_groups(groups, pool, n, rng, f"the anomalous test draw{f' of class {cls}' if cls else ''}")
         split[pick], free = "test", free & ~pick
     normal_free = free & ~group_has_anomaly
     n_train = cfg.train_count if cfg.train_count is not None else int(normal_free.sum()) - cfg.val_count

@@ -167,13 +167,13 @@ def read_picture(path: Path) -> Image2D:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ItemError(f"{path}: unreadable or truncated image file ({exc})") from None
     if np.issubdtype(arr.dtype, np.integer):
-        arr = arr.astype(np.float64) / float(np.iinfo(arr.dtype).max)
+        arr = arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)  # float32 throughout: a third of the time of float64
     elif np.issubdtype(arr.dtype, np.bool_):
-        arr = arr.astype(np.float64)
-    pixels = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
-    if not np.isfinite(pixels).all():
+        arr = arr.astype(np.float32)
+    elif not np.isfinite(arr).all():  # float TIFF: the only kind that can hold NaN or inf
         raise ItemError(f"{path}: image contains NaN or inf values")
-    return Image2D(pixels.astype(np.float32), None, "", fmt)
+    pixels = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+    return Image2D(np.ascontiguousarray(pixels, dtype=np.float32), None, "", fmt)
 
 
 def _picture_array(im, path: Path) -> np.ndarray:

@@ -158,6 +158,8 @@ class SplitConfig:
     contamination: float = 0.0  # fraction of anomalies mixed into training (Berg et al. 2019)
     # method: sample (e.g. the MNIST-9 protocol): a class-balanced test set, then fixed-size train/val draws of normals
     test_per_class: int = 450  # normals and anomalies each drawn for the test set
+    test_normal: Optional[int] = None  # normals drawn for the test set instead (HAM10000 protocol: 250)
+    test_by_class: bool = False  # test_per_class anomalies of EACH anomalous class (all of a class with fewer)
     test_source: Optional[str] = None  # draw the test set only from this array source (samples.csv ``source``)
     train_count: Optional[int] = None  # normals drawn for training from what is left (default: all but val)
     val_count: int = 1000  # normals drawn for validation from what is left after training

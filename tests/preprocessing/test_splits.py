@@ -269,3 +269,22 @@ def test_predefined_split_that_puts_a_patient_in_train_and_test_keeps_the_test_w
     assert (out.loc[samples["source_split"] == "test", "split"] == "test").all()
     dropped = (out.split == "unused") & (out.label == 0)  # training anomalies are unused anyway
     assert list(out.index[dropped]) == list(samples.index[samples.patient_id.isin(["P002", "P005"]) & ~crossing & (samples.label == 0)])
+
+
+def test_sample_split_draws_normals_and_each_anomalous_class_separately():
+    rows = []  # lesions of 1-2 images: 120 nevus lesions, then classes of 30, 12 and 4 lesions
+    for cls, n_lesions in (("nv", 120), ("mel", 30), ("bcc", 12), ("df", 4)):
+        for k in range(n_lesions):
+            for j in range(1 + k % 2):
+                rows.append({"sample_id": f"{cls}{k}_{j}", "patient_id": f"{cls}{k}", "label": int(cls != "nv"), "class": cls})
+    samples = pd.DataFrame(rows)
+    cfg = SplitConfig(method="sample", test_per_class=10, test_normal=25, test_by_class=True, val_count=20)
+    out = make_splits(samples, cfg, seed=3)
+    assert_no_leakage(out.assign(grouping="patient"), samples)
+    test = samples[out.split == "test"]
+    per_class = test["class"].value_counts().to_dict()
+    assert 25 <= per_class["nv"] <= 26 and 10 <= per_class["mel"] <= 11 and 10 <= per_class["bcc"] <= 11  # whole lesions: ≥ n, ≤ n + 1
+    assert per_class["df"] == 6  # a class with fewer images than test_per_class goes to test whole (4 lesions, 6 images)
+    assert (samples.loc[out.split.isin(["train", "val"]), "label"] == 0).all()
+    assert 20 <= (out.split == "val").sum() <= 21 and (out.split == "train").sum() == 180 - per_class["nv"] - (out.split == "val").sum()
+    assert out.equals(make_splits(samples, cfg, seed=3))  # reproducible
