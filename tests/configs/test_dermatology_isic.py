@@ -107,3 +107,31 @@ def test_dermatology_config_on_synthetic_isic_layout(tmp_path, one_thread):
     assert "Per-class AUROC" in (run / "report.html").read_text()
     overlays = sorted(p.name for p in (run / "overlays").glob("*.png"))
     assert len(overlays) == 6 and overlays[0].startswith("normal01_ISIC_") and overlays[-1].startswith("top03_ISIC_")
+
+
+def test_dermatology_config_runs_as_written_on_the_ham10000_layout(tmp_path):
+    """configs/dermatology.yaml with only the two path overrides: metadata.csv (lesion_id, image_id, dx, ...),
+    128 px short side, splits grouped by lesion."""
+    _isic_fixture(tmp_path, {"NV": 40, "MEL": 4, "BCC": 4})
+    truth = pd.read_csv(tmp_path / "GroundTruth.csv")
+    dx = pd.Series(truth[CLASSES].idxmax(axis=1).str.lower().to_numpy())
+    lesion = dx + "_" + (dx.groupby(dx).cumcount() // 2).astype(str)  # two images per lesion, one diagnosis each
+    meta = pd.DataFrame({"lesion_id": lesion, "image_id": truth["image"], "dx": dx,
+                         "dx_type": "histo", "age": 50.0, "sex": "female", "localization": "back"})
+    meta.to_csv(tmp_path / "metadata.csv", index=False)
+    paths = [f"ingest.input={tmp_path / 'input'}", f"ingest.images.labels={tmp_path / 'metadata.csv'}"]
+    cfg = load_config(ROOT / "configs" / "dermatology.yaml", paths)
+    run = tmp_path / "run"
+    manifest = run_stages(cfg, run, ["ingest", "extract", "split"], log=lambda m: None)
+    assert all(manifest.stages[s]["status"] == "done" for s in ("ingest", "extract", "split"))
+    table, grids = read_all_grids(run)
+    assert all(g.shape == (3, 128, 171) for g in grids)  # 64x48 photos → shorter side 128, aspect kept
+    assert (table["spacing_source"] == "none").all()
+    samples = pd.read_csv(run / "samples.csv")
+    assert read_raw_cubes(run)[1].shape == (48, 3, 128, 128)
+    assert {"dx_type", "localization"} <= set(samples.columns)
+    assert dict(zip(samples["sample_id"], samples["label"])) == {i: int(d != "nv") for i, d in zip(meta["image_id"], meta["dx"])}
+    splits = pd.read_csv(run / "splits.csv")
+    used = splits[splits.split.isin(["train", "val", "test"])]
+    assert (used.groupby("patient_id")["split"].nunique() == 1).all()  # no lesion in two splits
+    assert set(used["patient_id"]) <= set(meta["lesion_id"])
