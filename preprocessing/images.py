@@ -31,7 +31,7 @@ from pipeline.core.errors import ItemError, StageError
 from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
 from preprocessing.arrays import spacing_text
-from preprocessing.grid_shards import GridShardWriter
+from preprocessing.grid_shards import GridShardWriter, shape_text
 from preprocessing.images2d import conform_channels, read_image
 from preprocessing.labels import read_labels
 from preprocessing.resize import resample_to_spacing, resize, short_side_size
@@ -77,7 +77,7 @@ def _load_one(job: _Job, st: _Settings) -> dict:
     else:
         grid = pixels
     return {"grid": grid, "spacing": spacing, "spacing_source": source, "format": img.file_format,
-            "orig_shape": "x".join(map(str, pixels.shape[1:]))}
+            "orig_shape": shape_text(pixels.shape[1:])}
 
 
 def _load_chunk(chunk: tuple[list[_Job], _Settings]) -> list[tuple[int, bool, object]]:
