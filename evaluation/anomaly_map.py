@@ -43,6 +43,7 @@ from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
 from evaluation.froc import FP_RATES, candidate_hits, froc, froc_per_scan, nodule_hits, rate_key
+from evaluation.image_map import map_images
 from evaluation.map_candidates import coarsen, lung_region, peaks, value_at, voxel_candidates
 from models.batch_scoring import score_array
 from models.calibration import check_calibration, fit_calibration, p_values
@@ -201,15 +202,26 @@ def _inside_volume(run_dir: Path, uid: str, lps_mm: np.ndarray) -> np.ndarray:
 
 
 def map_run(cfg: Config, run_dir: Path) -> StageResult:
-    """The map stage: every ingested series → maps, candidates, markups; calibration and metrics (see the module docstring)."""
+    """The map stage: every ingested series → maps, candidates, markups; calibration and metrics (see the module
+    docstring). 2D datasets: every image of ``map.split`` → its whole-image map (:mod:`evaluation.image_map`)."""
     result = StageResult()
-    if not cfg.map.enabled or cfg.ingest.format != "dicom":
+    if not cfg.map.enabled:
         return result
     torch.set_num_threads(cfg.run.threads)
     folder = model_folder(cfg, run_dir)
     model, payload = load_checkpoint(folder, device_for(cfg.run.device))
+    if cfg.ingest.format != "dicom" and model.spatial_dims != 2:
+        return result  # 3D array datasets: cubes without a scan to map
     score = cfg.map.score or cfg.evaluate.score
     calib = _calibration(model, cfg, run_dir, folder, payload["normalisation"], score)
+    if cfg.ingest.format != "dicom":
+
+        metrics = map_images(model, cfg, run_dir, payload["normalisation"], score, calib, result)
+        metrics |= {"score": score, "calibrated": calib is not None, "kind": "images"}
+        result.outputs.append(artifacts.write_json("map_metrics", run_dir, metrics))
+        result.counts = {"images": metrics["images"], "windows": metrics["windows"]}
+        result.extra = {"seconds_per_image": metrics["seconds_per_image"], **metrics["image_auroc"]}
+        return result
     series = artifacts.read_series(run_dir)
     nodules = _nodules(cfg, run_dir, series)
     tables, lists, values = [], [], []

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from evaluation.metrics import DEFINITIONS, detection_metrics, patient_level_auroc, per_class_auroc
 from evaluation.overlays import nodule_mask, paint, write_overlay
-from evaluation.plots import plot_density, plot_gallery, plot_nodule_views, plot_overlay_2d, plot_pr, plot_roc, plot_roc_band
+from evaluation.plots import plot_density, plot_gallery, plot_image_maps, plot_nodule_views, plot_overlay_2d, plot_pr, plot_roc, plot_roc_band
 from evaluation.report import write_report
 from models.catalog import GAN_FAMILIES
 from models.catalog import MODELS as CATALOG
@@ -61,8 +61,8 @@ def evaluate(cfg: Config, run_dir: Path) -> StageResult:
         "definitions": DEFINITIONS | {"score_orientation": "every score: higher = more anomalous"},
     }
     map_metrics = artifacts.read_json("map_metrics", run_dir)
-    if map_metrics is not None:  # the map stage's nodule ranks and FROC (whole-scan maps of CT series)
-        metrics["map"] = map_metrics
+    if map_metrics is not None:  # the map stage's nodule ranks and FROC (CT series), or its whole-image maps (2D)
+        metrics["image_map" if map_metrics.get("kind") == "images" else "map"] = map_metrics
     result = StageResult(counts={"evaluated": len(test), "anomalous": int(test["label"].sum())}, extra={"auroc": per_score[ec.score].get("auroc")})
     gan_figures = write_gan_diagnostics(cfg, run_dir, metrics, result) if ec.figures else []
     outputs = [artifacts.write_json("metrics", run_dir, metrics)] + [p for p, _ in gan_figures]
@@ -112,6 +112,8 @@ def write_figures_and_report(cfg: Config, run_dir: Path, table, test, score_cols
         outputs += write_galleries(cfg, run_dir, test, ec.score, patches)
         if ec.overlays and patches.cubes.ndim == 4 and ec.overlay_top_n > 0:  # 2D inputs: PNG overlays
             outputs += write_png_overlays(cfg, run_dir, test, ec.score, patches)
+    if "image_map" in metrics:
+        outputs += write_image_map_galleries(cfg, run_dir, test, ec.score)
     if "map" in metrics and metrics["map"]["nodules"]:
         outputs += write_nodule_views(cfg, run_dir)
     if "map" in metrics:
@@ -125,6 +127,8 @@ def write_figures_and_report(cfg: Config, run_dir: Path, table, test, score_cols
                 for p in sorted(run_dir.glob("map_nodules_*.png"))]
     figures += [(p, f"the 10 highest false candidates of series {p.stem[len('map_false_'):]}: what the map still mistakes for a lesion")
                 for p in sorted(run_dir.glob("map_false_*.png"))]
+    figures += [(fig(f"maps_{name}_anomalous"), f"whole-image maps of the {name} anomalous {ec.split} cases ({ec.score}), candidates marked")
+                for name in ("most", "least") if fig(f"maps_{name}_anomalous").exists()]
     figures += list(gan_figures)
     outputs.append(write_report(run_dir, cfg.to_dict(), metrics, table, figures))
     return outputs
@@ -215,6 +219,38 @@ def write_galleries(cfg: Config, run_dir: Path, test, score_col: str, patches: S
         path = artifacts.path("figure", run_dir, name=f"gallery_{name}_anomalous")
         plot_gallery(imgs, res, titles, path, f"{name} anomalous {cfg.evaluate.split} cases ({score_col})")
         written.append(path)
+    return written
+
+
+def write_image_map_galleries(cfg: Config, run_dir: Path, test, score_col: str, n: int = 6) -> list[Path]:
+    """2D maps: the n most and least anomalous test cases (by ``score_col``), each image beside its whole-image map
+    (read back from the NIfTI files the map stage wrote) with its candidates: one figure per gallery and one
+    ``maps/<sample>_anomaly.png`` per case. Cases the map stage did not map are left out."""
+
+    cands = pd.read_csv(artifacts.path("candidates", run_dir), dtype={"sample_id": str}) if artifacts.path("candidates", run_dir).exists() else None
+    ordered = test.sort_values(score_col, ascending=False)
+    written = []
+    for name, part in (("most", ordered.head(n)), ("least", ordered.tail(n).iloc[::-1])):
+        cases = []
+        for row in part.to_dict("records"):
+            sid = str(row["sample_id"])
+            map_path, image_path = artifacts.path("image_map", run_dir, sample=sid), artifacts.path("image_grid", run_dir, sample=sid)
+            if not (map_path.exists() and image_path.exists()):
+                continue
+            image = sitk.GetArrayFromImage(sitk.ReadImage(str(image_path)))
+            image = np.moveaxis(image, -1, 0) if image.ndim == 3 else image[None]
+            own = cands[cands["sample_id"] == sid] if cands is not None and len(cands) else pd.DataFrame(columns=["row", "column"])
+            cls = f" {row['class']}" if "class" in row and pd.notna(row["class"]) else ""
+            case = (image, sitk.GetArrayFromImage(sitk.ReadImage(str(map_path))), own[["row", "column"]].to_numpy(int),
+                    f"{'anomaly' if row['label'] else 'normal'}{cls}\n{score_col}={row[score_col]:.4g}")
+            cases.append(case)
+            path = artifacts.path("map_png", run_dir, sample=sid)
+            plot_image_maps([case], path, f"{sid}: {case[3].replace(chr(10), ', ')}")
+            written.append(path)
+        if cases:
+            path = artifacts.path("figure", run_dir, name=f"maps_{name}_anomalous")
+            plot_image_maps(cases, path, f"{name} anomalous {cfg.evaluate.split} cases ({score_col}): image | whole-image map")
+            written.append(path)
     return written
 
 

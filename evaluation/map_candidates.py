@@ -12,6 +12,9 @@
 - :func:`peaks`: local maxima inside the region, highest first, at least ``nms_mm`` apart.
 - :func:`component_diameter`: a size estimate per candidate, from the map component around it
   thresholded at ``level`` × its peak value (the equivalent-sphere diameter, mm).
+
+:func:`smooth_map`, :func:`peaks`, :func:`component_diameter` and :func:`voxel_candidates` take 2D
+(rows, columns) maps as well: the whole-image maps of :mod:`evaluation.image_map`.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def peaks(values_zyx: np.ndarray, mask: np.ndarray, spacing_zyx, nms_mm: float, 
     size = np.maximum(1, np.round(nms_mm / spacing).astype(int)) | 1
     local = np.argwhere((values == ndimage.maximum_filter(values, size=size, mode="constant", cval=-np.inf)) & np.isfinite(values))
     local = local[np.argsort(-values[tuple(local.T)], kind="stable")]
-    kept = np.zeros((0, 3), int)
+    kept = np.zeros((0, values.ndim), int)
     for p in local:
         if not len(kept) or np.min(np.linalg.norm((kept - p) * spacing, axis=1)) >= nms_mm:
             kept = np.vstack([kept, p])
@@ -92,19 +95,22 @@ def peaks(values_zyx: np.ndarray, mask: np.ndarray, spacing_zyx, nms_mm: float, 
 
 
 def component_diameter(values_zyx: np.ndarray, peak_zyx, spacing_zyx, level: float, box_mm: float = 80.0) -> float:
-    """Equivalent-sphere diameter (mm) of the connected component of ``values ≥ level · values[peak]`` that holds
-    the peak, looked for within a ``box_mm`` cube around it (a component that fills the box is capped there)."""
+    """Equivalent-sphere diameter (mm; equivalent circle for a 2D map) of the connected component of
+    ``values ≥ level · values[peak]`` that holds the peak, looked for within a ``box_mm`` box around it
+    (a component that fills the box is capped there)."""
     spacing = np.asarray(spacing_zyx, float)
     p = np.asarray(peak_zyx, int)
     half = np.ceil(box_mm / 2 / spacing).astype(int)
     lo, hi = np.maximum(0, p - half), np.minimum(values_zyx.shape, p + half + 1)
-    box = values_zyx[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    box = values_zyx[tuple(slice(a, b) for a, b in zip(lo, hi))]
     peak_value = float(values_zyx[tuple(p)])
     if not np.isfinite(peak_value) or peak_value <= 0:
         return float("nan")
     labels, _ = ndimage.label(box >= level * peak_value)
-    volume = float((labels == labels[tuple(p - lo)]).sum()) * float(np.prod(spacing))
-    return float((6.0 * volume / np.pi) ** (1.0 / 3.0))
+    size = float((labels == labels[tuple(p - lo)]).sum()) * float(np.prod(spacing))  # mm³, or mm² in 2D
+    if values_zyx.ndim == 2:
+        return float(2.0 * np.sqrt(size / np.pi))
+    return float((6.0 * size / np.pi) ** (1.0 / 3.0))
 
 
 def voxel_candidates(voxel_zyx: np.ndarray, region: np.ndarray, spacing_zyx, sigma_mm: float, nms_mm: float, max_n: int,

@@ -136,6 +136,32 @@ def plot_overlay_2d(image: np.ndarray, reconstruction: np.ndarray | None, residu
     save_png(fig, path)
 
 
+def plot_image_maps(cases: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]], path: Path, heading: str) -> None:
+    """Rows of 2D cases ``(image (C, rows, columns), map (rows, columns), candidates (k, 2) as row, column, title)``:
+    the image, and the image with its map laid over it (the map's top 10 % of values, one colour scale per
+    row) and the candidates numbered by rank. RGB (C = 3) is shown in colour."""
+    fig, axes = plt.subplots(len(cases), 2, figsize=(5.2, 2.6 * len(cases)), squeeze=False)
+    for (image, amap, cands, title), (ax_img, ax_map) in zip(cases, axes):
+        a = np.asarray(image, float)
+        a = (a - a.min()) / ((a.max() - a.min()) or 1.0)
+        shown = np.moveaxis(a, 0, -1) if a.shape[0] == 3 else a[0]
+        for ax in (ax_img, ax_map):
+            ax.imshow(shown, cmap=None if a.shape[0] == 3 else "gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+        m = np.asarray(amap, float)
+        floor = float(np.quantile(m, 0.9))
+        heat = ax_map.imshow(np.ma.masked_less(m, floor), cmap="magma", alpha=0.6, vmin=floor, vmax=float(m.max()) or 1.0)
+        for rank, (r, c) in enumerate(np.asarray(cands, int)[:5], 1):
+            ax_map.plot(c, r, "+", color="cyan", ms=9, mew=1.2)
+            ax_map.annotate(str(rank), (c, r), color="cyan", fontsize=6, xytext=(3, 3), textcoords="offset points")
+        fig.colorbar(heat, ax=ax_map, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+        ax_img.set_ylabel(title, fontsize=7)
+    axes[0][0].set_title("image", fontsize=8)
+    axes[0][1].set_title("map (top 10 %) and candidates", fontsize=8)
+    fig.suptitle(heading, fontsize=8)
+    save_png(fig, path)
+
+
 def _mid_slices(a: np.ndarray) -> list[np.ndarray]:
     """Channel-mean mid-slices: 3D (z, y, x) → axial, coronal, sagittal; 2D → the image."""
     a = np.asarray(a, float).mean(0)

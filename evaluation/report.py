@@ -95,6 +95,24 @@ def _map_section(metrics: dict, figures: list[tuple[Path, str]]) -> str:
             f"<div class=figs>{views}</div>")
 
 
+def _image_map_section(metrics: dict, figures: list[tuple[Path, str]]) -> str:
+    """2D whole-image maps: how many images, the time per image, how well the maps' peaks separate, and the
+    most and least anomalous cases with their maps."""
+    m = metrics.get("image_map")
+    if not m:
+        return ""
+    auroc = m.get("image_auroc") or {}
+    sep = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in auroc.items())
+    views = "".join(_img(p, alt) for p, alt in figures if p.name.startswith("maps_"))
+    return (f"<h2>Whole-image anomaly maps ({html.escape(str(m.get('score')))})</h2>"
+            f"<p>{m.get('images')} {html.escape(str(m.get('split')))} image(s) mapped with a {m.get('patch')}-pixel window "
+            f"({m.get('windows')} windows, {_fmt(m.get('seconds_per_image'), 3)} s per image). Each map is a NIfTI file on the "
+            f"image's grid in <code>maps/</code>, beside the image itself; candidates (local maxima) are in <code>candidates.csv</code>. "
+            f"Window p-values: {'normal validation windows' if m.get('calibrated') else 'not calibrated'}.</p>"
+            + (f"<table><tr><th>image score from the map</th><th>AUROC</th></tr>{sep}</table>" if sep else "")
+            + f"<div class=figs>{views}</div>")
+
+
 def _gan_section(metrics: dict, figures: list[tuple[Path, str]]) -> str:
     """GAN diagnostics (GAN-family models): key numbers and the ``gan_*`` figures (docs/GAN_DIAGNOSTICS.md)."""
     g = metrics.get("gan_diagnostics")
@@ -148,7 +166,7 @@ def write_report(run_dir: Path, cfg_dict: dict, metrics: dict, scores: pd.DataFr
     test = scores[scores["split"] == metrics["split"]]
     top = test.sort_values(primary, ascending=False).head(top_n)
     top_cols = [c for c in ("sample_id", "patient_id", "kind", "label", primary, "p_value", "flagged") if c in top.columns]
-    general = [(p, alt) for p, alt in figures if "gallery" not in p.name and not p.name.startswith(("map_", "gan_"))]
+    general = [(p, alt) for p, alt in figures if "gallery" not in p.name and not p.name.startswith(("map_", "maps_", "gan_"))]
     body = f"""
 <h1>medanomaly report</h1>
 <p class=meta>Run <code>{html.escape(run_dir.name)}</code> · model <b>{html.escape(str(cfg_dict.get('model', {}).get('name')))}</b> \
@@ -159,7 +177,7 @@ def write_report(run_dir: Path, cfg_dict: dict, metrics: dict, scores: pd.DataFr
 <h2>Metrics</h2><p>Higher score = more anomalous. CI: {html.escape(prim.get('bootstrap_unit', 'sample'))}-level stratified bootstrap.</p>\
 {_metrics_table(metrics['scores'], primary)}{_per_class(metrics)}
 <h2>Figures</h2><div class=figs>{''.join(_img(p, alt) for p, alt in general)}</div>
-{_map_section(metrics, figures)}{_gan_section(metrics, figures)}
+{_map_section(metrics, figures)}{_image_map_section(metrics, figures)}{_gan_section(metrics, figures)}
 <h2>Galleries</h2><div class=figs>{''.join(_img(p, alt) for p, alt in figures if 'gallery' in p.name)}</div>
 <h2>Most anomalous {html.escape(metrics['split'])} samples</h2>{top[top_cols].to_html(index=False, border=0, float_format=lambda v: f'{v:.4g}')}
 <h2>Config</h2><pre>{html.escape(yaml.safe_dump(cfg_dict, sort_keys=False))}</pre>

@@ -259,6 +259,8 @@ def _map_checks(cfg: Config, models: Catalog) -> list[str]:
     for name in ("smooth_mm", "lung_closing_mm", "nms_mm", "hit_mm"):
         if not getattr(cfg.map, name) >= 0:
             errs.append(f"map.{name}: must be ≥ 0 mm")
+    if cfg.map.split is not None and cfg.map.split not in ("train", "val", "test"):
+        errs.append(f"map.split: {cfg.map.split!r} is not a split; expected train, val or test (unset: evaluate.split)")
     if not 0 < cfg.map.size_level < 1:
         errs.append("map.size_level: must be in (0, 1), a fraction of the candidate's peak value")
     if cfg.map.score is not None and cfg.model is not None and cfg.map.score not in models[cfg.model.name].scores:

@@ -207,9 +207,11 @@ class EvaluateConfig:
 
 @dataclass
 class MapConfig:
-    """Whole-scan anomaly maps of CT series: the detector swept over the lung (the ``map`` stage)."""
+    """Anomaly maps (the ``map`` stage): the detector swept over each CT's lung, or over each whole 2D image.
 
-    enabled: bool = True  # DICOM CT runs only; array and image datasets have no scan to map
+    Distances (``*_mm``) are in mm, or in pixels of the ingested grid for 2D images of unknown pixel size."""
+
+    enabled: bool = True  # CT series and 2D images (3D array datasets have no scan to map)
     overlap: float = 0.25  # fraction of the window shared by neighbouring windows (MONAI SlidingWindowInferer)
     batch_size: int = 32  # windows scored at once
     score: Optional[str] = None  # window score mapped and calibrated; unset: evaluate.score
@@ -222,6 +224,7 @@ class MapConfig:
     smooth_mm: float = 2.0  # Gaussian sigma (mm) of the voxel map before its local maxima are taken (0: none)
     lung_closing_mm: float = 10.0  # the lung region: the lung mask filled per slice and closed by a ball of this radius (juxtapleural nodules)
     size_level: float = 0.5  # a candidate's size: the map component above this fraction of its peak value (equivalent-sphere diameter)
+    split: Optional[str] = None  # 2D datasets: the split whose images are mapped (unset: evaluate.split)
 
 
 @dataclass
