@@ -37,11 +37,10 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 import torch
-from monai.inferers import sliding_window_inference
 from sklearn.metrics import roc_auc_score
 
 from evaluation.map_candidates import voxel_candidates
-from models.batch_scoring import score_array
+from models.batch_scoring import sweep
 from models.calibration import p_values
 from models.detector import Detector
 from pipeline.core import artifacts
@@ -60,20 +59,10 @@ def sweep_images(model: Detector, images: np.ndarray, cfg: Config, score: str) -
     Returns the voxel maps and the window-score maps, both ``(N, rows, columns)`` float32, and the
     number of windows scored.
     """
-    counter = {"windows": 0}
     device = next(model.parameters(), torch.zeros(0)).device
-
-    def predictor(windows: torch.Tensor) -> dict[str, torch.Tensor]:
-        counter["windows"] += len(windows)
-        scores, residual, _ = score_array(model, windows.numpy(), cfg.map.mc_samples, len(windows), cfg.run.seed, device)
-        voxel = torch.from_numpy(residual.astype(np.float32)).mean(1, keepdim=True)
-        values = torch.from_numpy(scores[score].astype(np.float32)).view(-1, 1, 1, 1)
-        return {"voxel": voxel, "score": values.expand(-1, 1, *windows.shape[2:]).contiguous()}
-
-    patch = [model.patch_size] * 2
-    out = sliding_window_inference(torch.from_numpy(np.ascontiguousarray(images, np.float32)), patch, cfg.map.batch_size, predictor,
-                                   overlap=cfg.map.overlap, mode="gaussian")
-    return out["voxel"][:, 0].numpy(), out["score"][:, 0].numpy(), counter["windows"]
+    x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).to(device)
+    maps, windows = sweep(model, x, cfg.map.mc_samples, cfg.run.seed, cfg.map.batch_size, cfg.map.overlap, mode="gaussian")
+    return maps["residual"].mean(1).cpu().numpy(), maps[score][:, 0].cpu().numpy(), windows
 
 
 def grid_geometry(row: pd.Series, target_mm: float) -> tuple[tuple[float, float], tuple[float, float], bool]:

@@ -5,6 +5,8 @@ component of the model (higher = more anomalous). ``residuals.npz``: ``residual`
 float16 maps |x − reconstruction| of the centre patch, ``sample_id`` and ``offset``, the index of
 the patch's first voxel inside its cube (so the map can be placed back on the CT grid); for 2D
 inputs also ``reconstruction`` (float16, model range), shown next to the image in PNG overlays.
+With ``score.region: whole`` the "patch" is the whole stored cube or image, the training patch slid
+over it (:func:`models.batch_scoring.sweep`): each score is the maximum of its window-score map.
 
 Scoring runs under ``torch.inference_mode`` in batches, each read from the extract shards when it
 is scored (:class:`preprocessing.intensity.SampleCubes`); Monte-Carlo noise comes from a generator
@@ -71,10 +73,12 @@ def run(cfg: Config, run_dir: Path) -> StageResult:
     device = device_for(cfg.run.device)
     folder = model_path(cfg, run_dir)
     model, payload = load_checkpoint(folder, device)
-    patch = payload["patch_size"]
+    whole = cfg.score.region == "whole"  # the whole cube, swept by the training patch (config check: not with Ray)
+    patch = None if whole else payload["patch_size"]
     ids, cubes, splits = _chosen(cfg, run_dir, payload["normalisation"], patch)
     residuals = artifacts.path("residuals", run_dir)
-    offset = np.array(centre_offset(cubes.stored_shape()[2], patch))
+    stored = cubes.stored_shape()[2]
+    offset = np.array(centre_offset(stored, stored if whole else patch))
     if cfg.run.engine == "ray":  # Ray Data scoring carries no reconstructions: 2D overlays then show image and residual only
         from models.ray_scoring import score_with_ray  # Ray is optional (medanomaly[ray])
 
@@ -108,7 +112,8 @@ def _score_streaming(model: Detector, cubes: SampleCubes, ids: np.ndarray, offse
     with io.npz_stream(dest) as z:
         with z.rows("residual", cubes.shape, np.float16) as write:
             for batch_scores, residual, recon in score_batches(model, cubes, cfg.score.mc_samples, cfg.score.batch_size, cfg.run.seed,
-                                                               device, reconstructions=two_d):
+                                                               device, reconstructions=two_d, region=cfg.score.region,
+                                                               overlap=cfg.score.overlap):
                 write(residual)
                 for k, v in batch_scores.items():
                     if k not in scores:

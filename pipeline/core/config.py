@@ -188,6 +188,10 @@ def _cross_checks(cfg: Config, models: Catalog) -> list[str]:
             errs.append(f"train.{name}: must be ≥ 1")
     if cfg.score.mc_samples < 1:
         errs.append("score.mc_samples: must be ≥ 1")
+    if not 0 <= cfg.score.overlap < 1:
+        errs.append(f"score.overlap: {cfg.score.overlap} must be in [0, 1)")
+    if cfg.score.region == "whole" and cfg.run.engine == "ray":
+        errs.append("score.region: whole is scored by the local engine only (set run.engine: local)")
     if cfg.ingest.format == "images":
         errs += _images_checks(cfg.ingest.images)
     if cfg.ingest.spacing_mm <= 0:

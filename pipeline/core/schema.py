@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pipeline.core.validation import to_plain
+from pipeline.core.validation import added, to_plain
 
 
 @dataclass
@@ -190,6 +190,11 @@ class ScoreConfig:
     batch_size: int = 16
     # which samples are scored (overlays paint what is scored)
     splits: list[str] = field(default_factory=lambda: ["train", "val", "test", "buffer", "unused"])
+    # centre: the centre patch of the training patch size; whole: the whole extracted cube or image, the
+    # training patch slid over it (MONAI sliding window, ``overlap``): each score is the maximum of its
+    # window-score map, the residual the windows' residuals averaged (a detector trained on patches of a larger image)
+    region: Literal["centre", "whole"] = added("centre", "2026-12-04")
+    overlap: float = added(0.25, "2026-12-04")  # region: whole: fraction of the window shared by neighbours
 
 
 @dataclass
@@ -224,7 +229,7 @@ class MapConfig:
     smooth_mm: float = 2.0  # Gaussian sigma (mm) of the voxel map before its local maxima are taken (0: none)
     lung_closing_mm: float = 10.0  # the lung region: the lung mask filled per slice and closed by a ball of this radius (juxtapleural nodules)
     size_level: float = 0.5  # a candidate's size: the map component above this fraction of its peak value (equivalent-sphere diameter)
-    split: Optional[str] = None  # 2D datasets: the split whose images are mapped (unset: evaluate.split)
+    split: Optional[str] = added(None, "2026-12-04")  # 2D datasets: the split whose images are mapped (unset: evaluate.split)
 
 
 @dataclass

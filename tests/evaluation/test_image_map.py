@@ -11,6 +11,7 @@ from conftest import ROOT, validate
 
 from evaluation.image_map import grid_geometry, sweep_images, to_image
 from evaluation.map_candidates import voxel_candidates
+from models.batch_scoring import score_batches, sweep
 from models.detectors.pca.params import PCAParams
 from models.zoo import build
 
@@ -89,3 +90,23 @@ def test_written_map_reads_back_with_its_geometry(tmp_path):
     write_nifti(path, to_image(a, (2.0, 0.5), (1.0, 0.0)))
     back = sitk.ReadImage(str(path))
     assert back.GetSpacing() == pytest.approx((0.5, 2.0)) and np.array_equal(sitk.GetArrayFromImage(back), a)
+
+
+def test_whole_image_scoring_finds_an_off_centre_blob_the_centre_patch_misses(pca16):
+    """``score.region: whole``: the 16-px patch swept over a 40x56 image scores it by its worst window,
+    so a blob in a corner raises the image's score, while the centre patch does not see it; on an image
+    the patch's own size, whole and centre are the same score."""
+    image = _textured(np.random.default_rng(1), 2, (40, 56))
+    image[1, 0] += _blob((40, 56), (6, 49))
+    x = torch.from_numpy(image)
+    whole = next(score_batches(pca16, image, 1, 2, 0, torch.device("cpu"), region="whole", overlap=0.25))
+    centre = next(score_batches(pca16, image[:, :, 12:28, 20:36], 1, 2, 0, torch.device("cpu")))
+    assert whole[1].shape == (2, 1, 40, 56)
+    assert whole[0]["pca_recon"][1] > 3 * whole[0]["pca_recon"][0]
+    assert centre[0]["pca_recon"][1] < 1e-3 * whole[0]["pca_recon"][1]  # the centre patch is normal texture
+    maps, windows = sweep(pca16, x, 1, 0, 4, 0.25)
+    assert windows == 2 * 3 * 5  # step 12: rows 0, 12, 24 x columns 0, 12, 24, 36, 40 (MONAI ends on the far edge)
+    assert np.isclose(whole[0]["pca_recon"][1], maps["pca_recon"][1].amax().item())
+    same = next(score_batches(pca16, image[:, :, :16, :16], 1, 2, 0, torch.device("cpu"), region="whole"))
+    plain = next(score_batches(pca16, image[:, :, :16, :16], 1, 2, 0, torch.device("cpu")))
+    assert np.allclose(same[0]["pca_recon"], plain[0]["pca_recon"], rtol=1e-5)
