@@ -7,6 +7,7 @@ name the dotted key and suggest the nearest valid one (``train.epoch: unknown ke
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -110,8 +111,17 @@ def coerce(value: Any, tp: Any, key: str, base_dir: Path, errors: list[str]) -> 
 def added(default: Any, when: str) -> Any:
     """A parameter added after runs were made with the code that lacked it: at ``default`` (which
     must reproduce the old behaviour) it is left out of stage fingerprints, so finished runs stay
-    finished (``when``: the date it was added, for the reader)."""
+    finished (``when``: the date it was added, for the reader). A list or dict default is copied
+    for each instance."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"added": when})
     return dataclasses.field(default=default, metadata={"added": when})
+
+
+def _at_default(obj: Any, f: dataclasses.Field) -> bool:
+    """True when field ``f`` of ``obj`` holds its (possibly factory-made) default."""
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return getattr(obj, f.name) == default
 
 
 def to_plain(obj: Any, fingerprint: bool = False) -> Any:
@@ -121,7 +131,7 @@ def to_plain(obj: Any, fingerprint: bool = False) -> Any:
     """
     if dataclasses.is_dataclass(obj):
         return {f.name: to_plain(getattr(obj, f.name), fingerprint) for f in dataclasses.fields(obj)
-                if not (fingerprint and "added" in f.metadata and getattr(obj, f.name) == f.default)}
+                if not (fingerprint and "added" in f.metadata and _at_default(obj, f))}
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, (list, tuple)):

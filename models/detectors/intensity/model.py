@@ -2,7 +2,8 @@
 
 - ``intensity2d``/``intensity3d``: a scalar statistic s(x) of all voxels (all channels) of the
   patch: ``mean``, ``std``, ``max``, ``high_fraction`` (fraction of voxels > ``threshold``) or
-  ``complexity`` (the PNG size in bits of the 8-bit patch, :mod:`models.nets.complexity`).
+  ``complexity`` / ``jpeg`` (the PNG / JPEG size in bits of the patch mapped from
+  ``value_range`` to 8 bits, :mod:`models.nets.complexity`).
   ``intensity_raw`` = s(x); ``intensity`` = its z-score against the normal training set,
   z = (s(x) − mean_train) / std_train, reported as |z| (``distance: two_sided``), z (``upper``)
   or −z (``lower``). Residual map: |x − mean training patch|.
@@ -23,7 +24,7 @@ import torch
 from models.detector import ScoreOutput
 from models.detectors.intensity.params import STATISTICS, IntensityParams
 from models.nets.closed_form import ClosedFormDetector
-from models.nets.complexity import png_bits
+from models.nets.complexity import jpeg_bits, png_bits
 from models.registry import DETECTORS, register_2d_3d
 
 
@@ -56,7 +57,9 @@ class IntensityDetector(ClosedFormDetector):
         if stat == "max":
             return flat.amax(1)
         if stat == "complexity":
-            return png_bits(x)
+            return png_bits(x, *self.params.value_range)
+        if stat == "jpeg":
+            return jpeg_bits(x, *self.params.value_range)
         return (flat > self.params.threshold).to(flat.dtype).mean(1)
 
     def zscore(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

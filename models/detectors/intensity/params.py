@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from models.params import Family
+from pipeline.core.validation import added
 
-STATISTICS = ("mean", "std", "max", "high_fraction", "complexity")  # the values of model.statistic
+STATISTICS = ("mean", "std", "max", "high_fraction", "complexity", "jpeg")  # the values of model.statistic
 
 
 @dataclass
@@ -15,10 +16,13 @@ class IntensityParams:
     """Intensity-statistic baseline hyper-parameters (config section ``model``)."""
 
     name: str = "intensity3d"
-    statistic: Literal["mean", "std", "max", "high_fraction", "complexity"] = "mean"  # complexity: PNG bits (models/nets/complexity.py)
+    # complexity: PNG bits, jpeg: JPEG (quality 75) bits of the 8-bit patch (models/nets/complexity.py)
+    statistic: Literal["mean", "std", "max", "high_fraction", "complexity", "jpeg"] = "mean"
     threshold: float = 0.5  # high_fraction: voxels above this value (model range; 0.5 ≈ −300 HU in [−1000, 400])
     distance: Literal["two_sided", "upper", "lower"] = "two_sided"  # |z|, z (brighter = anomalous) or −z
     min_std: float = 1e-6  # floor of the training standard deviation (constant training statistic)
+    # complexity / jpeg: the value range mapped to 8 bits (model units; z-scored data: e.g. [-3, 3])
+    value_range: list[float] = added([0.0, 1.0], "2026-12-04")
 
     @classmethod
     def tiny(cls) -> "IntensityParams":
@@ -31,6 +35,13 @@ class IntensityParams:
             errs.append("model.min_std: must be > 0")
         if self.statistic == "high_fraction" and cfg.extract.normalise == "window" and not 0 <= self.threshold <= 1:
             errs.append(f"model.threshold: {self.threshold} is outside the model range [0, 1] of window-normalised data")
+        if len(self.value_range) != 2 or not self.value_range[0] < self.value_range[1]:
+            errs.append("model.value_range: [lo, hi] with lo < hi (model units)")
+        elif self.statistic in ("complexity", "jpeg") and cfg.extract.normalise == "zscore" and self.value_range == [0.0, 1.0]:
+            errs.append(
+                f"model.value_range: z-scored images (extract.normalise: zscore) span about [-3, 3], not [0, 1]; "
+                f"the {self.statistic} statistic would clamp them: set model.value_range, e.g. [-3, 3]"
+            )
         return errs
 
 

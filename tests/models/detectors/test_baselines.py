@@ -14,6 +14,7 @@ from sklearn.decomposition import PCA as SkPCA
 from models.checkpoint import MODEL_KEYS, load_checkpoint, save_checkpoint
 from models.detector import Detector, ScoreOutput
 from models.detectors.pca.params import PCAParams
+from models.nets.complexity import jpeg_bits, png_bits
 from models.training import fit
 from models.zoo import DETECTORS, build
 from preprocessing.cubes import centre_patch
@@ -214,6 +215,26 @@ def test_intensity_statistics(statistic):
     flat = x.reshape(3, -1)
     want = {"std": flat.std(1, correction=0), "max": flat.amax(1), "high_fraction": (flat > 0.5).float().mean(1)}[statistic]
     torch.testing.assert_close(score(model, x).scores["intensity_raw"], want)
+
+
+def test_compression_statistics_rank_noise_above_flat_and_use_the_value_range():
+    """complexity (PNG) and jpeg: a noisy patch costs more bits than a flat one; value_range maps z-scores to 8 bits."""
+    flat, noise = torch.full((1, 1, 28, 28), 0.5), rand(1, 1, 28, 28, seed=5)
+    for fn in (png_bits, jpeg_bits):
+        bits = fn(torch.cat([flat, noise]))
+        assert bits[1] > 2 * bits[0]
+    z = (noise - 0.5) * 4  # z-score-like values in [-2, 2]
+    torch.testing.assert_close(jpeg_bits(z, -2.0, 2.0), jpeg_bits(noise))  # the same 8-bit image
+    model = make("intensity2d", statistic="jpeg", value_range=[-2.0, 2.0])
+    torch.testing.assert_close(model.statistic(z), jpeg_bits(noise))
+
+
+def test_compression_statistic_on_zscored_images_needs_a_value_range(tmp_path):
+    raw = {"extract": {"normalise": "zscore"}, "model": {"name": "intensity2d", "statistic": "jpeg"}}
+    with pytest.raises(Exception, match="model.value_range"):
+        validate(raw, base_dir=tmp_path)
+    raw["model"]["value_range"] = [-3, 3]
+    assert validate(raw, base_dir=tmp_path).model.value_range == [-3.0, 3.0]
 
 
 def test_intensity_constant_training_statistic_is_finite():
