@@ -35,7 +35,7 @@ def test_quick_benchmark_runs_every_protocol_and_beats_chance(tmp_path):
     proc = run_cli("bench", *configs, "--data-root", str(SHARED_DATA), "--quick", "--jobs", "2", "--out", str(tmp_path), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (tmp_path / "BENCHMARKS.md").read_text()
-    for title in ("## MNIST-9", "## LIDC-3D", "## LIDC-2D", "## PneumoniaMNIST", "## Chest X-ray 224", "## Contamination"):
+    for title in ("## MNIST-9", "## LIDC-3D", "## LIDC-2D", "## PneumoniaMNIST", "## Chest X-ray 224", "## HAM10000", "## Contamination"):
         assert title in md
     assert "QUICK mode" in md
     docs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "bench").glob("*.json")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from models.params import Family
+from models.params import Family, check_value_range
 from pipeline.core.validation import added
 
 STATISTICS = ("mean", "std", "max", "high_fraction", "complexity", "jpeg")  # the values of model.statistic
@@ -35,13 +35,8 @@ class IntensityParams:
             errs.append("model.min_std: must be > 0")
         if self.statistic == "high_fraction" and cfg.extract.normalise == "window" and not 0 <= self.threshold <= 1:
             errs.append(f"model.threshold: {self.threshold} is outside the model range [0, 1] of window-normalised data")
-        if len(self.value_range) != 2 or not self.value_range[0] < self.value_range[1]:
-            errs.append("model.value_range: [lo, hi] with lo < hi (model units)")
-        elif self.statistic in ("complexity", "jpeg") and cfg.extract.normalise == "zscore" and self.value_range == [0.0, 1.0]:
-            errs.append(
-                f"model.value_range: z-scored images (extract.normalise: zscore) span about [-3, 3], not [0, 1]; "
-                f"the {self.statistic} statistic would clamp them: set model.value_range, e.g. [-3, 3]"
-            )
+        if self.statistic in ("complexity", "jpeg"):
+            errs += check_value_range(self.value_range, f"the {self.statistic} statistic", cfg)
         return errs
 
 

@@ -155,7 +155,7 @@ class VAE(Detector):
         mu, logvar = self.net.encode_forward(x)
         scores = mc_scores(x, mu, logvar, self.nll, mc_samples, generator, self.params.decode_chunk)
         scores["latent"] = self.latent_density.nll(mu)
-        scores["elbo_ic"] = scores["elbo"] / math.log(2) - png_bits(x)  # bits; Serrà et al.'s input-complexity correction
+        scores["elbo_ic"] = scores["elbo"] / math.log(2) - png_bits(x, *self.params.value_range)  # bits; Serrà et al.'s input-complexity correction
         return ScoreOutput.of(scores, x, self.decode_mean(mu))
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from models.params import Family, check_params
+from models.params import Family, check_params, check_value_range
+from pipeline.core.validation import added
 
 
 @dataclass
@@ -25,6 +26,8 @@ class VAEParams:
     decode_chunk: int = 256  # decoder batch size when scoring K×B samples
     # GMM sizes tried (by BIC on training codes) for the ``latent`` score; [] = off
     latent_gmm: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    # elbo_ic: the value range whose PNG size is subtracted, mapped to 8 bits (z-scored data: e.g. [-3, 3])
+    value_range: list[float] = added([0.0, 1.0], "2026-12-04")
 
     @classmethod
     def tiny(cls) -> "VAEParams":
@@ -37,7 +40,7 @@ class VAEParams:
             errs.append("model.sigma: must be > 0")
         if any(k < 1 for k in self.latent_gmm):
             errs.append("model.latent_gmm: component counts must be ≥ 1")
-        return errs
+        return errs + check_value_range(self.value_range, "the elbo_ic score's PNG size", cfg)
 
 
 FAMILY = Family("vae", VAEParams, ("elbo", "iwae", "recon", "kl", "latent", "elbo_ic"))
