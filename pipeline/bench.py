@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -215,6 +217,21 @@ def _publish(doc: dict, out: Path) -> None:
     print(f"[bench] {doc['protocol']} done in {doc['wall_s'] / 60:.1f} min; wrote {md}", file=sys.stderr, flush=True)
 
 
+def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Worker initializer: end this process (SIGTERM to itself) once ``parent_pid`` is gone.
+
+    A killed ``pipeline bench`` must not leave its workers training on: they would hold their run
+    locks and the CPU, and a resumed benchmark would find its runs busy. Stages write atomically,
+    so a run ended this way resumes. Polls the parent id (portable; Linux's PR_SET_PDEATHSIG is not)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 class _InProcess:
     """``jobs=0``: each run in this process as it is submitted (tests; the memory column is then this process's)."""
 
@@ -270,7 +287,8 @@ def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root:
             _publish(summarise(cfg, path, specs, results[i], quick, jobs, time.perf_counter() - started[i]), out)
 
     n_tasks = sum(left)
-    pool = ProcessPoolExecutor(max_workers=max(1, min(jobs, n_tasks)), mp_context=get_context("spawn")) if jobs else _InProcess()
+    pool = (ProcessPoolExecutor(max_workers=max(1, min(jobs, n_tasks)), mp_context=get_context("spawn"),
+                                initializer=exit_with_parent, initargs=(os.getpid(),)) if jobs else _InProcess())
     with pool:
         for i, (_path, cfg, specs) in enumerate(planned):
             started[i] = time.perf_counter()

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import load_config
+from conftest import ROOT, load_config
 
 from evaluation.bench_report import write_markdown
 from pipeline.bench import plan, run_bench, variant
@@ -217,3 +222,47 @@ def test_the_commit_mark_counts_code_changes_not_the_published_docs(tmp_path):
     assert not code_changed(tmp_path)
     (tmp_path / "model.py").write_text("x = 2\n")
     assert code_changed(tmp_path)
+
+
+PARENT = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+sys.path.insert(0, sys.argv[1])
+from pipeline.bench import exit_with_parent
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=exit_with_parent, initargs=(os.getpid(), 0.1))
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 600)  # a long run in the worker
+    time.sleep(600)
+"""
+
+
+def test_a_killed_bench_does_not_leave_its_workers_running(tmp_path):
+    """The worker initializer ends a pool worker once its parent is gone (a SIGKILLed ``pipeline bench``)."""
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), str(ROOT)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(30)
+        deadline = time.monotonic() + 60  # generous: the worker polls every 0.1 s
+        while time.monotonic() < deadline and _alive(worker):
+            time.sleep(0.2)
+        assert not _alive(worker), f"worker {worker} still running after its parent was killed"
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:  # a zombie (exited, not yet reaped) counts as gone
+            return fh.read().split(") ")[-1][0] != "Z"
+    except OSError:  # no /proc (not Linux): the signal check above is all there is
+        return not Path("/proc").is_dir()
