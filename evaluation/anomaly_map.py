@@ -201,9 +201,22 @@ def _inside_volume(run_dir: Path, uid: str, lps_mm: np.ndarray) -> np.ndarray:
     return np.all((ijk >= 0) & (ijk < np.array(reader.GetSize())), axis=1)
 
 
+def series_of_split(run_dir: Path, split: str) -> set[str]:
+    """The series that belong to ``split`` alone: some cube in it and no *normal* cube elsewhere.
+
+    With a split grouped by patient (e.g. leave one series out), these are the held-out scans; a
+    series whose background cubes trained the model is never among them, even though its nodule
+    cubes sit in the test split."""
+    samples = artifacts.read_samples(run_dir, ["sample_id", "series_uid"])
+    table = samples.merge(artifacts.read_splits(run_dir, ["sample_id", "split", "label"]), on="sample_id")
+    elsewhere = set(table.loc[(table["label"] == 0) & (table["split"] != split), "series_uid"])
+    return set(table.loc[table["split"] == split, "series_uid"]) - elsewhere
+
+
 def map_run(cfg: Config, run_dir: Path) -> StageResult:
     """The map stage: every ingested series → maps, candidates, markups; calibration and metrics (see the module
-    docstring). 2D datasets: every image of ``map.split`` → its whole-image map (:mod:`evaluation.image_map`)."""
+    docstring); with ``map.split``, only the series of that split (:func:`series_of_split`). 2D datasets: every
+    image of ``map.split`` → its whole-image map (:mod:`evaluation.image_map`)."""
     result = StageResult()
     if not cfg.map.enabled:
         return result
@@ -215,7 +228,6 @@ def map_run(cfg: Config, run_dir: Path) -> StageResult:
     score = cfg.map.score or cfg.evaluate.score
     calib = _calibration(model, cfg, run_dir, folder, payload["normalisation"], score)
     if cfg.ingest.format != "dicom":
-
         metrics = map_images(model, cfg, run_dir, payload["normalisation"], score, calib, result)
         metrics |= {"score": score, "calibrated": calib is not None, "kind": "images"}
         result.outputs.append(artifacts.write_json("map_metrics", run_dir, metrics))
@@ -223,6 +235,8 @@ def map_run(cfg: Config, run_dir: Path) -> StageResult:
         result.extra = {"seconds_per_image": metrics["seconds_per_image"], **metrics["image_auroc"]}
         return result
     series = artifacts.read_series(run_dir)
+    if cfg.map.split is not None:
+        series = series[series["series_uid"].astype(str).isin(series_of_split(run_dir, cfg.map.split))]
     nodules = _nodules(cfg, run_dir, series)
     tables, lists, values = [], [], []
     for _, s in series.iterrows():

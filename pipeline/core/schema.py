@@ -229,7 +229,8 @@ class MapConfig:
     smooth_mm: float = 2.0  # Gaussian sigma (mm) of the voxel map before its local maxima are taken (0: none)
     lung_closing_mm: float = 10.0  # the lung region: the lung mask filled per slice and closed by a ball of this radius (juxtapleural nodules)
     size_level: float = 0.5  # a candidate's size: the map component above this fraction of its peak value (equivalent-sphere diameter)
-    split: Optional[str] = added(None, "2026-12-04")  # 2D datasets: the split whose images are mapped (unset: evaluate.split)
+    # the split mapped: 2D, its images (unset: evaluate.split); CT, the series whose normal cubes all lie in it (unset: every series)
+    split: Optional[str] = added(None, "2026-12-04")
 
 
 @dataclass

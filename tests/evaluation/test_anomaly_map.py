@@ -15,9 +15,10 @@ from conftest import LIDC_NODULES, LIDC_SERIES, ROOT, needs_shared, run_cli, val
 from monai.inferers.utils import dense_patch_slices
 from scipy import ndimage
 
-from evaluation.anomaly_map import _bbox, _dilated_lung, sweep
+from evaluation.anomaly_map import _bbox, _dilated_lung, series_of_split, sweep
 from evaluation.map_candidates import lung_region
 from models.zoo import build
+from pipeline.core import artifacts
 from preprocessing.cubes import lung_mask
 from preprocessing.geometry import index_to_world, lps_affine, world_to_index
 
@@ -197,3 +198,15 @@ def test_full_lidc_series_map_and_where_the_nodules_rank(tmp_path):
         assert n["hit"] == bool((d <= n["radius_mm"]).any())
     sens = [m["pooled"][k] for k in sorted((k for k in m["pooled"] if k.startswith("sens_at_")), key=lambda k: float(k.split("_")[2]))]
     assert sens == sorted(sens) and all(0 <= v <= 1 for v in sens)
+
+
+def test_map_split_keeps_only_series_whose_normal_cubes_are_all_held_out(tmp_path):
+    """Leave one series out: series A and B trained (their nodule cubes are test cubes), C is held out."""
+    rows = [("a0", "A", "train", 0), ("a1", "A", "test", 1), ("b0", "B", "val", 0), ("b1", "B", "test", 1),
+            ("c0", "C", "test", 0), ("c1", "C", "test", 1), ("d1", "D", "test", 1)]  # D: nodule cubes only
+    table = pd.DataFrame(rows, columns=["sample_id", "series_uid", "split", "label"])
+    artifacts.write_table("samples", tmp_path, table[["sample_id", "series_uid"]])
+    artifacts.write_table("splits", tmp_path, table[["sample_id", "split", "label"]])
+    assert series_of_split(tmp_path, "test") == {"C", "D"}
+    assert series_of_split(tmp_path, "train") == {"A"}  # all of A's normal cubes trained; its nodule cube does not count
+    assert series_of_split(tmp_path, "val") == {"B"}
