@@ -42,9 +42,7 @@ def inputs(args, channels: int) -> np.ndarray:
     """``(n, C, size, size)`` float32: stored cubes of ``--run`` or uniform noise."""
     if args.run:
         samples = artifacts.read_samples(args.run)
-        x = SampleCubes(args.run, samples.iloc[: args.n], read_normalisation(args.model))[0 : args.n].astype(np.float32)
-        args.size = x.shape[-1]
-        return x
+        return SampleCubes(args.run, samples.iloc[: args.n], read_normalisation(args.model))[0 : args.n].astype(np.float32)
     rng = np.random.default_rng(args.seed)
     return rng.uniform(0, 1, (args.n, channels, args.size, args.size)).astype(np.float32)
 
@@ -77,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model, payload = load_checkpoint(args.model)
     x = inputs(args, int(payload["in_channels"]))
-    region = "whole" if args.size > model.patch_size else "centre"
+    size = x.shape[-1]  # --size, or the stored images' edge with --run
+    region = "whole" if size > model.patch_size else "centre"
     device = torch.device("cpu")
     load0 = os.getloadavg()[0]
 
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     dm = best_of(args.repeat, mapped) / min(args.map_n, len(x))
     params = sum(p.numel() for p in model.parameters())
     print(f"model {payload['model_name']} ({params / 1e6:.2f} M parameters), patch {model.patch_size}, image "
-          f"{args.size}² x {x.shape[1]} ch, region {region} ({windows} windows/image at overlap {args.overlap}), "
+          f"{size}² x {x.shape[1]} ch, region {region} ({windows} windows/image at overlap {args.overlap}), "
           f"torch {torch.__version__}, {args.threads} threads")
     print("| path | setting | images | images/s | s/image |")
     print("|---|---|---|---|---|")

@@ -35,12 +35,13 @@ def check_strides(strides: Sequence[int], patch: int, key: str = "model.strides"
     return []
 
 
-def check_value_range(value_range: Sequence[float], what: str, cfg) -> list[str]:
+def check_value_range(value_range: Sequence[float], what: str, cfg, zscore_default_is_error: bool = True) -> list[str]:
     """``model.value_range``, the range a compression size (PNG/JPEG bits, ``what``) maps to 8 bits:
-    ``[lo, hi]`` with lo < hi, and not the [0, 1] default on z-scored images (it would clamp them)."""
+    ``[lo, hi]`` with lo < hi, and (``zscore_default_is_error``, where the size is the score itself)
+    not the [0, 1] default on z-scored images (it would clamp them)."""
     if len(value_range) != 2 or not value_range[0] < value_range[1]:
         return ["model.value_range: [lo, hi] with lo < hi (model units)"]
-    if cfg.extract.normalise == "zscore" and list(value_range) == [0.0, 1.0]:
+    if zscore_default_is_error and cfg.extract.normalise == "zscore" and list(value_range) == [0.0, 1.0]:
         return [f"model.value_range: z-scored images (extract.normalise: zscore) span about [-3, 3], not [0, 1]; "
                 f"{what} would clamp them: set model.value_range, e.g. [-3, 3]"]
     return []

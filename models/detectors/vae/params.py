@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from models.params import Family, check_params
+from models.params import Family, check_params, check_value_range
 from pipeline.core.validation import added
 
 
@@ -40,9 +40,8 @@ class VAEParams:
             errs.append("model.sigma: must be > 0")
         if any(k < 1 for k in self.latent_gmm):
             errs.append("model.latent_gmm: component counts must be ≥ 1")
-        if len(self.value_range) != 2 or not self.value_range[0] < self.value_range[1]:
-            errs.append("model.value_range: [lo, hi] with lo < hi (model units)")
-        return errs  # the [0, 1] default on z-scored data only degrades elbo_ic, an extra score: not an error
+        # the [0, 1] default on z-scored data only degrades elbo_ic, an extra score: not an error
+        return errs + check_value_range(self.value_range, "the elbo_ic score's PNG size", cfg, zscore_default_is_error=False)
 
 
 FAMILY = Family("vae", VAEParams, ("elbo", "iwae", "recon", "kl", "latent", "elbo_ic"))
