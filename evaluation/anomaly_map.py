@@ -351,7 +351,8 @@ def _map_metrics(cands: pd.DataFrame, nodules: pd.DataFrame, n_scans: int, hit_m
         hits = nodule_hits(cands[cands["series_uid"] == uid] if len(cands) else cands, own, hit_mm)
         for (_, n), (_, h) in zip(own.iterrows(), hits.iterrows()):
             extra = {c: _plain(n[c]) for c in ("diameter_mm", "malignancy_median") if c in own.columns}
-            per_nodule.append({"series_uid": uid, "nodule_id": n["nodule_id"], **h.to_dict(), **extra,
+            per_nodule.append({"series_uid": uid, "nodule_id": n["nodule_id"], **{c: float(n[c]) for c in ("x_mm", "y_mm", "z_mm")},
+                               **h.to_dict(), **extra,
                                **{k: v for k, v in by_id.get(n["nodule_id"], {}).items() if k != "nodule_id"}})
     empty = {rate_key(r): float("nan") for r in FP_RATES} | {"cpm": float("nan")}
     pooled = froc(cands, nodules, max(n_scans, 1), hit_mm) if len(cands) else empty

@@ -25,6 +25,7 @@ import pandas as pd
 from evaluation.ensemble import ensemble_scores
 from evaluation.metrics import detection_metrics
 from evaluation.plots import plot_density_grid, plot_roc_curves
+from evaluation.wholescan_report import wholescan_markdown, wholescan_summary
 from pipeline.core import artifacts, io
 from pipeline.core.manifest import library_versions, now
 from pipeline.core.schema import Config
@@ -67,9 +68,12 @@ def summarise(cfg: Config, path: Path, specs: list[RunKey], results: dict[str, l
     failures = [{"detector": r["detector"], "sweep": r["sweep"], "repeat": r["repeat"], "error": r["error"], "run_dir": r["run_dir"]}
                 for reps in groups.values() for r in reps if "error" in r]
     dets = {d.label: d for d in bench.detectors}
-    rows, curves = [], []
+    rows, curves, wholescan = [], [], []
     for (label, sweep), reps in groups.items():
         reps = [r for r in reps if "error" not in r]
+        if reps and sweep is None:
+            ws = wholescan_summary(label, reps)
+            wholescan += [ws] if ws else []
         if reps:
             tables = [_test_table(Path(r["run_dir"]), "test").assign(repeat=r["repeat"]) for r in reps]
             metrics = artifacts.read_json("metrics", Path(reps[0]["run_dir"]))
@@ -90,7 +94,7 @@ def summarise(cfg: Config, path: Path, specs: list[RunKey], results: dict[str, l
             "finished": now(), "command": _command(), "commit": git_commit(), "machine": _machine(),
             "references": [{"detector": r.detector, "score": r.score, "auroc": r.auroc, "source": r.source} for r in bench.references],
             "ensembles": [{"label": e.label, "members": list(e.members), "method": e.method} for e in bench.ensembles],
-            "rows": rows, "curves": curves, "failures": failures}
+            "rows": rows, "curves": curves, "wholescan": wholescan, "failures": failures}
 
 
 def _rate(reps: list[dict]) -> float | None:
@@ -272,6 +276,7 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
                       f"{r['peak_rss_mb']:.0f}", (f"{ref:.2f} ({r['reference_source']})" if isinstance(ref, float) and np.isfinite(ref) else "")]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
         lines.append("")
+    lines += wholescan_markdown(doc.get("wholescan", []))
     if sweep:
         lines += _sweep_drop_table(rows[rows["view"] == ""], sweep, {(r["detector"], r["score"]): r for r in doc.get("references", [])})
     n_tr = rows.groupby("detector")["train_samples"].first()

@@ -13,6 +13,7 @@ are not part of the contamination).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +118,15 @@ def make_splits(samples: pd.DataFrame, cfg: SplitConfig, seed: int) -> pd.DataFr
         test_fold = 0
     split[idx[fold[idx] == test_fold]] = "test"
     rest = idx[fold[idx] != test_fold]
+    val_groups = groups
+    if cfg.val_group_by == "spatial_block":
+        val_groups = assign_groups(samples, replace(cfg, group_by="spatial_block"))[0]
+        out["val_group"] = val_groups
     if cfg.val_fraction > 0 and len(rest):
-        vfold = _group_folds(labels[rest], groups.to_numpy()[rest], max(2, round(1 / cfg.val_fraction)), seed + 1, "the validation split")
+        vfold = _group_folds(labels[rest], val_groups.to_numpy()[rest], max(2, round(1 / cfg.val_fraction)), seed + 1, "the validation split")
         split[rest[vfold == 0]] = "val"
+        if cfg.val_group_by == "spatial_block":  # validation blocks lie in training patients: their anomalies are neither
+            split[rest[(vfold == 0) & (labels[rest] == 1)]] = "unused"
     out["split"] = split
     out["fold"] = fold
     _buffer_overlaps(out, samples)  # first, so the contamination fraction holds for what is trained on
@@ -220,14 +227,23 @@ def _buffer_overlaps(out: pd.DataFrame, samples: pd.DataFrame) -> None:
 
 
 def assert_no_leakage(splits: pd.DataFrame, samples: pd.DataFrame) -> None:
-    """Raise if a group (patient or block) spans train/val/test, or a train cube overlaps a held-out one."""
+    """Raise if a group (patient or block) spans train/val/test, or a train cube overlaps a held-out one.
+
+    With validation grouped by spatial blocks (a ``val_group`` column), a group may span train and val,
+    never test; a validation block may not span train and val."""
     used = splits[splits["split"].isin(["train", "val", "test"])]
-    per_group = used.groupby("group")["split"].nunique()
+    by_blocks = "val_group" in used.columns
+    held = used["split"].where(used["split"] == "test", "train|val") if by_blocks else used["split"]  # with val blocks: test against the rest
+    per_group = held.groupby(used["group"]).nunique()
     bad = per_group[per_group > 1]
     if len(bad):
         raise AssertionError(f"split leakage: group(s) {list(bad.index[:5])} appear in more than one split")
+    if by_blocks:
+        per_block = used[used["split"] != "test"].groupby("val_group")["split"].nunique()
+        if (per_block > 1).any():
+            raise AssertionError(f"split leakage: validation block(s) {list(per_block[per_block > 1].index[:5])} in train and val")
     if splits["grouping"].iloc[0] == "patient":
-        per_patient = used.groupby("patient_id")["split"].nunique()
+        per_patient = held.groupby(used["patient_id"]).nunique()
         if (per_patient > 1).any():
             raise AssertionError(f"split leakage: patient(s) {list(per_patient[per_patient > 1].index[:5])} in more than one split")
     geo = samples.set_index(splits.index)

@@ -155,6 +155,9 @@ class SplitConfig:
     group_by: Literal["auto", "patient", "spatial_block"] = "auto"  # auto: blocks if one patient
     block_mm: float = 64.0  # spatial block edge for group_by=spatial_block
     anomalies_to_test: bool = False  # groups holding an anomaly go wholly to test
+    # how validation is grouped: same as test (group_by), or spatial blocks of block_mm within the training patients
+    # (leave one patient out with few patients: the test patient stays whole, validation comes from the others' blocks)
+    val_group_by: Literal["same", "spatial_block"] = added("same", "2026-12-04")
     contamination: float = 0.0  # fraction of anomalies mixed into training (Berg et al. 2019)
     # method: sample (e.g. the MNIST-9 protocol): a class-balanced test set, then fixed-size train/val draws of normals
     test_per_class: int = 450  # normals and anomalies each drawn for the test set

@@ -60,3 +60,27 @@ def test_nodule_hits_rank_distance_and_the_default_radius():
 def test_no_nodules_gives_nan_and_no_candidates_gives_zero():
     assert np.isnan(froc(CANDS, NODULES.iloc[:0], 2, 5.0)["cpm"])
     assert froc(CANDS.iloc[:0], NODULES, 2, 5.0)["cpm"] == 0.0
+
+
+def test_folds_pool_to_the_hand_computation(tmp_path):
+    """The whole-scan bench report ranks the candidates of every fold together: scan a mapped by one fold's
+    model and scan b by another's give the same FROC as one list of both (the hand computation above)."""
+    import json
+
+    from evaluation.wholescan_report import wholescan_summary
+
+    reps = []
+    for i, uid in enumerate(["a", "b"]):
+        run = tmp_path / f"fold{i}"
+        run.mkdir()
+        CANDS[CANDS.series_uid == uid].assign(rank=lambda d: np.arange(1, len(d) + 1)).to_csv(run / "candidates.csv", index=False)
+        own = nodule_hits(CANDS[CANDS.series_uid == uid].assign(rank=1), NODULES[NODULES.series_uid == uid], 5.0)
+        per = [dict(series_uid=uid, nodule_id=n.nodule_id, x_mm=n.x_mm, y_mm=n.y_mm, z_mm=n.z_mm, diameter_mm=6.0, **h.to_dict())
+               for (_, n), (_, h) in zip(NODULES[NODULES.series_uid == uid].iterrows(), own.iterrows())]
+        (run / "map_metrics.json").write_text(json.dumps({"nodules": per, "pooled": {"scans": 1}, "series_seconds": {uid: 10.0 + i}}))
+        reps.append({"run_dir": str(run), "train_s": 100.0})
+    s = wholescan_summary("det", reps)
+    assert s["scans"] == 2 and s["nodules"] == 4 and s["candidates"] == len(CANDS)
+    assert s["pooled"]["cpm"] == pytest.approx(3.75 / 7)
+    assert s["per_scan"]["a"] == pytest.approx(froc(CANDS[CANDS.series_uid == "a"], NODULES[NODULES.series_uid == "a"], 1, 5.0)["cpm"])
+    assert s["map_s_per_scan"] == pytest.approx(10.5)

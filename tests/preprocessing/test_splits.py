@@ -288,3 +288,49 @@ def test_sample_split_draws_normals_and_each_anomalous_class_separately():
     assert (samples.loc[out.split.isin(["train", "val"]), "label"] == 0).all()
     assert 20 <= (out.split == "val").sum() <= 21 and (out.split == "train").sum() == 180 - per_class["nv"] - (out.split == "val").sum()
     assert out.equals(make_splits(samples, cfg, seed=3))  # reproducible
+
+
+def three_scans() -> pd.DataFrame:
+    """Three patients, one series each, cubes on a 16-voxel grid (neighbours overlap), a few anomalies per scan."""
+    parts = []
+    for p in range(3):
+        s = single_patient_samples()
+        s["patient_id"], s["series_uid"] = f"LIDC-{p:04d}", f"1.2.{p}"
+        s["sample_id"] = [f"p{p}_{i}" for i in s["sample_id"]]
+        parts.append(s)
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_leave_one_scan_out_with_validation_blocks():
+    """The whole-scan protocol's split: each fold tests one whole patient, trains and validates on normal
+    blocks of the other two, never on an anomaly, and no training cube overlaps a validation cube."""
+    samples = three_scans()
+    tested = []
+    for fold in range(3):
+        cfg = SplitConfig(method="kfold", n_folds=3, fold=fold, group_by="patient", val_group_by="spatial_block", block_mm=48, val_fraction=0.2)
+        splits = make_splits(samples, cfg, seed=0)
+        assert_no_leakage(splits, samples)
+        test_patients = set(splits.loc[splits.split == "test", "patient_id"])
+        assert len(test_patients) == 1
+        tested += sorted(test_patients)
+        (held,) = test_patients
+        own = splits.patient_id == held
+        assert (splits.loc[own, "split"] == "test").all()  # the mapped scan is wholly held out
+        fit = splits.split.isin(["train", "val"])
+        assert (splits.loc[fit, "label"] == 0).all()  # neither training nor selection sees an anomaly
+        assert set(splits.loc[splits.split == "val", "patient_id"]) == set(samples.patient_id) - {held}  # blocks of both others
+        assert overlapping_pairs(samples, splits, "train", ("val", "test")) == 0
+        assert (splits.split == "train").sum() > (splits.split == "val").sum() > 0
+    assert sorted(tested) == sorted(samples.patient_id.unique())
+
+
+def test_validation_block_in_train_and_val_is_leakage():
+    samples = three_scans()
+    cfg = SplitConfig(method="kfold", n_folds=3, fold=0, group_by="patient", val_group_by="spatial_block", block_mm=48, val_fraction=0.2)
+    splits = make_splits(samples, cfg, seed=0)
+    block = splits.loc[splits.split == "val", "val_group"].iloc[0]
+    tr = splits.index[(splits.split != "val") & (splits.val_group == block)]
+    splits.loc[tr[:1], "split"] = "val"
+    splits.loc[splits.index[(splits.split == "val") & (splits.val_group == block)][-1:], "split"] = "train"
+    with pytest.raises(AssertionError, match="validation block|overlap"):
+        assert_no_leakage(splits, samples)

@@ -27,6 +27,7 @@ Residual map: a(x) itself, so the overlay shows where the net sees foreign conte
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,7 @@ from torch import nn
 
 # --------------------------------------------------------------------------------------------
 from models.detector import Detector, ScoreOutput
+from models.detectors.synth.families import FILLS, SHAPES
 from models.detectors.synth.params import SynthParams
 from models.nets.blocks import plain
 from models.nets.feature_density import FeatureDensity
@@ -57,6 +59,9 @@ class SynthSpec:
     clean_fraction: float = 0.25  # probability an image is left unaltered
     centre_margin: float = 0.15  # mask centre ~ U(margin, 1 − margin)·patch per axis
     noise_grid: int = 4  # coarse grid size of the blob's smooth noise field
+    shapes: tuple[str, ...] = ("ellipsoid",)  # mask families, one drawn uniformly per image (SHAPES)
+    fills: tuple[str, ...] = ("patch",)  # what fills the mask, one drawn uniformly per image (FILLS)
+
 
 
 def _rand(rng: torch.Generator, *shape) -> torch.Tensor:
@@ -76,9 +81,11 @@ def random_rotation(dims: int, rng: torch.Generator) -> torch.Tensor:
     return q
 
 
-def random_mask(size: int, dims: int, rng: torch.Generator, spec: SynthSpec) -> tuple[torch.Tensor, dict]:
+def random_mask(size: int, dims: int, rng: torch.Generator, spec: SynthSpec, shape: str = "ellipsoid") -> tuple[torch.Tensor, dict]:
     """One soft mask of shape ``(size,)*dims`` in [0, 1] (float32), exactly 0 outside its support,
-    and its draw: ``radii`` (voxels), ``centre``, ``blob``, ``edge``."""
+    and its draw: ``radii`` (voxels), ``centre``, ``blob``, ``edge``, ``shape`` (one of :data:`SHAPES`)."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown synthetic shape {shape!r}; known: {', '.join(SHAPES)}")
     centre = _uniform(rng, spec.centre_margin * size, (1 - spec.centre_margin) * size, dims)
     radii = _uniform(rng, spec.radius[0] * size, spec.radius[1] * size, dims)
     rot = random_rotation(dims, rng)
@@ -87,15 +94,62 @@ def random_mask(size: int, dims: int, rng: torch.Generator, spec: SynthSpec) -> 
     axes = [torch.arange(size, dtype=torch.float64) + 0.5 for _ in range(dims)]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)  # (*S, dims), voxel centres
     local = ((grid - centre) @ rot) / radii  # coordinates in the ellipsoid's frame, unit radius
-    rho = local.norm(dim=-1)
-    if blob > 0:
+    rho = local.abs().amax(dim=-1) if shape == "box" else local.norm(dim=-1)
+    if blob > 0 and shape == "ellipsoid":
         coarse = 2 * _rand(rng, 1, 1, *([spec.noise_grid] * dims)) - 1
         mode = "bilinear" if dims == 2 else "trilinear"
         noise = F.interpolate(coarse, size=[size] * dims, mode=mode, align_corners=True)[0, 0]
         rho = rho * (1 + blob * noise)
     t = ((1 - rho) / max(edge, 1e-6)).clamp(0, 1)
     m = t * t * (3 - 2 * t)  # smoothstep: 0 at the boundary ρ = 1, 1 inside ρ ≤ 1 − edge
-    return m.float(), {"radii": radii, "centre": centre, "blob": blob, "edge": edge}
+    return m.float(), {"radii": radii, "centre": centre, "blob": blob, "edge": edge, "shape": shape}
+
+
+def _pick(rng: torch.Generator, options: tuple[str, ...]) -> str:
+    """One of ``options``, uniformly (no draw at all when there is one, so a single-family spec keeps its old stream)."""
+    return options[int(torch.randint(0, len(options), (1,), generator=rng))] if len(options) > 1 else options[0]
+
+
+def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``x`` (C, *S) smoothed per channel by a separable Gaussian of ``sigma`` voxels (reflect padding; unchanged when ≤ 0)."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
+    k = k / k.sum()
+    out = x[None]
+    dims = x.dim() - 1
+    conv = F.conv2d if dims == 2 else F.conv3d
+    for axis in range(dims):
+        shape = [1, 1] + [1] * dims
+        shape[2 + axis] = len(k)
+        pad = [0, 0] * dims
+        pad[2 * (dims - 1 - axis)] = pad[2 * (dims - 1 - axis) + 1] = r
+        out = F.pad(out, pad, mode="reflect") if min(out.shape[2:]) > r else F.pad(out, pad, mode="replicate")
+        out = conv(out.reshape(-1, 1, *out.shape[2:]), k.view(shape)).reshape(1, x.shape[0], *x.shape[1:])
+    return out[0]
+
+
+def fill(kind: str, x: torch.Tensor, others: torch.Tensor, i: int, rng: torch.Generator) -> tuple[torch.Tensor, int]:
+    """The content ``f`` (C, *S) that family ``kind`` (:data:`FILLS`) blends into image ``i`` of ``others``
+    (the batch, B, C, *S), and the index of its source image (−1 when it comes from the image itself)."""
+    b = len(others)
+    if kind == "patch":
+        j = (i + int(torch.randint(1, b, (1,), generator=rng))) % b if b > 1 else i  # another image (itself, shifted, if alone)
+        return shifted_source(others[j], rng), j
+    xi = x
+    if kind == "constant":
+        return torch.full_like(xi, float(_rand(rng, 1))), -1
+    if kind == "shift":
+        d = float(_uniform(rng, 0.1, 0.5, 1)) * (1.0 if float(_rand(rng, 1)) < 0.5 else -1.0)
+        return xi + d, -1
+    if kind == "noise":
+        sigma, amp = float(_uniform(rng, 0.0, 1.5, 1)), float(_uniform(rng, 0.05, 0.3, 1))
+        n = gaussian_smooth(torch.randn(xi.shape, generator=rng, dtype=torch.float64).to(xi.dtype), sigma)
+        return xi + amp * n / n.std().clamp_min(1e-6), -1
+    if kind == "blur":
+        return gaussian_smooth(xi, float(_uniform(rng, 1.0, 3.0, 1))), -1
+    raise ValueError(f"unknown synthetic fill {kind!r}; known: {', '.join(FILLS)}")
 
 
 def shifted_source(src: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
@@ -109,12 +163,12 @@ def shifted_source(src: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
 
 
 def synth_blend(x: torch.Tensor, rng: torch.Generator, spec: SynthSpec) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Alter a batch ``x`` (B, C, *S) with foreign-patch blends.
+    """Alter a batch ``x`` (B, C, *S) with synthetic local anomalies (a mask of :data:`SHAPES` filled by one of :data:`FILLS`).
 
     Returns ``(x', target, info)``: x' as x, target α·m of shape (B, 1, *S), and ``info`` with
-    ``altered`` (B,) bool, ``alpha`` (B,), ``source`` (B,) index of the source image (−1 if clean),
+    ``altered`` (B,) bool, ``alpha`` (B,), ``source`` (B,) index of the source image (−1 if clean or filled from itself),
     ``masks`` (B, *S) and the per-image mask draws ``draws``. Outside the mask (m = 0) x' equals x
-    exactly; inside it is a convex combination of x and the source patch p.
+    exactly; inside it is a convex combination of x and the fill f.
     """
     x = plain(x)
     b, dims, size = len(x), x.dim() - 2, x.shape[-1]
@@ -124,13 +178,17 @@ def synth_blend(x: torch.Tensor, rng: torch.Generator, spec: SynthSpec) -> tuple
     alphas = torch.zeros(b, dtype=torch.float64)
     sources = torch.full((b,), -1, dtype=torch.long)
     draws = []
+    lo, hi = (float(x.min()), float(x.max())) if any(f != "patch" for f in spec.fills) else (0.0, 0.0)
     for i in range(b):
         if float(_rand(rng, 1)) < spec.clean_fraction:
             draws.append(None)
             continue
-        j = (i + int(torch.randint(1, b, (1,), generator=rng))) % b if b > 1 else i  # another image (itself, shifted, if alone)
-        p = shifted_source(x[j], rng)
-        m, draw = random_mask(size, dims, rng, spec)
+        kind = _pick(rng, spec.fills)
+        p, j = fill(kind, x[i], x, i, rng)
+        if kind != "patch":  # within the batch's own intensity range: a value no image has would be a trivial cue
+            p = p.clamp(lo, hi)
+        m, draw = random_mask(size, dims, rng, spec, _pick(rng, spec.shapes))
+        draw["fill"] = kind
         m = m.to(x.device, x.dtype)
         alpha = float(_uniform(rng, spec.alpha[0], spec.alpha[1], 1))
         am = alpha * m
@@ -150,7 +208,7 @@ def synth_blend(x: torch.Tensor, rng: torch.Generator, spec: SynthSpec) -> tuple
 def synth_spec(p: SynthParams) -> SynthSpec:
     """The generator's distribution from the detector's parameters (``model`` section)."""
     return SynthSpec(radius=tuple(p.radius), blob=p.blob, edge=tuple(p.edge), alpha=tuple(p.alpha),
-                     clean_fraction=p.clean_fraction, centre_margin=p.centre_margin)
+                     clean_fraction=p.clean_fraction, centre_margin=p.centre_margin, shapes=tuple(p.shapes), fills=tuple(p.fills))
 
 
 def bottom_layer(unet: UNet) -> nn.Module:
@@ -196,6 +254,8 @@ class SynthDetector(Detector):
         self.net = UNet(spatial_dims=self.spatial_dims, in_channels=in_channels, out_channels=1, channels=tuple(params.channels),
                         strides=tuple(params.strides), num_res_units=params.num_res_units,
                         norm=("instance", {"affine": True}) if params.norm == "instance" else "batch")
+        if self.spatial_dims == 3:  # oneDNN's 3D convolutions are ~1.4× faster channels-last on the CPU (training step, 28³, batch 16)
+            self.net.to(memory_format=torch.channels_last_3d)
         self.density = FeatureDensity(params.knn_k)
         self._rng: torch.Generator | None = None
         self._bottom = bottom_layer(self.net)
@@ -208,7 +268,9 @@ class SynthDetector(Detector):
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits (B, 1, *S), bottleneck features (B, channels[-1]))``: the bottom layer's output,
         globally average-pooled (kept by a forward hook)."""
-        logits = self.net(x)
+        if x.dim() == 5:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        logits = self.net(x).contiguous()
         feats, self._feats = self._feats, None
         return logits, feats.flatten(2).mean(2)
 

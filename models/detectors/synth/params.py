@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from models.detectors.synth.families import FILLS, SHAPES
 from models.params import Family, check_strides
 from pipeline.core.validation import added
 
@@ -30,6 +31,9 @@ class SynthParams:
     val_seed: int = 12345  # the fixed synthetic anomalies of the validation loss
     # fraction of each training batch left out of the step, by the highest loss on unaltered voxels (robustness to contaminated training data)
     trim: float = added(0.0, "2026-11-30")
+    # synthetic anomaly families (models.detectors.synth.model.SHAPES / FILLS), one of each drawn per altered image
+    shapes: list[str] = added(["ellipsoid"], "2026-12-04")
+    fills: list[str] = added(["patch"], "2026-12-04")
 
     @classmethod
     def tiny(cls) -> "SynthParams":
@@ -56,6 +60,10 @@ class SynthParams:
             errs.append("model.centre_margin: must be in [0, 0.5)")
         if len(self.top_fractions) != 2 or not all(0 < f <= 1 for f in self.top_fractions):
             errs.append("model.top_fractions: two fractions in (0, 1]")
+        for key, given, known in (("shapes", self.shapes, SHAPES), ("fills", self.fills, FILLS)):
+            bad = [v for v in given if v not in known]
+            if not given or bad:
+                errs.append(f"model.{key}: {'unknown ' + ', '.join(map(repr, bad)) if bad else 'empty'}; choose from {', '.join(known)}")
         if not 0 <= self.trim < 0.5:
             errs.append("model.trim: fraction of each batch left out, in [0, 0.5)")
         return errs

@@ -13,6 +13,7 @@ import torch
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.detector import Detector
 from models.detectors.geom.model import apply_transform, cube_rotations, square_transforms
+from models.detectors.synth.families import FILLS, SHAPES
 from models.detectors.synth.model import SynthSpec, random_mask, shifted_source, synth_blend
 from models.nets.feature_density import FeatureDensity
 from models.zoo import DETECTORS
@@ -316,3 +317,39 @@ def test_synth_trim_is_validated(tmp_path):
     from pipeline.core.errors import ConfigError
     with pytest.raises(ConfigError, match=r"model\.trim: fraction of each batch left out, in \[0, 0\.5\)"):
         load_config("configs/xray.yaml", ["model.name=synth2d", "model.channels=[8,16]", "model.strides=[2]", "model.trim=0.6"])
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kind", FILLS)
+def test_every_family_is_exact_outside_its_mask_and_stays_in_the_batch_range(dims, shape, kind):
+    """Each (shape, fill) family alone: x' = x outside the mask, within the batch's intensity range inside,
+    visibly changed somewhere, and the target is α·m."""
+    size = 16 if dims == 3 else 28
+    x = rand(4, 1, *[size] * dims, seed=2)
+    spec = SynthSpec(clean_fraction=0.0, alpha=(1.0, 1.0), edge=(0.2, 0.2), shapes=(shape,), fills=(kind,))
+    out, target, info = synth_blend(x, torch.Generator().manual_seed(11), spec)
+    m = info["masks"][:, None]
+    assert torch.equal(out[m.expand_as(x) == 0], x[m.expand_as(x) == 0])
+    assert float(out.min()) >= float(x.min()) - 1e-6 and float(out.max()) <= float(x.max()) + 1e-6
+    assert torch.allclose(target, m)
+    assert all(d["shape"] == shape and d["fill"] == kind for d in info["draws"])
+    assert float((out - x).abs().amax()) > 0.01
+
+
+def test_box_fills_more_of_its_bounding_box_than_the_ellipsoid():
+    """The two shape families differ as named: a hard, undeformed cube against a hard sphere of the same semi-axes."""
+    spec = SynthSpec(radius=(0.25, 0.25), blob=0.0, edge=(0.0, 0.0), centre_margin=0.5 - 1e-9)
+    vols = {s: float(random_mask(32, 3, torch.Generator().manual_seed(0), spec, s)[0].sum()) for s in SHAPES}
+    r = 0.25 * 32
+    assert abs(vols["ellipsoid"] / (4 / 3 * math.pi * r**3) - 1) < 0.1
+    assert abs(vols["box"] / (2 * r) ** 3 - 1) < 0.15
+    with pytest.raises(ValueError, match="unknown synthetic shape"):
+        random_mask(8, 2, torch.Generator(), spec, "star")
+
+
+def test_unknown_family_is_a_config_error():
+    from models.detectors.synth.params import SynthParams
+
+    errs = SynthParams(fills=["patch", "glow"], shapes=[]).check(type("C", (), {"train": type("T", (), {"patch_size": 28})()})())
+    assert any("model.fills: unknown 'glow'" in e for e in errs) and any("model.shapes: empty" in e for e in errs)
