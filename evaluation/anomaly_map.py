@@ -294,7 +294,8 @@ def _map_series(model: Detector, cfg: Config, run_dir: Path, uid: str, norm: dic
         write_nifti(artifacts.path(name, run_dir, series=uid), img)
         result.outputs.append(artifacts.path(name, run_dir, series=uid))
     t0 = time.perf_counter()
-    region = lung_region(hu, spacing_zyx, cfg.extract.background.lung_hu_max, cfg.map.lung_closing_mm) & m.mask
+    head_at_end = ct.GetDirection()[8] > 0  # z index grows toward the head (LPS +z)
+    region = lung_region(hu, spacing_zyx, cfg.extract.background.lung_hu_max, cfg.map.lung_closing_mm, head_at_end=head_at_end) & m.mask
     found, values, sizes, ranked = _find(m, region, spacing_zyx, cfg)
     ijk = found[:, ::-1]
     lps = index_to_world(lps_affine(ct), ijk) if len(ijk) else np.zeros((0, 3))

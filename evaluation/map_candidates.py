@@ -60,13 +60,60 @@ def closing_mm(mask: np.ndarray, spacing_zyx, radius_mm: float, factor: int = 2)
     return fine | mask
 
 
-def lung_region(hu_zyx: np.ndarray, spacing_zyx, hu_max: float = -400.0, closing_radius_mm: float = 10.0) -> np.ndarray:
-    """The lungs with what lies in them and on their wall (bool, zyx); see the module docstring."""
+def central_airways(lung: np.ndarray, spacing_zyx, head_at_end: bool = True, max_area_mm2: float = 800.0, midline_mm: float = 25.0,
+                    wall_mm: float = 3.0) -> np.ndarray:
+    """The trachea and main bronchi with their wall (bool, zyx), traced in the enclosed-air mask ``lung``.
+
+    In the head-end slice of the mask, the trachea is the component within ``midline_mm`` of the mask's
+    left-right centre and smaller than ``max_area_mm2`` (a trachea is 2-4 cm²). Slice by slice toward the
+    feet, every component that overlaps the airway of the slice before and stays that small is airway
+    too (the carina splits it into the two main bronchi); tracing stops where a component grows into
+    the lung (larger than ``max_area_mm2``). The result is grown by ``wall_mm`` for the airway wall.
+    ``head_at_end``: the head is at the last z index (LPS +z, the ingested axial volumes). Empty when no
+    such component exists (a scan that starts below the trachea, or whose trachea is not enclosed)."""
+    spacing = np.asarray(spacing_zyx, float)
+    out = np.zeros_like(lung)
+    zs = np.flatnonzero(lung.any(axis=(1, 2)))
+    if not len(zs):
+        return out
+    order = zs[::-1] if head_at_end else zs
+    pixel_mm2 = float(spacing[1] * spacing[2])
+    centre_x = float(np.nonzero(lung.any(axis=(0, 1)))[0].mean())  # left-right centre of the whole mask (column index)
+    labels, n = ndimage.label(lung[order[0]])
+    prev = np.zeros(lung.shape[1:], bool)
+    for lab in range(1, n + 1):
+        comp = labels == lab
+        if comp.sum() * pixel_mm2 <= max_area_mm2 and abs(np.nonzero(comp)[1].mean() - centre_x) * spacing[2] <= midline_mm:
+            prev |= comp
+    for z in order:
+        if not prev.any():
+            break
+        labels, n = ndimage.label(lung[z])
+        touching = np.unique(labels[prev & (labels > 0)])
+        sizes = np.bincount(labels.ravel(), minlength=n + 1) * pixel_mm2
+        keep = [t for t in touching if sizes[t] <= max_area_mm2]
+        prev = np.isin(labels, keep) if keep else np.zeros_like(prev)
+        out[z] = prev
+    if not out.any() or wall_mm <= 0:
+        return out
+    nz = np.argwhere(out)
+    pad = np.ceil(wall_mm / spacing).astype(int) + 1
+    lo, hi = np.maximum(0, nz.min(0) - pad), np.minimum(out.shape, nz.max(0) + pad + 1)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))  # the wall lies within wall_mm of the lumen: only that box is transformed
+    grown = np.zeros_like(out)
+    grown[box] = ndimage.distance_transform_edt(~out[box], sampling=spacing) <= wall_mm
+    return grown
+
+
+def lung_region(hu_zyx: np.ndarray, spacing_zyx, hu_max: float = -400.0, closing_radius_mm: float = 10.0,
+                airways: bool = True, head_at_end: bool = True) -> np.ndarray:
+    """The lungs with what lies in them and on their wall, without the central airways (bool, zyx); see the module docstring."""
     lung = lung_mask(hu_zyx, hu_max)
     if not lung.any():
         return lung
     filled = _fill_slices(lung)
-    return _fill_slices(closing_mm(filled, spacing_zyx, closing_radius_mm))
+    region = _fill_slices(closing_mm(filled, spacing_zyx, closing_radius_mm))
+    return region & ~central_airways(lung, spacing_zyx, head_at_end) if airways else region
 
 
 def smooth_map(voxel_zyx: np.ndarray, spacing_zyx, sigma_mm: float) -> np.ndarray:

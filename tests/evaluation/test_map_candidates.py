@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.map_candidates import closing_mm, component_diameter, lung_region, peaks, value_at, voxel_candidates
+from evaluation.map_candidates import central_airways, closing_mm, component_diameter, lung_region, peaks, value_at, voxel_candidates
+from preprocessing.cubes import lung_mask
 
 
 def _ball(shape, centre, radius):
@@ -80,3 +81,30 @@ def test_voxel_candidates_find_blobs_in_the_region_with_sizes():
     value, pct, inside = value_at(smooth, region, np.array([20, 45, 84]))
     assert inside and value == pytest.approx(values[0], rel=1e-5) and pct > 99
     assert not value_at(smooth, region, np.array([24, 40, 55]))[2]
+
+
+def test_the_trachea_and_main_bronchi_are_traced_and_left_out_of_the_region():
+    """A trachea (an 8 mm air tube in the mediastinum, entering from the head end) that splits into two bronchi
+    into the lungs: the region keeps the lungs and leaves out the tube and its wall; the head end is found
+    from the orientation (the same phantom upside down, ``head_at_end=False``, gives the same airway)."""
+    vol, vessel, nodule = _chest()
+    vol[24:48, 36:44, 51:59] = -1000.0  # trachea: z 24 (carina) up to the head end
+    vol[24:27, 36:44, 44:66] = -1000.0  # the carina
+    vol[18:24, 36:44, 44:48] = vol[18:24, 36:44, 62:66] = -1000.0  # the main bronchi going down
+    vol[18:20, 36:44, 38:48] = vol[18:20, 36:44, 62:72] = -1000.0  # ... into the lungs
+    lung = lung_mask(vol, -400.0)
+    airway = central_airways(lung, (1.0, 1.0, 1.0))
+    assert airway[40, 40, 55] and airway[25, 40, 55] and airway[22, 40, 46] and airway[22, 40, 64]  # trachea, carina, both bronchi
+    assert airway[40, 40, 49] and not airway[40, 40, 47]  # its 3 mm wall, not further
+    assert not airway[20, 40, 26] and not airway[24, 40, 84]  # the lungs themselves
+    region = lung_region(vol, (1.0, 1.0, 1.0), closing_radius_mm=10.0)
+    assert not region[40, 40, 55] and region[vessel] and region[nodule] and region[20, 40, 84]
+    flipped = central_airways(lung[::-1], (1.0, 1.0, 1.0), head_at_end=False)
+    assert np.array_equal(flipped[::-1], airway)
+    assert not central_airways(lung[:17], (1.0, 1.0, 1.0)).any()  # a scan that stops below the bronchi: nothing
+
+
+def test_a_scan_without_an_enclosed_trachea_loses_no_lung():
+    vol, vessel, nodule = _chest()
+    lung = lung_mask(vol, -400.0)
+    assert not central_airways(lung, (1.0, 1.0, 1.0)).any()  # the head-end slices hold two lateral lungs, no midline tube
