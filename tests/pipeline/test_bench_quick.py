@@ -35,7 +35,8 @@ def test_quick_benchmark_runs_every_protocol_and_beats_chance(tmp_path):
     proc = run_cli("bench", *configs, "--data-root", str(SHARED_DATA), "--quick", "--jobs", "2", "--out", str(tmp_path), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (tmp_path / "BENCHMARKS.md").read_text()
-    for title in ("## MNIST-9", "## LIDC-3D", "## LIDC-2D", "## PneumoniaMNIST", "## Chest X-ray 224", "## HAM10000", "## Contamination"):
+    for title in ("## MNIST-9", "## LIDC-3D", "## LIDC-2D", "## PneumoniaMNIST", "## Chest X-ray 224", "## HAM10000", "## Contamination",
+                  "## LIDC whole-scan", "### Whole-scan FROC (pooled over the folds)"):
         assert title in md
     assert "QUICK mode" in md
     docs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "bench").glob("*.json")}
@@ -45,3 +46,6 @@ def test_quick_benchmark_runs_every_protocol_and_beats_chance(tmp_path):
         assert row["auroc_mean"] >= floor, (proto, det, score, row["auroc_mean"])
     for d in docs.values():
         assert (tmp_path / "bench" / f"{d['slug']}_roc.png").stat().st_size > 10_000
+    ws = docs["lidc_whole_scan"]["wholescan"]  # the map of the held-out scan, scored by FROC
+    assert {w["detector"] for w in ws} == {d["detector"] for d in docs["lidc_whole_scan"]["rows"]}
+    assert all(w["scans"] == 1 and w["nodules"] >= 1 and 0 <= w["pooled"]["cpm"] <= 1 for w in ws)
