@@ -105,12 +105,29 @@ def central_airways(lung: np.ndarray, spacing_zyx, head_at_end: bool = True, max
     return grown
 
 
+def largest_components(mask: np.ndarray, min_fraction: float) -> np.ndarray:
+    """The 3D components (26-connected) of ``mask`` at least ``min_fraction`` of the largest one's size.
+
+    The enclosed air holds the lungs (one component, or two when no airway joins them in the scan)
+    and gas in the stomach and bowel below the diaphragm, a separate component a few percent of the
+    lungs' size; a lung is never a tenth of the other."""
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return mask.copy()
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    keep = sizes >= min_fraction * sizes.max()
+    keep[0] = False
+    return keep[labels]
+
+
 def lung_region(hu_zyx: np.ndarray, spacing_zyx, hu_max: float = -400.0, closing_radius_mm: float = 10.0,
-                airways: bool = True, head_at_end: bool = True) -> np.ndarray:
+                airways: bool = True, head_at_end: bool = True, min_fraction: float = 0.1) -> np.ndarray:
     """The lungs with what lies in them and on their wall, without the central airways (bool, zyx); see the module docstring."""
     lung = lung_mask(hu_zyx, hu_max)
     if not lung.any():
         return lung
+    lung = largest_components(lung, min_fraction)
     filled = _fill_slices(lung)
     region = _fill_slices(closing_mm(filled, spacing_zyx, closing_radius_mm))
     return region & ~central_airways(lung, spacing_zyx, head_at_end) if airways else region

@@ -108,3 +108,14 @@ def test_a_scan_without_an_enclosed_trachea_loses_no_lung():
     vol, vessel, nodule = _chest()
     lung = lung_mask(vol, -400.0)
     assert not central_airways(lung, (1.0, 1.0, 1.0)).any()  # the head-end slices hold two lateral lungs, no midline tube
+
+
+def test_gas_below_the_diaphragm_is_not_lung():
+    """A stomach bubble (an enclosed air pocket below the lungs) gives no region; both lungs stay."""
+    vol, vessel, nodule = _chest()
+    vol = np.concatenate([np.full((30, 80, 110), 40.0, np.float32), vol])  # the abdomen below (z index 0 = feet)
+    vol[:, :8], vol[:, 72:], vol[:, :, :4], vol[:, :, 106:] = -1000.0, -1000.0, -1000.0, -1000.0  # outside air around the body
+    vol[8:18, 32:47, 72:87] = -1000.0  # the gastric bubble, separate from the lungs (5 % of one lung)
+    region = lung_region(vol, (1.0, 1.0, 1.0), closing_radius_mm=10.0)
+    assert not region[13, 40, 80]
+    assert region[30 + 20, 40, 26] and region[30 + 20, 40, 84] and region[tuple(np.add(vessel, (30, 0, 0)))]
