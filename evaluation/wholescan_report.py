@@ -50,10 +50,13 @@ def wholescan_summary(label: str, reps: list[dict]) -> dict | None:
                      "nearest_mm": _num(n.get("nearest_mm")), "map_percentile": _num(n.get("map_percentile"))})
     large = [r for r in rows if r["diameter_mm"] is not None and r["diameter_mm"] >= MIN_DIAMETER_MM]
     seconds = [s for _, _, m in folds for s in m.get("series_seconds", {}).values()]
+    rated = pd.DataFrame(rows).dropna(subset=["malignancy", "map_percentile"]) if rows else pd.DataFrame()
+    rho = (float(rated["map_percentile"].corr(rated["malignancy"], method="spearman"))
+           if len(rated) >= 3 and rated["malignancy"].nunique() > 1 else None)
     return {"detector": label, "folds": len(folds), "scans": n_scans, "nodules": int(len(nodules)), "candidates": int(len(cands)),
             "pooled": pooled, "per_scan": {uid: v["cpm"] for uid, v in per_scan.items()}, "per_nodule": rows,
             f"large_in_top{TOP_K}": sum(1 for r in large if r["first_hit_rank"] is not None and r["first_hit_rank"] <= TOP_K),
-            "large": len(large), "map_s_per_scan": float(np.mean(seconds)) if seconds else None,
+            "large": len(large), "malignancy_spearman": rho, "map_s_per_scan": float(np.mean(seconds)) if seconds else None,
             "train_s_mean": float(np.mean([r["train_s"] for r in reps])) if reps else None}
 
 
@@ -81,7 +84,9 @@ def wholescan_markdown(summaries: list[dict]) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for s in summaries:
-        lines += [f"Per nodule, {s['detector']} ({s['scans']} scans, {s['nodules']} nodules, {s['candidates']} candidates):", "",
+        rho = s.get("malignancy_spearman")
+        lines += [f"Per nodule, {s['detector']} ({s['scans']} scans, {s['nodules']} nodules, {s['candidates']} candidates; "
+                  f"Spearman correlation of the map percentile at the nodule with its median malignancy rating: {_f(rho, 2)}):", "",
                   "| nodule | diameter mm | malignancy | first hit rank | nearest candidate rank | nearest mm | map percentile |",
                   "|---|---|---|---|---|---|---|"]
         for r in s["per_nodule"]:

@@ -84,3 +84,4 @@ def test_folds_pool_to_the_hand_computation(tmp_path):
     assert s["pooled"]["cpm"] == pytest.approx(3.75 / 7)
     assert s["per_scan"]["a"] == pytest.approx(froc(CANDS[CANDS.series_uid == "a"], NODULES[NODULES.series_uid == "a"], 1, 5.0)["cpm"])
     assert s["map_s_per_scan"] == pytest.approx(10.5)
+    assert s["malignancy_spearman"] is None  # no ratings in these folds
