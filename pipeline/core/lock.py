@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -88,7 +89,7 @@ def _acquire(run_dir: Path, log: Callable[[str], None]) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunLockedError(f"run folder {run_dir} is in use by {_holder_text(read_holder(run_dir))}; "
+            raise RunLockedError(f"run folder {run_dir} is in use by {_holder_text(_written_holder(run_dir))}; "
                                  "wait for it to finish, or use another --out") from None
         try:  # the file we locked must still be the one at the path (a holder may have removed it meanwhile)
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
@@ -112,6 +113,17 @@ def _acquire(run_dir: Path, log: Callable[[str], None]) -> int:
     os.pwrite(fd, json.dumps(info).encode(), 0)
     os.fsync(fd)
     return fd
+
+
+def _written_holder(run_dir: Path, wait_s: float = 2.0) -> dict | None:
+    """The holder's record, waiting up to ``wait_s`` for it: a holder writes it just after taking the lock,
+    so a process that finds the lock in that instant would otherwise name no one."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        holder = read_holder(run_dir)
+        if holder or time.monotonic() >= deadline:
+            return holder
+        time.sleep(0.02)
 
 
 def _release(run_dir: Path, fd: int) -> None:

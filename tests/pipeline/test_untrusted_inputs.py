@@ -297,3 +297,27 @@ def test_switching_the_model_on_the_command_line_drops_the_other_models_keys(tmp
                    .replace("../sample_data", str(ROOT / "sample_data")))
     proc = run_cli("validate", str(bad), "--set", "model.name=joint2d")
     one_error_line(proc, "model.num_res_unitz: unknown key")
+
+
+def test_a_run_that_finds_the_lock_just_taken_still_names_its_holder(tmp_path):
+    """The holder writes its record just after taking the lock; a process refused in that instant waits for
+    the record instead of naming "PID ?" (seen once in CI: two runs started together)."""
+    import fcntl
+    import json
+    import os
+    import threading
+
+    run = tmp_path / "run"
+    run.mkdir()
+    fd = os.open(run / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken, not yet written
+    writer = threading.Timer(0.3, lambda: os.pwrite(fd, json.dumps({"pid": 4242, "host": "h", "started": "now"}).encode(), 0))
+    writer.start()
+    try:
+        with pytest.raises(RunLockedError, match="in use by PID 4242"):
+            with run_lock(run):
+                pass
+    finally:
+        writer.join()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
