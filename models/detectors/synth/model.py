@@ -130,14 +130,14 @@ def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return out[0]
 
 
-def fill(kind: str, x: torch.Tensor, others: torch.Tensor, i: int, rng: torch.Generator) -> tuple[torch.Tensor, int]:
-    """The content ``f`` (C, *S) that family ``kind`` (:data:`FILLS`) blends into image ``i`` of ``others``
-    (the batch, B, C, *S), and the index of its source image (−1 when it comes from the image itself)."""
-    b = len(others)
+def fill(kind: str, batch: torch.Tensor, i: int, rng: torch.Generator) -> tuple[torch.Tensor, int]:
+    """The content ``f`` (C, *S) that family ``kind`` (:data:`FILLS`) blends into image ``i`` of ``batch``
+    (B, C, *S), and the index of its source image (−1 when it comes from the image itself)."""
+    b = len(batch)
     if kind == "patch":
         j = (i + int(torch.randint(1, b, (1,), generator=rng))) % b if b > 1 else i  # another image (itself, shifted, if alone)
-        return shifted_source(others[j], rng), j
-    xi = x
+        return shifted_source(batch[j], rng), j
+    xi = batch[i]
     if kind == "constant":
         return torch.full_like(xi, float(_rand(rng, 1))), -1
     if kind == "shift":
@@ -184,7 +184,7 @@ def synth_blend(x: torch.Tensor, rng: torch.Generator, spec: SynthSpec) -> tuple
             draws.append(None)
             continue
         kind = _pick(rng, spec.fills)
-        p, j = fill(kind, x[i], x, i, rng)
+        p, j = fill(kind, x, i, rng)
         if kind != "patch":  # within the batch's own intensity range: a value no image has would be a trivial cue
             p = p.clamp(lo, hi)
         m, draw = random_mask(size, dims, rng, spec, _pick(rng, spec.shapes))
