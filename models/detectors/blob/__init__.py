@@ -1,0 +1,1 @@
+"""Blob baseline: a multi-scale Hessian dot-enhancement filter (Li, Sone & Doi 2003), the classical nodule-CAD filter."""
