@@ -47,3 +47,35 @@ def test_blob2d_builds_and_scores():
     model = Blob2D(BlobParams(name="blob2d"), 3, N).eval()
     x = torch.from_numpy(np.repeat(s[None, None], 3, 1))
     assert float(model.score(x, 1, torch.Generator()).scores["blob"][0]) > 0.1
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.5])
+def test_hessian_matches_scikit_image_away_from_the_border(sigma):
+    """The fast Gaussian-derivative Hessian equals scikit-image's (an independent implementation) inside the patch."""
+    from scipy import ndimage
+    from skimage.feature import hessian_matrix
+
+    from models.detectors.blob.model import hessian
+
+    x = ndimage.gaussian_filter(np.random.default_rng(0).random((N, N, N)), 1.5).astype(np.float32)
+    ref = hessian_matrix(x, sigma=sigma, mode="reflect", order="rc", use_gaussian_derivatives=True)
+    got = hessian(x, sigma)
+    inner = (slice(10, -10),) * 3
+    for r, g in zip(ref, got):
+        assert np.abs(g[inner] - r[inner]).max() <= 0.02 * np.abs(r[inner]).max()
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_closed_form_eigenvalues_match_numpy(dims):
+    from models.detectors.blob.model import symmetric_eigvals_extremes
+
+    rng = np.random.default_rng(1)
+    m = rng.normal(size=(500, dims, dims))
+    m = m + m.transpose(0, 2, 1)
+    m[:5] = np.eye(dims) * 0.3  # p = 0: a multiple of the identity
+    m[5:10, 0, 0] = m[5:10, 1, 1]  # repeated eigenvalues nearby
+    iu = np.triu_indices(dims)
+    low, high = symmetric_eigvals_extremes([m[:, a, b] for a, b in zip(*iu)])
+    ref = np.linalg.eigvalsh(m)
+    np.testing.assert_allclose(low, ref[:, 0], atol=1e-9)
+    np.testing.assert_allclose(high, ref[:, -1], atol=1e-9)
