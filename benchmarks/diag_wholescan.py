@@ -1,9 +1,11 @@
-"""Diagnostic (issue 20; docs/BENCHMARK_NOTES.md, LIDC whole-scan, attempt 5):
-does normalising the map by distance to the lung border move the nodules up?
+"""Diagnostic (issue 20; docs/BENCHMARK_NOTES.md, LIDC whole-scan, attempts 5 and 6):
+does normalising the map by distance to the lung border move the nodules up, and how does a classical
+dot-enhancement filter (Li et al. 2003) on the whole HU volume rank them (--blob)?
 Reads finished fold runs; nothing is written to them."""
 
 import glob
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,13 +78,63 @@ def main(rows, root: str):
             )
 
 
+def dot(x, region, sigmas):
+    out = np.zeros(x.shape, np.float32)
+    idx = np.nonzero(region)
+    for s in sigmas:
+        H = np.empty((len(idx[0]), 3, 3), np.float32)
+        for a in range(3):
+            for b in range(a, 3):
+                order = [0, 0, 0]
+                order[a] += 1
+                order[b] += 1
+                d = ndimage.gaussian_filter(x, s, order=order, mode="nearest")[idx] * s * s
+                H[:, a, b] = d
+                H[:, b, a] = d
+        lam = np.linalg.eigvalsh(H)  # ascending: lam[:,0] most negative
+        l1, l3 = lam[:, 0], lam[:, 2]
+        v = np.where(l3 < 0, l3 * l3 / np.minimum(l1, -1e-6) * -1.0, 0.0).astype(np.float32)  # |l3|^2/|l1|
+        out[idx] = np.maximum(out[idx], v)
+    return out
+
+
+def blob_check(root: str, nod: pd.DataFrame) -> None:
+    """Attempt 6's first check: the dot filter on each test scan's whole HU volume (no windows), inside the lung region."""
+    ROOT, NOD = Path(root), nod
+    for fold in range(3):
+        run = ROOT / "intensity" / f"fold{fold}"
+        uid = Path(glob.glob(str(run / "overlays" / "*_anomaly.nii.gz"))[0]).name.split("_anomaly")[0]
+        ct = sitk.ReadImage(str(run / "volumes" / f"{uid}.nii.gz"))
+        hu = sitk.GetArrayFromImage(ct).astype(np.float32)
+        sp = tuple(ct.GetSpacing()[::-1])
+        region = lung_region(hu, sp, -400.0, 10.0, head_at_end=ct.GetDirection()[8] > 0)
+        x = (np.clip(hu, -1000, 400) + 1000) / 1400
+        own = NOD[NOD.series_uid == uid]
+        nz = np.array([ct.TransformPhysicalPointToContinuousIndex(tuple(map(float, r)))[::-1] for r in own[["x_mm", "y_mm", "z_mm"]].to_numpy()])
+        t = time.time()
+        m = dot(x, region, [1.0, 1.5, 2.5, 4.0])
+        dt = time.time() - t
+        r, f = ranks(m, region, sp, nz)
+        dist = ndimage.distance_transform_edt(region, sampling=sp).astype(np.float32)
+        rd, _ = ranks(distnorm(m, region, dist), region, sp, nz)
+        print(
+            f"fold{fold} {own.nodule_id.str[-7:].tolist()} dot ranks {r} distnorm {rd}  ({dt:.0f} s)"
+            f" top10 border {[int(dist[tuple(p)]) for p in f[:10]]}",
+            flush=True,
+        )
+
+
 if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("root", help="the protocol's runs folder, e.g. runs/bench/lidc_whole_scan")
     ap.add_argument("--nodules", required=True, help="nodules_all.csv of the LIDC whole-scan data")
+    ap.add_argument("--blob", action="store_true", help="attempt 6: the dot filter on the whole HU volumes instead")
     ap.add_argument("rows", nargs="*", default=["synth_generic_families", "intensity", "size"])
     args = ap.parse_args()
     NOD = pd.read_csv(args.nodules)
-    main(args.rows, args.root)
+    if args.blob:
+        blob_check(args.root, NOD)
+    else:
+        main(args.rows, args.root)
