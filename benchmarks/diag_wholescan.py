@@ -14,7 +14,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluation.map_candidates import lung_region, peaks, smooth_map
+from evaluation.map_candidates import peaks, smooth_map
+from preprocessing.lung import lung_region
 
 NOD = pd.DataFrame()  # set by main from --nodules
 BINS = np.array([0, 2, 4, 6, 9, 13, 18, 25, 35, 1e9])

@@ -44,7 +44,7 @@ from scipy import ndimage
 
 from evaluation.froc import FP_RATES, candidate_hits, froc, froc_per_scan, nodule_hits, rate_key
 from evaluation.image_map import map_images
-from evaluation.map_candidates import coarsen, lung_region, peaks, value_at, voxel_candidates
+from evaluation.map_candidates import peaks, value_at, voxel_candidates
 from models.batch_scoring import score_array
 from models.calibration import check_calibration, fit_calibration, p_values
 from models.checkpoint import device_for, load_checkpoint
@@ -57,6 +57,7 @@ from preprocessing.cube_store import SampleCubes
 from preprocessing.cubes import lung_mask
 from preprocessing.geometry import index_to_world, lps_affine, world_to_index
 from preprocessing.intensity import normalise
+from preprocessing.lung import coarsen, lung_region
 from preprocessing.nifti import write_nifti
 from preprocessing.nodules import read_nodules
 

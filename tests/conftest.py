@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,3 +101,25 @@ def validate(raw, base_dir, source=None):
     from pipeline.core import config
 
     return config.validate(raw, base_dir, source, models=MODELS)
+
+
+def ball(shape, centre, radius):
+    """Voxels (zyx) of ``shape`` within ``radius`` of ``centre``."""
+    z, y, x = np.indices(shape)
+    return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius ** 2
+
+
+def chest_phantom():
+    """A 48×80×110 chest phantom at 1 mm (lung-region and candidate tests): outside air, a tissue body, two
+    air lungs (−850 HU) 30 mm apart; in the right lung a vessel (a tissue ball the air surrounds) and on its
+    lateral wall (x = 12) a juxtapleural nodule, a 6 mm radius tissue ball centred 3 mm inside the lung: the air mask has a dent where it sits."""
+    shape = (48, 80, 110)
+    vol = np.full(shape, -1000.0, np.float32)
+    vol[:, 8:72, 4:106] = 40.0  # body
+    vol[6:42, 18:62, 12:40] = -850.0  # right lung
+    vol[6:42, 18:62, 70:98] = -850.0  # left lung
+    vessel = (24, 40, 28)
+    vol[ball(shape, vessel, 3)] = 40.0
+    nodule = (24, 30, 15)
+    vol[ball(shape, nodule, 6)] = 40.0
+    return vol, vessel, nodule

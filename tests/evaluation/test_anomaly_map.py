@@ -16,11 +16,11 @@ from monai.inferers.utils import dense_patch_slices
 from scipy import ndimage
 
 from evaluation.anomaly_map import _bbox, _dilated_lung, series_of_split, sweep
-from evaluation.map_candidates import lung_region
 from models.zoo import build
 from pipeline.core import artifacts
 from preprocessing.cubes import lung_mask
 from preprocessing.geometry import index_to_world, lps_affine, world_to_index
+from preprocessing.lung import lung_region
 
 CONFIG = str(ROOT / "configs" / "ct_nodules.yaml")
 FAST = ["--set", "train.epochs=1", "--set", "score.mc_samples=2", "--set", "map.mc_samples=1", "--set", "evaluate.bootstrap=20",

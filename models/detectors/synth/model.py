@@ -61,6 +61,7 @@ class SynthSpec:
     noise_grid: int = 4  # coarse grid size of the blob's smooth noise field
     shapes: tuple[str, ...] = ("ellipsoid",)  # mask families, one drawn uniformly per image (SHAPES)
     fills: tuple[str, ...] = ("patch",)  # what fills the mask, one drawn uniformly per image (FILLS)
+    radius_scale: str = "linear"  # linear: each semi-axis ~ U(radius); log: log-uniform (every scale equally often)
 
 
 
@@ -87,7 +88,10 @@ def random_mask(size: int, dims: int, rng: torch.Generator, spec: SynthSpec, sha
     if shape not in SHAPES:
         raise ValueError(f"unknown synthetic shape {shape!r}; known: {', '.join(SHAPES)}")
     centre = _uniform(rng, spec.centre_margin * size, (1 - spec.centre_margin) * size, dims)
-    radii = _uniform(rng, spec.radius[0] * size, spec.radius[1] * size, dims)
+    if spec.radius_scale == "log":
+        radii = torch.exp(_uniform(rng, math.log(spec.radius[0] * size), math.log(spec.radius[1] * size), dims))
+    else:
+        radii = _uniform(rng, spec.radius[0] * size, spec.radius[1] * size, dims)
     rot = random_rotation(dims, rng)
     blob = float(_uniform(rng, 0.0, spec.blob, 1)) if spec.blob > 0 else 0.0
     edge = float(_uniform(rng, spec.edge[0], spec.edge[1], 1))
@@ -200,6 +204,35 @@ def synth_blend(x: torch.Tensor, rng: torch.Generator, spec: SynthSpec) -> tuple
     return out, target, {"altered": altered, "alpha": alphas, "source": sources, "masks": masks, "draws": draws}
 
 
+def visibility_target(x: torch.Tensor, altered: torch.Tensor, masks: torch.Tensor, tau: float) -> torch.Tensor:
+    """NSA's target (Schlüter et al. 2022): each image's mask times how visible its change is,
+    clip(mean |x' − x| over the mask (weighted by m) / ``tau``, 0, 1); (B, 1, *S).
+
+    With the plain α·m target, an alteration that changes nothing visible (a lung patch blended into
+    lung, a small shift) is still labelled anomalous, so the network learns to hedge everywhere and
+    natural variation (a slightly denser lung region) scores like a lesion.
+    """
+    m = masks[:, None].to(x.dtype)
+    w = m.flatten(1).sum(1).clamp_min(1e-6)
+    delta = ((altered - x).abs() * m).flatten(1).sum(1) / w
+    return m * (delta / tau).clamp(0, 1).view(-1, *[1] * (m.dim() - 1))
+
+
+def degrade(x: torch.Tensor, rng: torch.Generator, blur: float, noise: float) -> torch.Tensor:
+    """Each image of ``x`` (B, C, *S) smoothed by σ ~ U(0, ``blur``) voxels and given Gaussian noise of SD ~ U(0, ``noise``),
+    each with probability ½ (unchanged when both are 0): training sees many scanners' noise and sharpness as normal."""
+    if blur <= 0 and noise <= 0:
+        return x
+    out = x.clone()
+    for i in range(len(x)):
+        if blur > 0 and float(_rand(rng, 1)) < 0.5:
+            out[i] = gaussian_smooth(out[i], float(_uniform(rng, 0.0, blur, 1)))
+        if noise > 0 and float(_rand(rng, 1)) < 0.5:
+            sd = float(_uniform(rng, 0.0, noise, 1))
+            out[i] = out[i] + sd * torch.randn(out[i].shape, generator=rng, dtype=torch.float64).to(out.dtype)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # the detector
 # --------------------------------------------------------------------------------------------
@@ -208,7 +241,8 @@ def synth_blend(x: torch.Tensor, rng: torch.Generator, spec: SynthSpec) -> tuple
 def synth_spec(p: SynthParams) -> SynthSpec:
     """The generator's distribution from the detector's parameters (``model`` section)."""
     return SynthSpec(radius=tuple(p.radius), blob=p.blob, edge=tuple(p.edge), alpha=tuple(p.alpha),
-                     clean_fraction=p.clean_fraction, centre_margin=p.centre_margin, shapes=tuple(p.shapes), fills=tuple(p.fills))
+                     clean_fraction=p.clean_fraction, centre_margin=p.centre_margin, shapes=tuple(p.shapes), fills=tuple(p.fills),
+                     radius_scale=p.radius_scale)
 
 
 def bottom_layer(unet: UNet) -> nn.Module:
@@ -282,7 +316,11 @@ class SynthDetector(Detector):
         """Per-sample pretext loss of a batch altered with ``rng``, and per-sample loss on the voxels
         left unaltered (target 0: content the network is taught to call native)."""
         x = plain(x)
-        xa, target, _ = synth_blend(x, rng, synth_spec(self.params))
+        p = self.params
+        xa, target, info = synth_blend(x, rng, synth_spec(p))
+        if p.target == "visibility":
+            target = visibility_target(x, xa, info["masks"], p.visibility_tau)
+        xa = degrade(xa, rng, p.degrade_blur, p.degrade_noise)
         logits, _ = self.forward_features(xa)
         if self.params.loss == "bce":
             per = F.binary_cross_entropy_with_logits(logits, target, reduction="none")

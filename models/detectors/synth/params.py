@@ -21,6 +21,8 @@ class SynthParams:
     norm: Literal["instance", "batch"] = "instance"
     loss: Literal["bce", "mse"] = "bce"
     radius: list[float] = field(default_factory=lambda: [0.08, 0.35])
+    # how each semi-axis is drawn from ``radius``: linear (uniform) or log (log-uniform: small and large anomalies equally often)
+    radius_scale: Literal["linear", "log"] = added("linear", "2026-12-07")
     blob: float = 0.3
     edge: list[float] = field(default_factory=lambda: [0.0, 0.5])
     alpha: list[float] = field(default_factory=lambda: [0.0, 1.0])
@@ -34,6 +36,14 @@ class SynthParams:
     # synthetic anomaly families (models.detectors.synth.model.SHAPES / FILLS), one of each drawn per altered image
     shapes: list[str] = added(["ellipsoid"], "2026-12-04")
     fills: list[str] = added(["patch"], "2026-12-04")
+    # mask: the target is α·m; visibility: m times how visible the change is, clip(mean |x' − x| over the mask / visibility_tau, 0, 1)
+    # (NSA's rule: an alteration that changes nothing visible is not labelled as an anomaly)
+    target: Literal["mask", "visibility"] = added("mask", "2026-12-07")
+    visibility_tau: float = added(0.2, "2026-12-07")  # model-range units ([0, 1] window: 0.2 = 280 HU)
+    # after the blend, each image is smoothed (σ ~ U(0, degrade_blur) voxels) and gets Gaussian noise (SD ~ U(0, degrade_noise)),
+    # each with probability ½: a scanner's noise and sharpness are not an anomaly (0: off)
+    degrade_blur: float = added(0.0, "2026-12-07")
+    degrade_noise: float = added(0.0, "2026-12-07")
 
     @classmethod
     def tiny(cls) -> "SynthParams":
@@ -64,6 +74,10 @@ class SynthParams:
             bad = [v for v in given if v not in known]
             if not given or bad:
                 errs.append(f"model.{key}: {'unknown ' + ', '.join(map(repr, bad)) if bad else 'empty'}; choose from {', '.join(known)}")
+        if self.visibility_tau <= 0:
+            errs.append("model.visibility_tau: must be > 0 (model-range units)")
+        if self.degrade_blur < 0 or self.degrade_noise < 0:
+            errs.append("model.degrade_blur, model.degrade_noise: must be ≥ 0 (0 turns each off)")
         if not 0 <= self.trim < 0.5:
             errs.append("model.trim: fraction of each batch left out, in [0, 0.5)")
         return errs

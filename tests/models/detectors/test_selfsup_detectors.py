@@ -353,3 +353,37 @@ def test_unknown_family_is_a_config_error():
 
     errs = SynthParams(fills=["patch", "glow"], shapes=[]).check(type("C", (), {"train": type("T", (), {"patch_size": 28})()})())
     assert any("model.fills: unknown 'glow'" in e for e in errs) and any("model.shapes: empty" in e for e in errs)
+
+
+def test_visibility_target_scales_the_mask_by_the_visible_change():
+    """NSA's target: m · clip(mean |x' − x| over the mask / τ, 0, 1): an invisible change is not labelled, a strong one is m."""
+    from models.detectors.synth.model import visibility_target
+    x = torch.zeros(3, 1, 8, 8)
+    masks = torch.zeros(3, 8, 8)
+    masks[:, 2:6, 2:6] = 1.0
+    altered = x.clone()
+    altered[1, 0, 2:6, 2:6] = 0.05  # a quarter of τ
+    altered[2, 0, 2:6, 2:6] = 0.9  # far above τ
+    t = visibility_target(x, altered, masks, tau=0.2)
+    assert t.shape == (3, 1, 8, 8)
+    assert float(t[0].abs().max()) == 0.0
+    assert torch.allclose(t[1, 0], 0.25 * masks[1], atol=1e-6)
+    assert torch.equal(t[2, 0], masks[2])
+
+
+def test_synth_visibility_target_and_degradation_in_the_pretext_loss():
+    """``model.target: visibility`` and the degradation change the training loss, deterministically for a generator;
+    a degradation of 0 is the identity."""
+    from models.detectors.synth.model import degrade
+    x = rand(4, 1, 16, 16, 16, seed=3)
+    assert degrade(x, torch.Generator().manual_seed(0), 0.0, 0.0) is x
+    d1, d2 = (degrade(x, torch.Generator().manual_seed(0), 1.0, 0.05) for _ in range(2))
+    assert torch.equal(d1, d2) and not torch.equal(d1, x)
+    cls = DETECTORS["synth3d"]
+    losses = {}
+    for target, noise in (("mask", 0.0), ("visibility", 0.0), ("visibility", 0.05)):
+        torch.manual_seed(0)
+        model = cls(cls.Params(name="synth3d", target=target, degrade_noise=noise, **SMALL["synth"]), 1, 16)
+        with torch.no_grad():
+            losses[target, noise] = model.pretext_losses(x, torch.Generator().manual_seed(5))[0]
+    assert len({tuple(v.tolist()) for v in losses.values()}) == 3
