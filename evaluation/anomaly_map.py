@@ -45,6 +45,7 @@ from scipy import ndimage
 from evaluation.froc import FP_RATES, candidate_hits, froc, froc_per_scan, nodule_hits, rate_key
 from evaluation.image_map import map_images
 from evaluation.map_candidates import peaks, value_at, voxel_candidates
+from evaluation.painted_blobs import blob_froc, draw_blobs, paint_blobs, place_blobs, validation_region, voxel_mm
 from models.batch_scoring import score_array
 from models.calibration import check_calibration, fit_calibration, p_values
 from models.checkpoint import device_for, load_checkpoint
@@ -251,6 +252,8 @@ def map_run(cfg: Config, run_dir: Path) -> StageResult:
     write_markups(artifacts.path("markups", run_dir), lists)
     result.outputs.append(artifacts.path("markups", run_dir))
     metrics = _map_metrics(cands, nodules, len(series), cfg.map.hit_mm, values)
+    if cfg.map.selection_blobs > 0:
+        metrics["selection"] = selection_froc(model, cfg, run_dir, payload["normalisation"], score)
     metrics |= {"score": score, "calibrated": calib is not None, "candidates": cfg.map.candidates,
                 "series_seconds": {k.removeprefix("windows_"): v["seconds"] for k, v in result.counts.items()}}
     result.outputs.append(artifacts.write_json("map_metrics", run_dir, metrics))
@@ -258,6 +261,33 @@ def map_run(cfg: Config, run_dir: Path) -> StageResult:
                      "windows_outside_lung": sum(v["skipped"] for v in result.counts.values())}
     result.extra = {k: metrics[k] for k in ("pooled",) if k in metrics}
     return result
+
+
+def selection_froc(model: Detector, cfg: Config, run_dir: Path, norm: dict, score: str) -> dict:
+    """The label-free selection measure (:mod:`evaluation.painted_blobs`): blobs painted into the normal validation
+    tissue of every series that has some, found among the map's candidates there; FROC and CPM over those series."""
+    t0 = time.perf_counter()
+    splits = artifacts.read_splits(run_dir, ["sample_id", "split", "label"])
+    samples = artifacts.read_samples(run_dir, ["sample_id", "series_uid", "i", "j", "k"])
+    val = samples.merge(splits, on="sample_id")
+    val = val[(val["split"] == "val") & (val["label"] == 0)]
+    rng = np.random.default_rng([cfg.run.seed, cfg.map.selection_seed])
+    cands, blobs = [], []
+    for uid, cubes in sorted(val.groupby("series_uid"), key=lambda kv: str(kv[0])):
+        ct = sitk.ReadImage(str(artifacts.path("volume", run_dir, series=uid)))
+        spacing_zyx = np.asarray(ct.GetSpacing()[::-1], float)
+        hu = sitk.GetArrayViewFromImage(ct)
+        lung = lung_region(hu, tuple(spacing_zyx), cfg.extract.background.lung_hu_max, cfg.map.lung_closing_mm, head_at_end=ct.GetDirection()[8] > 0)
+        half = np.maximum(0, np.floor(cfg.extract.background.stride_mm / 2 / spacing_zyx)).astype(int)
+        region = validation_region(cubes[["k", "j", "i"]].to_numpy(int), half, hu.shape, lung)
+        centres = place_blobs(region, hu, cfg.map.selection_blobs, spacing_zyx, rng)
+        scales, peaks_hu = draw_blobs(len(centres), tuple(cfg.map.selection_radius_mm), tuple(cfg.map.selection_hu), rng)
+        painted = paint_blobs(hu, centres, scales, peaks_hu, spacing_zyx)
+        m = sweep(model, painted, tuple(spacing_zyx), norm, cfg, score)
+        found, values, _, _ = _find(m, region, tuple(spacing_zyx), cfg)
+        cands.append(pd.DataFrame({"series_uid": uid, **voxel_mm(found, spacing_zyx), "score": values}))
+        blobs.append(pd.DataFrame({"series_uid": uid, **voxel_mm(centres, spacing_zyx), "radius_mm": np.maximum(scales, cfg.map.hit_mm)}))
+    return blob_froc(cands, blobs) | {"seconds": round(time.perf_counter() - t0, 1)}
 
 
 def _calibration(model: Detector, cfg: Config, run_dir: Path, folder: Path, norm: dict, score: str) -> dict | None:

@@ -87,20 +87,24 @@ def _box_sums(mask_zyx: np.ndarray, starts_zyx: np.ndarray, size: int) -> np.nda
 
 
 def background_starts(volume_zyx: np.ndarray, size: int, stride: int, avoid_ijk: np.ndarray, min_distance_vox: float,
-                      lung_fraction: float, hu_max: float, max_cubes: int, rng: np.random.Generator) -> np.ndarray:
-    """Start indices (ijk) of background cubes: fully inside the volume, mostly lung, away from nodules.
+                      lung_fraction: float, hu_max: float, max_cubes: int, rng: np.random.Generator,
+                      region: np.ndarray | None = None) -> np.ndarray:
+    """Start indices (ijk) of background cubes: fully inside the volume, mostly lung (or, with a bool ``region``
+    (zyx), centred in it), away from nodules.
 
     ``avoid_ijk`` are nodule centres; a candidate is kept when the Chebyshev distance from its
     centre to every nodule centre is at least ``min_distance_vox``.
     """
-    mask = lung_mask(volume_zyx, hu_max)
     shape = np.asarray(volume_zyx.shape)
     if np.any(shape < size):
         return np.zeros((0, 3), dtype=int)
     axes = [np.arange(0, n - size + 1, stride) for n in shape]
     starts_zyx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    frac = _box_sums(mask, starts_zyx, size) / size**3
-    starts_zyx = starts_zyx[frac >= lung_fraction]
+    if region is not None:
+        starts_zyx = starts_zyx[region[tuple((starts_zyx + size // 2).T)]]
+    else:
+        frac = _box_sums(lung_mask(volume_zyx, hu_max), starts_zyx, size) / size**3
+        starts_zyx = starts_zyx[frac >= lung_fraction]
     starts_ijk = starts_zyx[:, ::-1]
     if len(avoid_ijk) and len(starts_ijk):
         centres = starts_ijk + size // 2

@@ -120,7 +120,11 @@ class BackgroundConfig:
     enabled: bool = False
     stride_mm: int = 16  # grid step of candidate centres
     min_distance_mm: float = 32.0  # Chebyshev distance from any nodule centre (≥ one cube)
-    lung_fraction: float = 0.5  # minimum fraction of cube voxels inside the lung mask
+    lung_fraction: float = 0.5  # minimum fraction of cube voxels inside the lung mask (centres: lung_fraction)
+    # lung_fraction: cubes mostly of lung air; lung_region: every cube whose centre lies in the lung region the map reads
+    # (preprocessing.lung: the lung with its vessels, hilum and wall), so training sees the borders it is mapped on
+    centres: Literal["lung_fraction", "lung_region"] = added("lung_fraction", "2026-12-07")
+    lung_closing_mm: float = added(10.0, "2026-12-07")  # centres: lung_region: the region's closing radius (as map.lung_closing_mm)
     lung_hu_max: float = -400.0  # lung mask threshold (air-like tissue enclosed by the body)
     max_per_series: int = 2000  # cap, sampled uniformly with the run seed
 
@@ -234,6 +238,12 @@ class MapConfig:
     size_level: float = 0.5  # a candidate's size: the map component above this fraction of its peak value (equivalent-sphere diameter)
     # the split mapped: 2D, its images (unset: evaluate.split); CT, the series whose normal cubes all lie in it (unset: every series)
     split: Optional[str] = added(None, "2026-12-04")
+    # label-free selection (evaluation.painted_blobs): this many blobs painted into each series' normal validation tissue,
+    # found by the map there (FROC, CPM in map_metrics.json "selection"); 0: off
+    selection_blobs: int = added(0, "2026-12-07")
+    selection_radius_mm: tuple[float, float] = added((2.5, 8.0), "2026-12-07")  # blob scale r (mm), log-uniform
+    selection_hu: tuple[float, float] = added((-500.0, 50.0), "2026-12-07")  # blob peak density (HU), uniform
+    selection_seed: int = added(7, "2026-12-07")
 
 
 @dataclass

@@ -31,7 +31,7 @@ SCHEMA = json.loads((ROOT / "tests" / "data" / "slicer_markups_schema.json").rea
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    proc = run_cli("run", CONFIG, "--out", str(out), *FAST)
+    proc = run_cli("run", CONFIG, "--out", str(out), *FAST, "--set", "map.selection_blobs=3")
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -54,6 +54,12 @@ def test_maps_share_the_ct_affine_and_grid(demo):
     report = (demo / "report.html").read_text()
     assert "Whole-scan anomaly map" in report and "anomaly map through nodules" in report and "CPM" in report
     assert "highest false candidates" in report and list(demo.glob("map_false_*.png"))
+
+
+def test_the_selection_measure_paints_blobs_into_the_validation_tissue(demo):
+    """``map.selection_blobs``: blobs painted into the normal validation blocks, found by the map: a FROC and CPM."""
+    sel = json.loads((demo / "map_metrics.json").read_text())["selection"]
+    assert sel["series"] == 1 and 1 <= sel["blobs"] <= 3 and 0 <= sel["cpm"] <= 1 and sel["seconds"] > 0
 
 
 def test_candidates_lie_in_the_lung_region_with_a_size(demo):

@@ -209,3 +209,22 @@ def test_background_starts_cap_and_small_volume():
     check_starts(v, capped, 8, [], 0, 0.5)
     tiny = background_starts(v[:4], 8, 4, np.zeros((0, 3), int), 0, 0.5, -400.0, 10, rng)
     assert tiny.shape == (0, 3)
+
+
+def test_background_starts_in_a_region_are_exactly_the_grid_points_centred_in_it():
+    """``centres: lung_region``: every grid cube whose centre voxel is in the region (border cubes too), none other;
+    the nodule distance still applies."""
+    v = big_phantom()
+    size, stride = 8, 4
+    region = np.zeros(v.shape, bool)
+    region[10:30, 5:25, 3:40] = True  # zyx
+    rng = np.random.default_rng(0)
+    starts = background_starts(v, size, stride, np.zeros((0, 3), int), 0, 0.5, -400.0, 10_000, rng, region)
+    centres_zyx = starts[:, ::-1] + size // 2
+    assert len(starts) and region[tuple(centres_zyx.T)].all()
+    axes = [np.arange(0, n - size + 1, stride) + size // 2 for n in v.shape]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    assert len(starts) == int(region[tuple(grid.T)].sum())
+    avoid = np.array([[20, 15, 20]])  # ijk
+    kept = background_starts(v, size, stride, avoid, 10, 0.5, -400.0, 10_000, rng, region)
+    assert 0 < len(kept) < len(starts) and (np.abs(kept + size // 2 - avoid).max(1) >= 10).all()
