@@ -62,6 +62,7 @@ class SynthSpec:
     shapes: tuple[str, ...] = ("ellipsoid",)  # mask families, one drawn uniformly per image (SHAPES)
     fills: tuple[str, ...] = ("patch",)  # what fills the mask, one drawn uniformly per image (FILLS)
     radius_scale: str = "linear"  # linear: each semi-axis ~ U(radius); log: log-uniform (every scale equally often)
+    centre_below: float | None = None  # the mask centre is a voxel whose intensity (channel mean) is below this (e.g. lung air in CT)
 
 
 
@@ -82,12 +83,23 @@ def random_rotation(dims: int, rng: torch.Generator) -> torch.Tensor:
     return q
 
 
-def random_mask(size: int, dims: int, rng: torch.Generator, spec: SynthSpec, shape: str = "ellipsoid") -> tuple[torch.Tensor, dict]:
+def random_mask(size: int, dims: int, rng: torch.Generator, spec: SynthSpec, shape: str = "ellipsoid",
+                pool: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """One soft mask of shape ``(size,)*dims`` in [0, 1] (float32), exactly 0 outside its support,
-    and its draw: ``radii`` (voxels), ``centre``, ``blob``, ``edge``, ``shape`` (one of :data:`SHAPES`)."""
+    and its draw: ``radii`` (voxels), ``centre``, ``blob``, ``edge``, ``shape`` (one of :data:`SHAPES`).
+
+    ``pool`` (bool, ``(size,)*dims``): when it holds a voxel within the centre margin, the centre is one of
+    those voxels (uniformly, plus a sub-voxel offset), else anywhere within the margin."""
     if shape not in SHAPES:
         raise ValueError(f"unknown synthetic shape {shape!r}; known: {', '.join(SHAPES)}")
     centre = _uniform(rng, spec.centre_margin * size, (1 - spec.centre_margin) * size, dims)
+    if pool is not None:
+        lo, hi = int(math.ceil(spec.centre_margin * size)), int(math.floor((1 - spec.centre_margin) * size))
+        inner = torch.zeros_like(pool)
+        inner[tuple(slice(lo, max(lo, hi)) for _ in range(dims))] = True
+        where = torch.nonzero(pool & inner)
+        if len(where):
+            centre = where[int(torch.randint(0, len(where), (1,), generator=rng))].double() + _rand(rng, dims)
     if spec.radius_scale == "log":
         radii = torch.exp(_uniform(rng, math.log(spec.radius[0] * size), math.log(spec.radius[1] * size), dims))
     else:
@@ -191,7 +203,8 @@ def synth_blend(x: torch.Tensor, rng: torch.Generator, spec: SynthSpec) -> tuple
         p, j = fill(kind, x, i, rng)
         if kind != "patch":  # within the batch's own intensity range: a value no image has would be a trivial cue
             p = p.clamp(lo, hi)
-        m, draw = random_mask(size, dims, rng, spec, _pick(rng, spec.shapes))
+        pool = x[i].mean(0) < spec.centre_below if spec.centre_below is not None else None
+        m, draw = random_mask(size, dims, rng, spec, _pick(rng, spec.shapes), pool)
         draw["fill"] = kind
         m = m.to(x.device, x.dtype)
         alpha = float(_uniform(rng, spec.alpha[0], spec.alpha[1], 1))
@@ -242,7 +255,7 @@ def synth_spec(p: SynthParams) -> SynthSpec:
     """The generator's distribution from the detector's parameters (``model`` section)."""
     return SynthSpec(radius=tuple(p.radius), blob=p.blob, edge=tuple(p.edge), alpha=tuple(p.alpha),
                      clean_fraction=p.clean_fraction, centre_margin=p.centre_margin, shapes=tuple(p.shapes), fills=tuple(p.fills),
-                     radius_scale=p.radius_scale)
+                     radius_scale=p.radius_scale, centre_below=p.centre_below)
 
 
 def bottom_layer(unet: UNet) -> nn.Module:

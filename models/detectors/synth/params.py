@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 from models.detectors.synth.families import FILLS, SHAPES
 from models.params import Family, check_strides
@@ -23,6 +23,9 @@ class SynthParams:
     radius: list[float] = field(default_factory=lambda: [0.08, 0.35])
     # how each semi-axis is drawn from ``radius``: linear (uniform) or log (log-uniform: small and large anomalies equally often)
     radius_scale: Literal["linear", "log"] = added("linear", "2026-12-07")
+    # each mask is centred on a voxel whose model-range intensity is below this (CT window [-1000, 400]: 0.43 = -400 HU, the lung's
+    # air-like tissue, where the map is read); unset: anywhere within centre_margin
+    centre_below: Optional[float] = added(None, "2026-12-07")
     blob: float = 0.3
     edge: list[float] = field(default_factory=lambda: [0.0, 0.5])
     alpha: list[float] = field(default_factory=lambda: [0.0, 1.0])

@@ -387,3 +387,16 @@ def test_synth_visibility_target_and_degradation_in_the_pretext_loss():
         with torch.no_grad():
             losses[target, noise] = model.pretext_losses(x, torch.Generator().manual_seed(5))[0]
     assert len({tuple(v.tolist()) for v in losses.values()}) == 3
+
+
+def test_centre_below_puts_every_mask_on_a_dark_voxel():
+    """``model.centre_below``: each mask is centred on a voxel darker than the threshold (within the margin)."""
+    x = torch.ones(6, 1, 24, 24, 24)
+    x[:, :, 15, 8, 12] = 0.0  # one dark voxel per image
+    spec = SynthSpec(clean_fraction=0.0, centre_below=0.5, fills=("constant",))
+    _, _, info = synth_blend(x, torch.Generator().manual_seed(3), spec)
+    for d in info["draws"]:
+        assert torch.all((d["centre"] - torch.tensor([15.0, 8.0, 12.0])).abs() < 1.0)
+    spec_none = SynthSpec(clean_fraction=0.0, centre_below=-1.0, fills=("constant",))  # no voxel qualifies: anywhere
+    _, _, info = synth_blend(x, torch.Generator().manual_seed(3), spec_none)
+    assert len({tuple(d["centre"].tolist()) for d in info["draws"]}) == 6
