@@ -52,6 +52,7 @@ class Detector(nn.Module):
         self.params = params
         self.in_channels = in_channels
         self.patch_size = patch_size
+        self.precision = "fp32"  # of the training forward pass (train.precision; set by the train stage)
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Hook for multi-phase training (e.g. f-AnoGAN trains its encoder after the GAN)."""
@@ -97,7 +98,7 @@ class Detector(nn.Module):
             the loss terms as floats; ``loss`` must be among them (a non-finite one stops training).
         """
         (opt,) = optimizers
-        return sgd_step(self, x, opt, max_grad_norm)
+        return sgd_step(self, x, opt, max_grad_norm, self.precision)
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Scalar training loss of batch ``x`` and its logged terms, for models trained with one
@@ -151,13 +152,17 @@ class Detector(nn.Module):
         return None
 
 
-def sgd_step(module: nn.Module, x: torch.Tensor, optimizer: torch.optim.Optimizer, max_grad_norm: float) -> dict[str, float]:
+def sgd_step(module: nn.Module, x: torch.Tensor, optimizer: torch.optim.Optimizer, max_grad_norm: float,
+             precision: str = "fp32") -> dict[str, float]:
     """One step on ``module(x) → (loss, terms)``: backward, clip the gradient norm, step.
 
     ``module`` is the detector or its DistributedDataParallel wrapper; with DDP the gradients are
     averaged over ranks during ``backward``, so clipping sees the global-batch gradient.
+    ``precision`` ``bf16``: the forward pass and loss under ``torch.autocast`` with bfloat16 (weights,
+    gradients and the optimiser stay float32; ~1.5× faster 3D convolutions on CPUs with AVX512-BF16).
     """
-    loss, terms = module(x)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss, terms = module(x)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)

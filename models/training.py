@@ -155,6 +155,7 @@ def fit(model: Detector, train_x: Cubes, val_x: Cubes, cfg: Config, out_dir: Pat
     """
     device = device_for(cfg.run.device)
     model.to(device).train()
+    model.precision = cfg.train.precision
     val = _Batches(val_x, cfg.train.patch_size, cfg.train.batch_size)
     if not model.sgd:
         return _fit_closed_form(model, train_x, val, cfg, out_dir, normalisation, device)
@@ -261,7 +262,7 @@ def _train_epoch(model: Detector, optimizers: list, ddp, train_x: Cubes, transfo
     terms: dict[str, list[float]] = {}
     for batch in _train_loader(train_x, transform, tc.batch_size, seed * 1000 + epoch):
         x = batch[KEY].to(device)
-        step = sgd_step(ddp, x, optimizers[0], tc.max_grad_norm) if ddp else model.training_step(x, optimizers, tc.max_grad_norm)
+        step = sgd_step(ddp, x, optimizers[0], tc.max_grad_norm, tc.precision) if ddp else model.training_step(x, optimizers, tc.max_grad_norm)
         for k, v in step.items():
             terms.setdefault(k, []).append(v)
     return {"epoch": epoch, **distributed.mean_over_ranks({f"train_{k}": float(np.mean(v)) for k, v in terms.items()})}

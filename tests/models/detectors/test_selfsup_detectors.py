@@ -400,3 +400,19 @@ def test_centre_below_puts_every_mask_on_a_dark_voxel():
     spec_none = SynthSpec(clean_fraction=0.0, centre_below=-1.0, fills=("constant",))  # no voxel qualifies: anywhere
     _, _, info = synth_blend(x, torch.Generator().manual_seed(3), spec_none)
     assert len({tuple(d["centre"].tolist()) for d in info["draws"]}) == 6
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_training_precision_runs_the_forward_pass_in_that_dtype(precision, dtype):
+    """``train.precision``: the convolutions of a training step run in bfloat16 under bf16; the weights stay float32 and move."""
+    cls = DETECTORS["synth3d"]
+    torch.manual_seed(0)
+    model = cls(cls.Params(name="synth3d", **SMALL["synth"]), 1, 16).train()
+    model.precision = precision
+    seen = []
+    conv = next(m for m in model.net.modules() if isinstance(m, torch.nn.Conv3d))
+    conv.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    before = conv.weight.detach().clone()
+    step = model.training_step(rand(4, 1, 16, 16, 16, seed=1), model.configure_optimizers(1e-3), 10.0)
+    assert seen and set(seen) == {dtype} and math.isfinite(step["loss"])
+    assert conv.weight.dtype == torch.float32 and not torch.equal(conv.weight, before)
