@@ -330,11 +330,13 @@ class SynthDetector(Detector):
         left unaltered (target 0: content the network is taught to call native)."""
         x = plain(x)
         p = self.params
-        xa, target, info = synth_blend(x, rng, synth_spec(p))
-        if p.target == "visibility":
-            target = visibility_target(x, xa, info["masks"], p.visibility_tau)
-        xa = degrade(xa, rng, p.degrade_blur, p.degrade_noise)
+        with torch.autocast(x.device.type, enabled=False):  # the synthetic anomalies in full precision under train.precision bf16
+            xa, target, info = synth_blend(x, rng, synth_spec(p))
+            if p.target == "visibility":
+                target = visibility_target(x, xa, info["masks"], p.visibility_tau)
+            xa = degrade(xa, rng, p.degrade_blur, p.degrade_noise)
         logits, _ = self.forward_features(xa)
+        logits = logits.float()
         if self.params.loss == "bce":
             per = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         else:
