@@ -52,7 +52,7 @@ class Detector(nn.Module):
         self.params = params
         self.in_channels = in_channels
         self.patch_size = patch_size
-        self.precision = "fp32"  # of the training forward pass (train.precision; set by the train stage)
+        self.train_precision = "fp32"  # of the training forward pass (train.precision; set by the train stage)
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Hook for multi-phase training (e.g. f-AnoGAN trains its encoder after the GAN)."""
@@ -98,7 +98,7 @@ class Detector(nn.Module):
             the loss terms as floats; ``loss`` must be among them (a non-finite one stops training).
         """
         (opt,) = optimizers
-        return sgd_step(self, x, opt, max_grad_norm, self.precision)
+        return sgd_step(self, x, opt, max_grad_norm, self.train_precision)
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Scalar training loss of batch ``x`` and its logged terms, for models trained with one

@@ -155,7 +155,7 @@ def fit(model: Detector, train_x: Cubes, val_x: Cubes, cfg: Config, out_dir: Pat
     """
     device = device_for(cfg.run.device)
     model.to(device).train()
-    model.precision = cfg.train.precision
+    model.train_precision = cfg.train.precision
     val = _Batches(val_x, cfg.train.patch_size, cfg.train.batch_size)
     if not model.sgd:
         return _fit_closed_form(model, train_x, val, cfg, out_dir, normalisation, device)

@@ -408,7 +408,7 @@ def test_training_precision_runs_the_forward_pass_in_that_dtype(precision, dtype
     cls = DETECTORS["synth3d"]
     torch.manual_seed(0)
     model = cls(cls.Params(name="synth3d", **SMALL["synth"]), 1, 16).train()
-    model.precision = precision
+    model.train_precision = precision
     seen = []
     conv = next(m for m in model.net.modules() if isinstance(m, torch.nn.Conv3d))
     conv.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
