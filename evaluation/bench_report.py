@@ -97,6 +97,30 @@ def summarise(cfg: Config, path: Path, specs: list[RunKey], results: dict[str, l
             "rows": rows, "curves": curves, "wholescan": wholescan, "failures": failures}
 
 
+def carry_over(doc: dict, previous: dict | None, labels: list[str]) -> dict:
+    """``--only``: the protocol's other detectors keep their rows from the previously published document.
+
+    Rows, curves, whole-scan summaries and failures of every detector of ``labels`` (the protocol's
+    configured detectors and ensembles, in order) that this invocation did not run are copied from
+    ``previous``, which must be the same protocol and mode (full or quick). ``doc["carried"]`` names
+    each carried detector with the commit and command that measured it, so the table says so.
+    """
+    if not previous or previous.get("slug") != doc["slug"] or bool(previous.get("quick")) != bool(doc["quick"]):
+        return doc
+    ran = {r["detector"] for key in ("rows", "wholescan", "failures") for r in doc[key]}
+    keep = [lab for lab in labels if lab not in ran]
+    order = {lab: i for i, lab in enumerate(labels)}
+    carried = {c["detector"]: c for c in previous.get("carried", [])}
+    out = dict(doc)
+    for key in ("rows", "curves", "wholescan", "failures"):
+        merged = doc[key] + [r for r in previous.get(key, []) if r["detector"] in keep]
+        out[key] = sorted(merged, key=lambda r: order.get(r["detector"], len(order)))  # stable: scores keep their order
+    present = {r["detector"] for key in ("rows", "wholescan", "failures") for r in previous.get(key, []) if r["detector"] in keep}
+    out["carried"] = [carried.get(lab, {"detector": lab, "commit": previous["commit"], "command": previous["command"],
+                                        "finished": previous["finished"]}) for lab in keep if lab in present]
+    return out
+
+
 def _rate(reps: list[dict]) -> float | None:
     """Samples scored per second of the score stage (all scored splits), mean over repeats; None when unknown (older runs)."""
     rates = [r["scored"] / r["score_s"] for r in reps if r.get("scored") and r.get("score_s")]
@@ -280,12 +304,18 @@ def protocol_markdown(doc: dict, figures: list[str], fig_prefix: str) -> str:
     if sweep:
         lines += _sweep_drop_table(rows[rows["view"] == ""], sweep, {(r["detector"], r["score"]): r for r in doc.get("references", [])})
     n_tr = rows.groupby("detector")["train_samples"].first()
-    lines += [f"Test set per {per}: {int(rows['n_test_normal'].iloc[0])} normal, {int(rows['n_test_anomalous'].iloc[0])} anomalous. "
+    sizes = rows.groupby("detector", sort=False)[["n_test_normal", "n_test_anomalous"]].first().astype(int)
+    # detectors with their own data sections (cube size, background) have their own test counts
+    test = (f"{sizes.iloc[0, 0]} normal, {sizes.iloc[0, 1]} anomalous" if len(sizes.drop_duplicates()) == 1 else
+            "; ".join(f"{d} {n} normal, {a} anomalous" for d, (n, a) in sizes.iterrows()))
+    lines += [f"Test set per {per}: {test}. "
               f"Training samples per run: " + ", ".join(f"{d} {int(n)}" for d, n in n_tr.items() if pd.notna(n)) + ".", ""]
     for fail in doc.get("failures", []):
         lines.append(f"**Failed run** (left out of the table): {fail['detector']}, repeat {fail['repeat']}: {fail['error']}")
     for f in figures:
         lines.append(f"![{f}]({fig_prefix}{f})")
+    for c in doc.get("carried", []):
+        lines.append(f"Rows of **{c['detector']}** carried over from `{c['command']}` at commit `{c['commit']}`, finished {c['finished']}.")
     lines += ["", f"Run: `{doc['command']}` at commit `{doc['commit']}`, finished {doc['finished']}, {doc['wall_s'] / 60:.1f} min wall "
               f"for this invocation ({doc['machine']}; {doc['jobs']} job(s) at a time){'; QUICK mode (reduced size)' if doc['quick'] else ''}. "
               f"Training and scoring of all its runs, resumed ones included, sum to {doc.get('run_time_s', float('nan')) / 60:.1f} min.", ""]

@@ -21,6 +21,7 @@ score densities as ``<out>/bench/<protocol>_roc.png`` and ``_density.png``.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import sys
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from evaluation.bench_report import git_commit, plot_protocol, slug, summarise, write_markdown
+from evaluation.bench_report import carry_over, git_commit, plot_protocol, slug, summarise, write_markdown
 from models.catalog import MODELS
 from pipeline.core import artifacts, io
 from pipeline.core.config import resolve_config_path, set_dotted, validate
@@ -208,6 +209,14 @@ def _announce(cfg: Config, specs: list[RunSpec], quick: bool) -> None:
           file=sys.stderr, flush=True)
 
 
+def _published(out: Path, name: str) -> dict | None:
+    """The protocol's result document as last published in ``out``; None if absent or unreadable."""
+    try:
+        return json.loads((out / "bench" / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _publish(doc: dict, out: Path) -> None:
     """Save one protocol's result document, its figures and the rebuilt BENCHMARKS.md."""
     with io.confine(out):
@@ -284,7 +293,11 @@ def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root:
         left[i] -= 1
         if left[i] == 0:  # the protocol's last run: publish it now
             path, cfg, specs = planned[i]
-            _publish(summarise(cfg, path, specs, results[i], quick, jobs, time.perf_counter() - started[i]), out)
+            doc = summarise(cfg, path, specs, results[i], quick, jobs, time.perf_counter() - started[i])
+            if only:  # the detectors not run keep their published rows
+                labels = [d.label for d in cfg.bench.detectors] + [e.label for e in cfg.bench.ensembles]
+                doc = carry_over(doc, _published(out, doc["slug"]), labels)
+            _publish(doc, out)
 
     n_tasks = sum(left)
     pool = (ProcessPoolExecutor(max_workers=max(1, min(jobs, n_tasks)), mp_context=get_context("spawn"),

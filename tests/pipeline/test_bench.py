@@ -123,6 +123,25 @@ def test_bench_runs_publishes_and_resumes(tmp_path):
     assert row2["peak_rss_mb"] == next(r for r in doc["rows"] if r["detector"] == "PCA" and r["score"] == "pca_recon")["peak_rss_mb"]
 
 
+def test_only_reruns_its_detector_and_keeps_the_others_published_rows(tmp_path):
+    path = _protocol(tmp_path, repeats=1)
+    out = tmp_path / "docs"
+    run_bench([path], tmp_path / "data", out, tmp_path / "runs", quick=False, jobs=0, only=None)
+    first = json.loads((out / "bench" / "toy.json").read_text())
+    # rerun PCA alone in fresh run directories (another machine, the old runs gone): the intensity rows stay, marked as carried
+    md = run_bench([path], tmp_path / "data", out, tmp_path / "runs2", quick=False, jobs=0, only=["PCA"]).read_text()
+    doc = json.loads((out / "bench" / "toy.json").read_text())
+    old = [r for r in first["rows"] if r["detector"] == "mean intensity"]
+    assert old and [r for r in doc["rows"] if r["detector"] == "mean intensity"] == old
+    assert [r["detector"] for r in doc["rows"]][0] == "PCA"  # the config's order, not the order of running
+    assert {r["detector"] for r in doc["curves"]} == {"PCA", "mean intensity"}
+    assert [c["detector"] for c in doc["carried"]] == ["mean intensity"] and doc["carried"][0]["commit"] == first["commit"]
+    assert "| mean intensity | intensity |" in md and "Rows of **mean intensity** carried over from" in md
+    # a run of every detector carries nothing over
+    run_bench([path], tmp_path / "data", out, tmp_path / "runs2", quick=False, jobs=0, only=None)
+    assert "carried" not in json.loads((out / "bench" / "toy.json").read_text())
+
+
 def test_quick_mode_drops_detectors_marked_not_quick(tmp_path):
     path = _protocol(tmp_path)
     cfg, specs = plan(path, tmp_path / "data", tmp_path / "runs", quick=True)
