@@ -217,6 +217,12 @@ def _published(out: Path, name: str) -> dict | None:
         return None
 
 
+def _carried(doc: dict, cfg: Config, out: Path) -> dict:
+    """``--only``: the detectors not run keep their rows from the document last published in ``out``."""
+    labels = [d.label for d in cfg.bench.detectors] + [e.label for e in cfg.bench.ensembles]
+    return carry_over(doc, _published(out, doc["slug"]), labels)
+
+
 def _publish(doc: dict, out: Path) -> None:
     """Save one protocol's result document, its figures and the rebuilt BENCHMARKS.md."""
     with io.confine(out):
@@ -294,10 +300,7 @@ def run_bench(configs: list[Path], data_root: Path | None, out: Path, runs_root:
         if left[i] == 0:  # the protocol's last run: publish it now
             path, cfg, specs = planned[i]
             doc = summarise(cfg, path, specs, results[i], quick, jobs, time.perf_counter() - started[i])
-            if only:  # the detectors not run keep their published rows
-                labels = [d.label for d in cfg.bench.detectors] + [e.label for e in cfg.bench.ensembles]
-                doc = carry_over(doc, _published(out, doc["slug"]), labels)
-            _publish(doc, out)
+            _publish(_carried(doc, cfg, out) if only else doc, out)
 
     n_tasks = sum(left)
     pool = (ProcessPoolExecutor(max_workers=max(1, min(jobs, n_tasks)), mp_context=get_context("spawn"),
