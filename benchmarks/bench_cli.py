@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--series", type=Path, default=ROOT.parent / "shared" / "data" / "lidc_ct" / "LIDC-IDRI-0063")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    cfg = str(ROOT / "configs" / "ct_nodules.yaml")
+    cfg = str(ROOT / "configs" / "ct_nodules_vae.yaml")
     results: dict[str, list[tuple[float, float]]] = {"validate": [], "ingest": [], "peer": []}
     with tempfile.TemporaryDirectory() as td:
         for r in range(args.repeat + 1):

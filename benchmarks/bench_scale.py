@@ -84,7 +84,7 @@ def run_one(n: int, work: Path, code: Path, epochs: int, mc: int, map_on: bool =
             "run.threads=1", "run.workers=1", "run.device=cpu"]
     row: dict = {"series": n}
     for stage in STAGES:
-        cmd = [sys.executable, "-m", "pipeline.cli", stage, str(code / "configs" / "ct_nodules.yaml"), "--out", str(run)]
+        cmd = [sys.executable, "-m", "pipeline.cli", stage, str(code / "configs" / "ct_nodules_vae.yaml"), "--out", str(run)]
         row[stage] = timed(cmd + [a for s in sets for a in ("--set", s)], code)
     with open(run / "samples.csv", newline="") as f:
         row["cubes"] = sum(1 for _ in csv.DictReader(f))

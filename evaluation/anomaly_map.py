@@ -251,7 +251,7 @@ def map_run(cfg: Config, run_dir: Path) -> StageResult:
     result.outputs.append(artifacts.write_table("candidates", run_dir, cands))
     write_markups(artifacts.path("markups", run_dir), lists)
     result.outputs.append(artifacts.path("markups", run_dir))
-    metrics = _map_metrics(cands, nodules, len(series), cfg.map.hit_mm, values)
+    metrics = map_metrics(cands, nodules, len(series), cfg.map.hit_mm, values)
     if cfg.map.selection_blobs > 0:
         metrics["selection"] = selection_froc(model, cfg, run_dir, payload["normalisation"], score)
     metrics |= {"score": score, "calibrated": calib is not None, "candidates": cfg.map.candidates,
@@ -328,20 +328,27 @@ def _map_series(model: Detector, cfg: Config, run_dir: Path, uid: str, norm: dic
     head_at_end = ct.GetDirection()[8] > 0  # z index grows toward the head (LPS +z)
     region = lung_region(hu, spacing_zyx, cfg.extract.background.lung_hu_max, cfg.map.lung_closing_mm, head_at_end=head_at_end) & m.mask
     found, values, sizes, ranked = _find(m, region, spacing_zyx, cfg)
-    ijk = found[:, ::-1]
-    lps = index_to_world(lps_affine(ct), ijk) if len(ijk) else np.zeros((0, 3))
-    table = pd.DataFrame({"series_uid": uid, "rank": np.arange(1, len(ijk) + 1), "x_mm": lps[:, 0], "y_mm": lps[:, 1], "z_mm": lps[:, 2],
-                          "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2], "score": values,
-                          "p_value": pmap[tuple(found.T)] if len(found) else [], "size_mm": sizes})
     own = nodules[nodules["series_uid"] == uid]
-    table["nearest_nodule"], table["nodule_mm"] = _nearest_nodule(table, own)
-    table["hit"] = candidate_hits(table, own, cfg.map.hit_mm)
+    table = candidate_table(ct, uid, found, values, sizes, pmap[tuple(found.T)] if len(found) else np.zeros(0), own, cfg.map.hit_mm)
     write_markups(artifacts.path("series_markups", run_dir, series=uid), [markups(table, artifacts.series_stem(uid))])
     result.outputs.append(artifacts.path("series_markups", run_dir, series=uid))
     result.ok(f"series {uid}")
     stats = {"windows": m.windows, "skipped": m.skipped, "seconds": round(m.seconds + time.perf_counter() - t0, 2),
              "sweep_seconds": round(m.seconds, 2), "lung_region_ml": round(float(region.sum() * np.prod(spacing_zyx)) / 1000, 1)}
-    return table, stats, _nodule_values(ct, own, ranked, region)
+    return table, stats, nodule_values(ct, own, ranked, region)
+
+
+def candidate_table(ct: sitk.Image, uid: str, found: np.ndarray, values: np.ndarray, sizes: np.ndarray, p_at: np.ndarray,
+                    own: pd.DataFrame, hit_mm: float) -> pd.DataFrame:
+    """One series' candidates (``found``: voxel indices zyx, highest first): rank, LPS mm, voxel index (i, j, k), score,
+    p-value, size (mm), the nearest of its annotated nodules ``own``, the distance (mm) and whether it hits one."""
+    ijk = found[:, ::-1]
+    lps = index_to_world(lps_affine(ct), ijk) if len(ijk) else np.zeros((0, 3))
+    table = pd.DataFrame({"series_uid": uid, "rank": np.arange(1, len(ijk) + 1), "x_mm": lps[:, 0], "y_mm": lps[:, 1], "z_mm": lps[:, 2],
+                          "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2], "score": values, "p_value": p_at, "size_mm": sizes})
+    table["nearest_nodule"], table["nodule_mm"] = _nearest_nodule(table, own)
+    table["hit"] = candidate_hits(table, own, hit_mm)
+    return table
 
 
 def _find(m: SeriesMap, region: np.ndarray, spacing_zyx, cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -353,7 +360,7 @@ def _find(m: SeriesMap, region: np.ndarray, spacing_zyx, cfg: Config) -> tuple[n
     return voxel_candidates(m.voxel, region, spacing_zyx, cfg.map.smooth_mm, cfg.map.nms_mm, cfg.map.max_candidates, cfg.map.size_level)
 
 
-def _nodule_values(ct: sitk.Image, own: pd.DataFrame, ranked: np.ndarray, region: np.ndarray) -> list[dict]:
+def nodule_values(ct: sitk.Image, own: pd.DataFrame, ranked: np.ndarray, region: np.ndarray) -> list[dict]:
     """Per nodule: the ranked map's value at its centre, that value's percentile in the lung region, and whether
     the centre lies in the region (candidates are looked for only there)."""
     out = []
@@ -374,7 +381,7 @@ def _nearest_nodule(table: pd.DataFrame, nodules: pd.DataFrame) -> tuple[list, l
     return nodules["nodule_id"].to_numpy()[j].tolist(), d[np.arange(len(table)), j].tolist()
 
 
-def _map_metrics(cands: pd.DataFrame, nodules: pd.DataFrame, n_scans: int, hit_mm: float, values: list[dict] | None = None) -> dict:
+def map_metrics(cands: pd.DataFrame, nodules: pd.DataFrame, n_scans: int, hit_mm: float, values: list[dict] | None = None) -> dict:
     """Per nodule (rank and distance of the nearest candidate, hit, the map's value there, size and malignancy),
     pooled and per-scan FROC sensitivities with the CPM, and how the map value follows malignancy."""
     by_id = {v["nodule_id"]: v for v in values or []}

@@ -23,10 +23,12 @@ import numpy as np
 import pandas as pd
 
 from evaluation.ensemble import ensemble_scores
+from evaluation.map_ensemble import ensemble_maps, has_ct_map
 from evaluation.metrics import detection_metrics
 from evaluation.plots import plot_density_grid, plot_roc_curves
 from evaluation.wholescan_report import wholescan_markdown, wholescan_summary
 from pipeline.core import artifacts, io
+from pipeline.core.errors import StageError
 from pipeline.core.manifest import library_versions, now
 from pipeline.core.schema import Config
 
@@ -83,10 +85,17 @@ def summarise(cfg: Config, path: Path, specs: list[RunKey], results: dict[str, l
             member_reps = [[r for r in groups.get((m, sweep), []) if "error" not in r] for m in ens.members]
             by_repeat = [dict((r["repeat"], r) for r in reps) for reps in member_reps]
             common = sorted(set.intersection(*[set(d) for d in by_repeat])) if by_repeat else []
-            if common:
-                reps = [_ensemble_record(ens, [d[k] for d in by_repeat]) for k in common]
-                tables = [_ensemble_table(ens, [d[k] for d in by_repeat]).assign(repeat=k) for k in common]
-                _add_rows(bench, ens.label, sweep, reps, tables, "ensemble", ["ensemble"], rows, curves)
+            if not common:
+                continue
+            members = [[d[k] for d in by_repeat] for k in common]
+            if sweep is None:
+                ws = wholescan_summary(ens.label, [r for r in (_map_ensemble_record(ens, m) for m in members) if r])
+                wholescan += [ws] if ws else []
+            try:
+                tables = [_ensemble_table(ens, m).assign(repeat=k) for k, m in zip(common, members)]
+            except StageError:  # the members scored different samples (e.g. cubes of other sizes): a map ensemble only
+                continue
+            _add_rows(bench, ens.label, sweep, [_ensemble_record(ens, m) for m in members], tables, "ensemble", ["ensemble"], rows, curves)
     return {"protocol": bench.protocol, "order": bench.order, "slug": slug(bench.protocol or path.stem), "config": str(path),
             "description": bench.description, "selection": bench.selection, "repeat": bench.repeat, "sweep_key": bench.sweep_key,
             "quick": quick, "jobs": jobs, "wall_s": wall_s,
@@ -134,6 +143,17 @@ def _ensemble_record(ens, member_records: list[dict]) -> dict:
             "train_details": {}, "scored": member_records[0].get("scored"),
             "train_counts": member_records[0]["train_counts"] | {"parameters": sum(r["train_counts"].get("parameters") or 0 for r in member_records)},
             "peak_rss_mb": max(r["peak_rss_mb"] for r in member_records)}
+
+
+def _map_ensemble_record(ens, member_records: list[dict]) -> dict | None:
+    """The members' whole-scan maps of one repeat combined (:mod:`evaluation.map_ensemble`) into
+    ``<protocol runs>/_ensembles/<label>/<repeat>``; its run record, or None when a member has no CT map."""
+    dirs = [Path(r["run_dir"]) for r in member_records]
+    if not all(has_ct_map(d) for d in dirs):
+        return None
+    out = dirs[0].parent.parent / "_ensembles" / slug(ens.label) / dirs[0].name
+    ensemble_maps(dirs, out, ens.method)
+    return {"run_dir": str(out), "train_s": sum(r["train_s"] for r in member_records)}
 
 
 def _ensemble_table(ens, member_records: list[dict]) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from pathlib import Path
 from models.catalog import MODELS
 from models.model_folder import read_meta
 from pipeline.core.config import apply_overrides_switching_model, load_config, resolve_config_path, validate
-from pipeline.core.errors import ConfigError, MedAnomalyError
+from pipeline.core.errors import ConfigError, MedAnomalyError, StageError
 from pipeline.core.inputs import check_inputs
 from pipeline.core.lock import unlock
 from pipeline.runner import BY_NAME, STAGE_NAMES, STAGES, contract_markdown, run_stages
@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("runs", nargs="+", type=Path, help="run directories")
     sp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
     sp.add_argument("--debug", action="store_true")
-    sp = sub.add_parser("ensemble", help="combine finished runs' p-values (normal validation data) into one ensemble score")
+    sp = sub.add_parser("ensemble", help="combine finished runs' p-values (normal validation data) into one ensemble score, "
+                                         "and their whole-scan maps when every member has one")
     sp.add_argument("runs", nargs="+", type=Path, help="run directories of the members (same data, same splits)")
     sp.add_argument("--out", type=Path, required=True, help="output folder for scores.csv and metrics.json")
     sp.add_argument("--method", choices=("fisher", "mean_neglog"), default="fisher")
@@ -247,10 +248,21 @@ def _compare(args) -> int:
 
 def _ensemble(args) -> int:
     from evaluation.ensemble import write_ensemble  # pandas and scikit-learn: only for this command
+    from evaluation.map_ensemble import ensemble_maps, has_ct_map
 
-    metrics = write_ensemble([r.resolve() for r in args.runs], args.out.resolve(), args.method)
-    auroc = metrics.get("primary", {}).get("auroc")
-    print(f"wrote {args.out / 'scores.csv'}" + (f"; ensemble AUROC on the test split: {auroc:.3f}" if auroc is not None else ""))
+    runs = [r.resolve() for r in args.runs]
+    maps = all(has_ct_map(r) for r in runs)
+    try:
+        metrics = write_ensemble(runs, args.out.resolve(), args.method)
+        auroc = metrics.get("primary", {}).get("auroc")
+        print(f"wrote {args.out / 'scores.csv'}" + (f"; ensemble AUROC on the test split: {auroc:.3f}" if auroc is not None else ""))
+    except StageError as exc:
+        if not maps:
+            raise
+        print(f"note: no cube-score ensemble ({exc}); the whole-scan maps are combined")
+    if maps:  # every member mapped CT series: their maps combined too
+        cpm = ensemble_maps(runs, args.out.resolve(), args.method)["pooled"].get("cpm")
+        print(f"wrote {args.out / 'candidates.csv'} and the combined maps" + (f"; whole-scan CPM {cpm:.3f}" if cpm == cpm else ""))
     return 0
 
 

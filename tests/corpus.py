@@ -257,7 +257,7 @@ if __name__ == "__main__":
             print(f"{part:8s} {c.name:45s} {c.stage or 'ok':8s} {c.item}  => {c.message or c.outcome}")
     if "--run" in sys.argv:
         cfg = target / "cfg.yaml"
-        cfg.write_text((ROOT / "configs" / "ct_nodules.yaml").read_text()
+        cfg.write_text((ROOT / "configs" / "ct_nodules_vae.yaml").read_text()
                        .replace("../sample_data/ct/LIDC-IDRI-0063", str(target / "corpus" / "dicom"))
                        .replace("../sample_data/ct/nodules.csv", str(target / "corpus" / "nodules.csv")))
         fast = ["--set", "train.epochs=1", "--set", "score.mc_samples=2", "--set", "evaluate.bootstrap=20",

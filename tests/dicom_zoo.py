@@ -101,7 +101,7 @@ def outcomes(root: Path, run: Path, files: list[str]) -> pd.DataFrame:
 def run_ingest(root: Path, run: Path) -> subprocess.CompletedProcess:
     """``pipeline ingest`` on the zoo with the main config, as a user runs it."""
     cfg = run.parent / "zoo.yaml"
-    text = (ROOT / "configs" / "ct_nodules.yaml").read_text().replace("../sample_data/ct/LIDC-IDRI-0063", str(root))
+    text = (ROOT / "configs" / "ct_nodules_vae.yaml").read_text().replace("../sample_data/ct/LIDC-IDRI-0063", str(root))
     cfg.write_text(text.replace("../sample_data/ct/nodules.csv", str(ROOT / "sample_data" / "ct" / "nodules.csv")))
     return subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", str(cfg), "--out", str(run)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)

@@ -2,7 +2,7 @@
 
 Why not hashes of the raw bytes: float reductions in torch, oneDNN and BLAS take other kernels on
 other processors (AVX-512, AVX2, SSE, ARM), so the last bits of every float differ. Measured on
-the short ct_nodules run (2 epochs): with ``ATEN_CPU_CAPABILITY=default`` or ``avx2`` in place of
+the short ct_nodules_vae run (2 epochs): with ``ATEN_CPU_CAPABILITY=default`` or ``avx2`` in place of
 this machine's AVX-512, the training losses agree to 1e-5 and every id, label, split and flag
 agrees, but Adam amplifies the last-bit differences in the weights, so the scores of the *trained*
 model differ by up to 1e-4 (ELBO, IWAE) and 4-10 % (KL, latent norm: the small terms). Scores of
@@ -36,7 +36,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = ROOT / "tests" / "data" / "pinned"
-CONFIGS = ("ct_nodules.yaml", "xray.yaml")
+CONFIGS = ("ct_nodules_vae.yaml", "xray.yaml")
 SHORT = ["--set", "train.epochs=2", "--set", "score.mc_samples=4", "--set", "evaluate.bootstrap=50",
          "--set", "run.threads=1", "--set", "evaluate.figures=false"]
 RTOL = 1e-4

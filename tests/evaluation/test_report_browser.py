@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed
 
 def test_report_renders_with_images_and_auroc(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli("run", str(ROOT / "configs" / "ct_nodules.yaml"), "--out", str(out), "--set", "train.epochs=2",
+    proc = run_cli("run", str(ROOT / "configs" / "ct_nodules_vae.yaml"), "--out", str(out), "--set", "train.epochs=2",
                    "--set", "score.mc_samples=4", "--set", "evaluate.bootstrap=100")
     assert proc.returncode == 0, proc.stderr
     report = out / "report.html"

@@ -19,7 +19,7 @@ from conftest import ROOT
 from models.checkpoint import load_checkpoint, read_checkpoint
 
 SCRIPT = ROOT / "tests" / "ddp_one_epoch.py"
-CONFIG = str(ROOT / "configs" / "ct_nodules.yaml")
+CONFIG = str(ROOT / "configs" / "ct_nodules_vae.yaml")
 ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(ROOT)}
 
 

@@ -30,7 +30,7 @@ FAST = ["--set", "train.epochs=1", "--set", "score.mc_samples=2", "--set", "eval
 
 
 def ct_config(tmp: Path, dicom: Path, nodules: Path, name: str = "cfg.yaml") -> Path:
-    text = (ROOT / "configs" / "ct_nodules.yaml").read_text()
+    text = (ROOT / "configs" / "ct_nodules_vae.yaml").read_text()
     cfg = tmp / name
     cfg.write_text(text.replace("../sample_data/ct/LIDC-IDRI-0063", str(dicom)).replace("../sample_data/ct/nodules.csv", str(nodules)))
     return cfg
@@ -171,7 +171,7 @@ def test_config_with_a_path_that_does_not_exist(tmp_path):
 
 
 def test_config_with_an_unknown_model_name(tmp_path):
-    proc = run_cli("run", str(ROOT / "configs" / "ct_nodules.yaml"), "--out", str(tmp_path / "run"), "--set", "model.name=vae9d")
+    proc = run_cli("run", str(ROOT / "configs" / "ct_nodules_vae.yaml"), "--out", str(tmp_path / "run"), "--set", "model.name=vae9d")
     assert_one_error_line(proc, "model.name: unknown model 'vae9d'", "did you mean 'vae3d'")
 
 
@@ -230,7 +230,7 @@ def _outputs_intact(out: Path) -> None:
 
 
 def test_read_only_output_directory(tmp_path):
-    cfg = str(ROOT / "configs" / "ct_nodules.yaml")
+    cfg = str(ROOT / "configs" / "ct_nodules_vae.yaml")
     if os.geteuid() != 0:  # an ordinary user: permissions are enough
         ro = tmp_path / "ro"
         ro.mkdir()
@@ -246,7 +246,7 @@ def test_read_only_output_directory(tmp_path):
 def test_full_disk_stops_cleanly_and_resumes_after_space_is_freed(tmp_path):
     """A real size-limited file system: full while ingest writes its NIfTI (SimpleITK only prints
     'NWAD' and returns), then while extract writes a cube shard (Python's ENOSPC), then enough."""
-    cfg = str(ROOT / "configs" / "ct_nodules.yaml")
+    cfg = str(ROOT / "configs" / "ct_nodules_vae.yaml")
     with tmpfs(tmp_path / "disk", "3m") as disk:
         out = disk / "run"
         proc = run_cli("run", cfg, "--out", str(out), *FAST)

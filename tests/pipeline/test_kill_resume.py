@@ -89,7 +89,7 @@ def test_sigkill_in_every_stage_then_resume_gives_identical_outputs(tmp_path):
         (data / "a" / f.name).write_bytes(f.read_bytes())
     copy_series(files, data / "b")
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text((ROOT / "configs" / "ct_nodules.yaml").read_text()
+    cfg.write_text((ROOT / "configs" / "ct_nodules_vae.yaml").read_text()
                    .replace("../sample_data/ct/LIDC-IDRI-0063", str(data)).replace("../sample_data/ct/nodules.csv", str(SAMPLE_CT / "nodules.csv")))
     ref, killed = tmp_path / "reference" / "run", tmp_path / "killed" / "run"  # same folder name: the report names it
     proc = subprocess.run(_cmd(cfg, ref), cwd=ROOT, capture_output=True, text=True, timeout=900)

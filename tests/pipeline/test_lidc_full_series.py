@@ -21,7 +21,7 @@ pytestmark = [needs_shared, pytest.mark.shared_data]
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lidc")
-    proc = run_cli("run", str(ROOT / "configs" / "ct_nodules.yaml"), "--out", str(out),
+    proc = run_cli("run", str(ROOT / "configs" / "ct_nodules_vae.yaml"), "--out", str(out),
                    "--set", f"ingest.input={LIDC_SERIES}", "--set", f"extract.nodules={LIDC_NODULES}",
                    "--set", "extract.background.stride_mm=32", "--set", "train.epochs=2", "--set", "score.mc_samples=4",
                    "--set", "evaluate.bootstrap=100", timeout=1200)

@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT, SAMPLE_CT, run_cli
 from pydicom.uid import generate_uid
 
-CONFIG = str(ROOT / "configs" / "ct_nodules.yaml")
+CONFIG = str(ROOT / "configs" / "ct_nodules_vae.yaml")
 FAST = ["--set", "train.epochs=3", "--set", "score.mc_samples=8", "--set", "evaluate.bootstrap=200"]
 
 
@@ -121,7 +121,7 @@ def test_bad_inputs_give_one_error_each_and_good_series_finish(tmp_path):
     corrupt.parent.mkdir()
     corrupt.write_bytes(files[0].read_bytes()[:3000])  # truncated mid-header
     cfg = tmp_path / "cfg.yaml"
-    text = (ROOT / "configs" / "ct_nodules.yaml").read_text()
+    text = (ROOT / "configs" / "ct_nodules_vae.yaml").read_text()
     text = text.replace("../sample_data/ct/LIDC-IDRI-0063", str(data)).replace("../sample_data/ct/nodules.csv", str(SAMPLE_CT / "nodules.csv"))
     cfg.write_text(text)
     out = tmp_path / "run"
@@ -145,7 +145,7 @@ def test_config_error_is_one_line_without_traceback(tmp_path):
 
 
 def test_bundled_config_name_resolves(tmp_path):
-    proc = run_cli("validate", "ct_nodules.yaml", cwd=tmp_path)
+    proc = run_cli("validate", "ct_nodules_vae.yaml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "using bundled config" in proc.stderr
 

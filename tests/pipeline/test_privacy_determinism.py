@@ -17,7 +17,7 @@ FAST = ["--set", "train.epochs=2", "--set", "score.mc_samples=4", "--set", "eval
 
 
 def _config(tmp_path: Path, dicom: Path) -> Path:
-    text = (ROOT / "configs" / "ct_nodules.yaml").read_text()
+    text = (ROOT / "configs" / "ct_nodules_vae.yaml").read_text()
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(text.replace("../sample_data/ct/LIDC-IDRI-0063", str(dicom))
                    .replace("../sample_data/ct/nodules.csv", str(SAMPLE_CT / "nodules.csv")))
@@ -65,7 +65,7 @@ def test_patient_name_and_birth_date_never_reach_outputs(tmp_path):
 
 
 def test_same_config_and_seed_give_identical_scores(tmp_path):
-    cfg = str(ROOT / "configs" / "ct_nodules.yaml")
+    cfg = str(ROOT / "configs" / "ct_nodules_vae.yaml")
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
         proc = run_cli("run", cfg, "--out", str(out), *FAST)

@@ -24,7 +24,7 @@ from conftest import ROOT, SAMPLE_CT, run_cli
 from pipeline.core.artifacts import read_raw_cubes
 from preprocessing.dicom_copy import copy_series
 
-CONFIG = str(ROOT / "configs" / "ct_nodules.yaml")
+CONFIG = str(ROOT / "configs" / "ct_nodules_vae.yaml")
 SERIES = SAMPLE_CT / "LIDC-IDRI-0063"
 NODULES = SAMPLE_CT / "nodules.csv"
 

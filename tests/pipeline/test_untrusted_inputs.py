@@ -29,7 +29,7 @@ from preprocessing.dicom_series import SeriesInfo, check_size
 from preprocessing.labels import leaves_folder
 from preprocessing.nifti import write_nifti
 
-CONFIG = str(ROOT / "configs" / "ct_nodules.yaml")
+CONFIG = str(ROOT / "configs" / "ct_nodules_vae.yaml")
 FAST = ["--set", "train.epochs=1", "--set", "score.mc_samples=2", "--set", "evaluate.bootstrap=20", "--set", "evaluate.figures=false"]
 
 

@@ -26,7 +26,7 @@ from fuzz_dicom import make_batch
 
 from pipeline.core.artifacts import series_stem
 
-CONFIG = str(ROOT / "configs" / "ct_nodules.yaml")
+CONFIG = str(ROOT / "configs" / "ct_nodules_vae.yaml")
 SETTINGS = ["--set", "ingest.min_slices=2"]
 
 

@@ -154,10 +154,11 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(write_cfg(tmp_path, "- a\n- b\n", "list.yaml"))
 
 
-def test_bundled_config_validates():
-    path = ROOT / "configs" / "ct_nodules.yaml"
+@pytest.mark.parametrize("name, model", [("ct_nodules.yaml", "blob3d"), ("ct_nodules_vae.yaml", "vae3d")])
+def test_bundled_config_validates(name, model):
+    path = ROOT / "configs" / name
     cfg = load_config(path)
-    assert cfg.model.name == "vae3d"
+    assert cfg.model.name == model
     assert cfg.train.patch_size == 28
     assert cfg.ingest.input == (ROOT / "sample_data" / "ct" / "LIDC-IDRI-0063").resolve()
     assert cfg.ingest.input.is_dir()
