@@ -5,7 +5,7 @@ so interpreter start-up and imports count, as a user sees them. The commands are
 (validate, ingest, peer, validate, ...) over ``--repeat`` rounds after one warm-up round, and the
 medians are compared: on a shared 2-core machine single runs vary by ±20 %.
 
-- ``validate``: ``pipeline validate configs/ct_nodules.yaml``;
+- ``validate``: ``pipeline validate configs/ct_nodules_vae.yaml``;
 - ``ingest``: ``pipeline ingest`` of the full LIDC-IDRI-0063 series (133 slices → 400×400×331 at 1 mm)
   into a fresh run folder;
 - ``peer``: dicom2nifti's ``dicom_series_to_nifti`` of the same series, then a SimpleITK linear

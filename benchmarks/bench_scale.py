@@ -3,7 +3,7 @@
 Makes ``N`` copies of the bundled sample series (``sample_data/ct/LIDC-IDRI-0063``, new Study,
 Series and SOP Instance UIDs; the same pixels and geometry, so every copy yields the same cubes)
 with a nodule table listing each copy's two nodules, then runs ``pipeline ingest``, ``extract``,
-``split``, ``train``, ``score``, ``map`` and ``evaluate`` of ``configs/ct_nodules.yaml`` (background
+``split``, ``train``, ``score``, ``map`` and ``evaluate`` of ``configs/ct_nodules_vae.yaml`` (background
 cubes enabled, as configured; ``--epochs`` epochs, ``--mc`` Monte-Carlo samples, 50 bootstrap rounds;
 the whole-scan map disabled unless ``--map``, since it is per series and slow) as
 fresh processes, one after the other, for each ``N``. Each process is measured by GNU
