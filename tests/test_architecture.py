@@ -26,7 +26,7 @@ DEFERRED = {
     ("pipeline/cli.py", "main"): {"models"},
     ("pipeline/cli.py", "_bench"): {"pipeline.bench"},
     ("pipeline/cli.py", "_compare"): {"evaluation.compare"},
-    ("pipeline/cli.py", "_ensemble"): {"evaluation.ensemble"},
+    ("pipeline/cli.py", "_ensemble"): {"evaluation.ensemble", "evaluation.map_ensemble"},
     ("pipeline/cli.py", "_convert"): {"models.checkpoint"},
     ("pipeline/cli.py", "_lidc_nodules"): {"preprocessing.lidc_annotations"},
     ("pipeline/cli.py", "_train_ddp"): {"models"},
