@@ -85,12 +85,12 @@ def summarise(cfg: Config, path: Path, specs: list[RunKey], results: dict[str, l
             member_reps = [[r for r in groups.get((m, sweep), []) if "error" not in r] for m in ens.members]
             by_repeat = [dict((r["repeat"], r) for r in reps) for reps in member_reps]
             common = sorted(set.intersection(*[set(d) for d in by_repeat])) if by_repeat else []
+            if sweep is None:
+                ws = wholescan_summary(ens.label, _map_ensemble_records(ens, member_reps))
+                wholescan += [ws] if ws else []
             if not common:
                 continue
             members = [[d[k] for d in by_repeat] for k in common]
-            if sweep is None:
-                ws = wholescan_summary(ens.label, [r for r in (_map_ensemble_record(ens, m) for m in members) if r])
-                wholescan += [ws] if ws else []
             try:
                 tables = [_ensemble_table(ens, m).assign(repeat=k) for k, m in zip(common, members)]
             except StageError:  # the members scored different samples (e.g. cubes of other sizes): a map ensemble only
@@ -145,15 +145,28 @@ def _ensemble_record(ens, member_records: list[dict]) -> dict:
             "peak_rss_mb": max(r["peak_rss_mb"] for r in member_records)}
 
 
-def _map_ensemble_record(ens, member_records: list[dict]) -> dict | None:
-    """The members' whole-scan maps of one repeat combined (:mod:`evaluation.map_ensemble`) into
-    ``<protocol runs>/_ensembles/<label>/<repeat>``; its run record, or None when a member has no CT map."""
-    dirs = [Path(r["run_dir"]) for r in member_records]
-    if not all(has_ct_map(d) for d in dirs):
-        return None
-    out = dirs[0].parent.parent / "_ensembles" / slug(ens.label) / dirs[0].name
-    ensemble_maps(dirs, out, ens.method)
-    return {"run_dir": str(out), "train_s": sum(r["train_s"] for r in member_records)}
+def _map_ensemble_records(ens, member_reps: list[list[dict]]) -> list[dict]:
+    """The members' whole-scan maps combined (:mod:`evaluation.map_ensemble`), one run record per run of the first
+    member, written to ``<protocol runs>/_ensembles/<label>/<its repeat>``; none unless every run mapped CT series.
+
+    Runs are paired by the series they mapped, not by fold number: members with other data sections (cube size,
+    background) may number the same leave-one-out folds differently."""
+    if not member_reps or not all(has_ct_map(Path(r["run_dir"])) for reps in member_reps for r in reps):
+        return []
+
+    def mapped(r: dict) -> frozenset:
+        return frozenset(artifacts.read_json("map_metrics", Path(r["run_dir"]))["series_seconds"])
+
+    others = [{mapped(r): r for r in reps} for reps in member_reps[1:]]
+    out = []
+    for first in member_reps[0]:
+        if all(mapped(first) in o for o in others):
+            recs = [first] + [o[mapped(first)] for o in others]
+            dirs = [Path(r["run_dir"]) for r in recs]
+            dest = dirs[0].parent.parent / "_ensembles" / slug(ens.label) / dirs[0].name
+            ensemble_maps(dirs, dest, ens.method)
+            out.append({"run_dir": str(dest), "train_s": sum(r["train_s"] for r in recs)})
+    return out
 
 
 def _ensemble_table(ens, member_records: list[dict]) -> pd.DataFrame:
