@@ -10,11 +10,14 @@ metrics are then those of the map stage (:mod:`evaluation.anomaly_map`), with th
 settings (the combined map is not smoothed again).
 
 Every member must have mapped the series on the same grid (the same ingest), e.g. runs of one
-protocol fold.
+protocol fold. The CT volume is linked beside the combined map (``volumes/``), so the output folder
+opens in 3D Slicer like a run's.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import fields, replace
 from pathlib import Path
@@ -71,6 +74,17 @@ def _member_metrics(run_dir: Path) -> dict:
     return artifacts.read_json("map_metrics", run_dir)
 
 
+def _link(src: Path, dest: Path) -> None:
+    """``dest`` as a hard link to ``src`` (a copy across file systems); left alone if it exists."""
+    if dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
 def ensemble_maps(run_dirs: list[Path], out: Path, method: str = "fisher") -> dict:
     """Combine the members' maps of every series they all mapped; write the combined maps, ``candidates.csv``,
     the markups and ``map_metrics.json`` (with ``members`` and ``method``) under ``out``; return the metrics."""
@@ -89,7 +103,9 @@ def ensemble_maps(run_dirs: list[Path], out: Path, method: str = "fisher") -> di
     with io.confine(out):
         for uid in uids:
             t0 = time.perf_counter()
-            ct = sitk.ReadImage(str(artifacts.path("volume", run_dirs[0], series=uid)))
+            volume = artifacts.path("volume", run_dirs[0], series=uid)
+            ct = sitk.ReadImage(str(volume))
+            _link(volume, artifacts.path("volume", out, series=uid))  # the CT beside its map, for 3D Slicer
             spacing_zyx = tuple(ct.GetSpacing()[::-1])
             hu = sitk.GetArrayViewFromImage(ct)
             region = lung_region(hu, spacing_zyx, hu_max, cfg.lung_closing_mm, head_at_end=ct.GetDirection()[8] > 0)

@@ -78,6 +78,7 @@ def test_a_map_ensemble_of_a_run_with_itself_is_that_run(demo, tmp_path):
     uid = own["series_uid"].astype(str).iloc[0]
     combined = nib.load(str(tmp_path / "ens" / "overlays" / f"{uid}_anomaly.nii.gz"))
     assert np.array_equal(combined.affine, nib.load(str(demo / "volumes" / f"{uid}.nii.gz")).affine)
+    assert (tmp_path / "ens" / "volumes" / f"{uid}.nii.gz").stat().st_size == (demo / "volumes" / f"{uid}.nii.gz").stat().st_size
 
 
 def test_the_selection_measure_paints_blobs_into_the_validation_tissue(demo):
