@@ -35,6 +35,7 @@ DEFERRED = {
     ("models/scoring.py", "run"): {"models.ray_scoring"},
     ("models/model_folder.py", "read_meta"): {"models.checkpoint"},
     ("evaluation/compare.py", "_has_tabulate"): {"tabulate"},
+    ("preprocessing/resize.py", "resize"): {"monai.transforms"},
 }
 
 
