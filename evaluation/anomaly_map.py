@@ -58,7 +58,7 @@ from preprocessing.cube_store import SampleCubes
 from preprocessing.cubes import lung_mask
 from preprocessing.geometry import index_to_world, lps_affine, world_to_index
 from preprocessing.intensity import normalise
-from preprocessing.lung import coarsen, lung_region
+from preprocessing.lung import coarsen, ct_lung_region
 from preprocessing.nifti import write_nifti
 from preprocessing.nodules import read_nodules
 
@@ -277,7 +277,7 @@ def selection_froc(model: Detector, cfg: Config, run_dir: Path, norm: dict, scor
         ct = sitk.ReadImage(str(artifacts.path("volume", run_dir, series=uid)))
         spacing_zyx = np.asarray(ct.GetSpacing()[::-1], float)
         hu = sitk.GetArrayViewFromImage(ct)
-        lung = lung_region(hu, tuple(spacing_zyx), cfg.extract.background.lung_hu_max, cfg.map.lung_closing_mm, head_at_end=ct.GetDirection()[8] > 0)
+        lung = ct_lung_region(ct, cfg.extract.background.lung_hu_max, cfg.map.lung_closing_mm)
         half = np.maximum(0, np.floor(cfg.extract.background.stride_mm / 2 / spacing_zyx)).astype(int)
         region = validation_region(cubes[["k", "j", "i"]].to_numpy(int), half, hu.shape, lung)
         centres = place_blobs(region, hu, cfg.map.selection_blobs, spacing_zyx, rng)
@@ -325,8 +325,7 @@ def _map_series(model: Detector, cfg: Config, run_dir: Path, uid: str, norm: dic
         write_nifti(artifacts.path(name, run_dir, series=uid), img)
         result.outputs.append(artifacts.path(name, run_dir, series=uid))
     t0 = time.perf_counter()
-    head_at_end = ct.GetDirection()[8] > 0  # z index grows toward the head (LPS +z)
-    region = lung_region(hu, spacing_zyx, cfg.extract.background.lung_hu_max, cfg.map.lung_closing_mm, head_at_end=head_at_end) & m.mask
+    region = ct_lung_region(ct, cfg.extract.background.lung_hu_max, cfg.map.lung_closing_mm) & m.mask
     found, values, sizes, ranked = _find(m, region, spacing_zyx, cfg)
     own = nodules[nodules["series_uid"] == uid]
     table = candidate_table(ct, uid, found, values, sizes, pmap[tuple(found.T)] if len(found) else np.zeros(0), own, cfg.map.hit_mm)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation.ensemble import ensemble_scores
-from evaluation.map_ensemble import ensemble_maps, has_ct_map
+from evaluation.map_ensemble import ct_map_metrics, ensemble_maps
 from evaluation.metrics import detection_metrics
 from evaluation.plots import plot_density_grid, plot_roc_curves
 from evaluation.wholescan_report import wholescan_markdown, wholescan_summary
@@ -151,17 +151,15 @@ def _map_ensemble_records(ens, member_reps: list[list[dict]]) -> list[dict]:
 
     Runs are paired by the series they mapped, not by fold number: members with other data sections (cube size,
     background) may number the same leave-one-out folds differently."""
-    if not member_reps or not all(has_ct_map(Path(r["run_dir"])) for reps in member_reps for r in reps):
+    metrics = [[ct_map_metrics(Path(r["run_dir"])) for r in reps] for reps in member_reps]
+    if not member_reps or any(m is None for ms in metrics for m in ms):
         return []
-
-    def mapped(r: dict) -> frozenset:
-        return frozenset(artifacts.read_json("map_metrics", Path(r["run_dir"]))["series_seconds"])
-
-    others = [{mapped(r): r for r in reps} for reps in member_reps[1:]]
+    mapped = [[frozenset(m["series_seconds"]) for m in ms] for ms in metrics]  # the series each run mapped
+    others = [dict(zip(keys, reps)) for keys, reps in zip(mapped[1:], member_reps[1:])]
     out = []
-    for first in member_reps[0]:
-        if all(mapped(first) in o for o in others):
-            recs = [first] + [o[mapped(first)] for o in others]
+    for first, key in zip(member_reps[0], mapped[0]):
+        if all(key in o for o in others):
+            recs = [first] + [o[key] for o in others]
             dirs = [Path(r["run_dir"]) for r in recs]
             dest = dirs[0].parent.parent / "_ensembles" / slug(ens.label) / dirs[0].name
             ensemble_maps(dirs, dest, ens.method)

@@ -33,7 +33,7 @@ from evaluation.map_candidates import smooth_map, voxel_candidates
 from pipeline.core import artifacts, io
 from pipeline.core.errors import StageError
 from pipeline.core.schema import BackgroundConfig, MapConfig
-from preprocessing.lung import lung_region
+from preprocessing.lung import ct_lung_region
 from preprocessing.nifti import write_nifti
 
 
@@ -62,16 +62,22 @@ def _settings(run_dir: Path) -> tuple[MapConfig, float]:
     return replace(MapConfig(), **section), float(hu_max)
 
 
+def ct_map_metrics(run_dir: Path) -> dict | None:
+    """``run_dir``'s ``map_metrics.json`` when its map stage mapped CT series (not 2D images), else None."""
+    metrics = artifacts.read_json("map_metrics", run_dir) or {}
+    return metrics if metrics.get("kind") != "images" and metrics.get("series_seconds") else None
+
+
 def has_ct_map(run_dir: Path) -> bool:
     """Whether ``run_dir``'s map stage mapped CT series (not 2D images)."""
-    metrics = artifacts.read_json("map_metrics", run_dir) or {}
-    return metrics.get("kind") != "images" and bool(metrics.get("series_seconds"))
+    return ct_map_metrics(run_dir) is not None
 
 
 def _member_metrics(run_dir: Path) -> dict:
-    if not has_ct_map(run_dir):
+    metrics = ct_map_metrics(run_dir)
+    if metrics is None:
         raise StageError(f"map ensemble: {run_dir} has no whole-scan map (run its map stage on CT series first)")
-    return artifacts.read_json("map_metrics", run_dir)
+    return metrics
 
 
 def _link(src: Path, dest: Path) -> None:
@@ -108,7 +114,7 @@ def ensemble_maps(run_dirs: list[Path], out: Path, method: str = "fisher") -> di
             _link(volume, artifacts.path("volume", out, series=uid))  # the CT beside its map, for 3D Slicer
             spacing_zyx = tuple(ct.GetSpacing()[::-1])
             hu = sitk.GetArrayViewFromImage(ct)
-            region = lung_region(hu, spacing_zyx, hu_max, cfg.lung_closing_mm, head_at_end=ct.GetDirection()[8] > 0)
+            region = ct_lung_region(ct, hu_max, cfg.lung_closing_mm)
             maps = []
             for run, (mc, _) in zip(run_dirs, settings):
                 m = sitk.GetArrayFromImage(sitk.ReadImage(str(artifacts.path("anomaly_map", run, series=uid)))).astype(np.float32)

@@ -31,7 +31,7 @@ from pipeline.core.results import StageResult
 from pipeline.core.schema import Config
 from preprocessing.cubes import background_starts, cube_start, cut_cube
 from preprocessing.geometry import lps_affine, sub_affine, world_to_index
-from preprocessing.lung import lung_region
+from preprocessing.lung import ct_lung_region
 from preprocessing.nodules import read_nodules
 from preprocessing.resample import AIR_HU
 
@@ -89,10 +89,7 @@ def _extract_series(job: _Job) -> dict:
         rng = np.random.default_rng([job.seed, int(io.sha256_json(job.series_uid)[:8], 16)])
         spacing = float(np.mean(image.GetSpacing()))
         bg = cfg.background
-        region = None
-        if bg.centres == "lung_region":
-            region = lung_region(vol, tuple(image.GetSpacing()[::-1]), bg.lung_hu_max, bg.lung_closing_mm,
-                                 head_at_end=image.GetDirection()[8] > 0)
+        region = ct_lung_region(image, bg.lung_hu_max, bg.lung_closing_mm) if bg.centres == "lung_region" else None
         starts = background_starts(vol, size, max(1, int(round(bg.stride_mm / spacing))), np.array(centres).reshape(-1, 3),
                                    bg.min_distance_mm / spacing, bg.lung_fraction, bg.lung_hu_max, bg.max_per_series, rng, region)
         for start in starts:

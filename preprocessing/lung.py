@@ -13,6 +13,7 @@ The map stage looks for candidates there; the extract stage can draw its normal 
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
 from preprocessing.cubes import lung_mask
@@ -124,3 +125,11 @@ def lung_region(hu_zyx: np.ndarray, spacing_zyx, hu_max: float = -400.0, closing
     filled = _fill_slices(lung)
     region = _fill_slices(closing_mm(filled, spacing_zyx, closing_radius_mm))
     return region & ~central_airways(lung, spacing_zyx, head_at_end) if airways else region
+
+
+def ct_lung_region(ct: sitk.Image, hu_max: float = -400.0, closing_radius_mm: float = 10.0) -> np.ndarray:
+    """:func:`lung_region` of an ingested CT image (HU), with its spacing and head direction (bool, zyx).
+
+    The head is at the last z index when the image's z axis points to LPS +z (the ingested axial volumes)."""
+    return lung_region(sitk.GetArrayViewFromImage(ct), tuple(ct.GetSpacing()[::-1]), hu_max, closing_radius_mm,
+                       head_at_end=ct.GetDirection()[8] > 0)
